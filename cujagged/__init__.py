@@ -1,0 +1,13 @@
+"""cujagged: jagged (ragged) tensors on NVIDIA GPUs, with a Numba CPU backend.
+
+A :class:`JaggedArray` is flat ``values [T, *inner]`` plus ``offsets [B+1]``. NumPy-backed arrays
+run on Numba kernels, CuPy-backed arrays on hand-written CUDA kernels compiled through NVRTC.
+"""
+
+from ._backend import bfloat16, gpu_available
+from ._kernels import KernelCompileError, compile_all
+from .jagged import JaggedArray
+
+__version__ = "0.1.0"
+
+__all__ = ["JaggedArray", "KernelCompileError", "bfloat16", "compile_all", "gpu_available"]

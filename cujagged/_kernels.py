@@ -1,0 +1,174 @@
+"""Loading of the CUDA C sources in ``cuda_src/``.
+
+Each kernel family (one ``.cu`` file) is declared once as a :class:`KernelFamily` with the list of
+template instantiations (NVRTC name expressions) it can be asked for. At run time
+:meth:`KernelFamily.get` compiles one instantiation for the current device through
+``cupy.RawModule`` and caches it per (instantiation, device); CuPy's own disk cache keeps the
+cubins across processes. Local ``#include "x.cuh"`` lines are inlined here, so the cache key (the
+source text) changes whenever a header changes.
+
+:func:`compile_all` compiles every declared instantiation for a given architecture through
+``cupy.cuda.nvrtc`` — no GPU needed — and returns the ptxas resource report of each kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from pathlib import Path
+
+from ._backend import cupy
+
+__all__ = ["KernelFamily", "KernelCompileError", "KernelReport", "compile_all", "source_dir"]
+
+_FAMILIES: dict[str, KernelFamily] = {}
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
+_BASE_OPTIONS = ("-std=c++17",)
+
+
+class KernelCompileError(RuntimeError):
+    """NVRTC rejected a source in ``cuda_src/``; the message holds the file name and the log."""
+
+
+@functools.cache
+def source_dir() -> Path:
+    """The ``cuda_src`` folder: inside the installed package, or beside it in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "cuda_src", here.parent / "cuda_src"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"cuda_src/ not found next to {here} (broken install?)")
+
+
+@functools.cache
+def _read_source(name: str) -> str:
+    """The text of ``cuda_src/<name>`` with local ``#include "..."`` lines inlined (each once)."""
+    seen: set[str] = set()
+
+    def expand(fname: str) -> str:
+        if fname in seen:
+            return ""
+        seen.add(fname)
+        path = source_dir() / fname
+        if not path.is_file():
+            raise KernelCompileError(f"cuda_src/{fname} not found")
+        text = path.read_text()
+        return _INCLUDE.sub(lambda m: expand(m.group(1)), text)
+
+    return f'#line 1 "{name}"\n' + expand(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelReport:
+    """ptxas resource usage of one kernel instantiation."""
+
+    source: str
+    name: str
+    arch: str
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    stack_frame: int
+    shared_bytes: int
+
+
+class KernelFamily:
+    """All instantiations of the kernels of one ``cuda_src/<source>`` file.
+
+    Args:
+        source: file name inside ``cuda_src/``.
+        name_expressions: every template instantiation callers may ask for, e.g.
+            ``"to_padded<uint4, int64_t>"``; :func:`compile_all` compiles all of them.
+        options: extra NVRTC options (``-std=c++17`` is always there).
+    """
+
+    def __init__(self, source: str, name_expressions, options=()):
+        self.source = source
+        self.name_expressions = tuple(dict.fromkeys(name_expressions))
+        self.options = _BASE_OPTIONS + tuple(options)
+        self._cache: dict[tuple[str, int], object] = {}
+        _FAMILIES[source] = self
+
+    def get(self, name: str):
+        """The ``cupy.RawKernel`` for instantiation ``name`` on the current device (compiled once)."""
+        if name not in self.name_expressions:
+            raise KeyError(f"{self.source}: {name!r} is not a declared instantiation")
+        key = (name, cupy.cuda.Device().id)
+        kernel = self._cache.get(key)
+        if kernel is None:
+            try:
+                module = cupy.RawModule(
+                    code=_read_source(self.source),
+                    options=self.options,
+                    name_expressions=(name,),
+                )
+                kernel = module.get_function(name)
+            except cupy.cuda.compiler.CompileException as e:
+                raise KernelCompileError(
+                    f"NVRTC failed on cuda_src/{self.source} ({name}):\n{e.get_message()}"
+                ) from None
+            self._cache[key] = kernel
+        return kernel
+
+    def compile_report(self, arch: str = "sm_90") -> list[KernelReport]:
+        """Compile every instantiation for ``arch`` (no GPU needed); ptxas report per kernel."""
+        from cupy.cuda import nvrtc
+
+        prog = nvrtc.createProgram(_read_source(self.source), self.source, [], [])
+        try:
+            for ne in self.name_expressions:
+                nvrtc.addNameExpression(prog, ne)
+            opts = [*self.options, f"--gpu-architecture={arch}", "-Xptxas=-v"]
+            try:
+                nvrtc.compileProgram(prog, opts)
+            except nvrtc.NVRTCError:
+                raise KernelCompileError(
+                    f"NVRTC failed on cuda_src/{self.source} for {arch}:\n"
+                    f"{nvrtc.getProgramLog(prog)}"
+                ) from None
+            log = nvrtc.getProgramLog(prog)
+            mangled = {nvrtc.getLoweredName(prog, ne): ne for ne in self.name_expressions}
+        finally:
+            nvrtc.destroyProgram(prog)
+        return _parse_ptxas(log, self.source, arch, mangled)
+
+
+_ENTRY = re.compile(r"Compiling entry function '(\S+)' for '(\w+)'")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_REGS = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def _parse_ptxas(log: str, source: str, arch: str, mangled: dict[str, str]) -> list[KernelReport]:
+    reports, current = [], None
+    for line in log.splitlines():
+        if m := _ENTRY.search(line):
+            current = {"name": mangled.get(m.group(1), m.group(1)), "smem": 0}
+        elif current is None:
+            continue
+        elif m := _FRAME.search(line):
+            current["frame"] = tuple(int(g) for g in m.groups())
+        elif m := _REGS.search(line):
+            current["regs"] = int(m.group(1))
+            if m := _SMEM.search(line):
+                current["smem"] = int(m.group(1))
+            stack, stores, loads = current.get("frame", (0, 0, 0))
+            reports.append(
+                KernelReport(source, current["name"], arch, current["regs"], stores, loads, stack,
+                             current["smem"])
+            )
+            current = None
+    return reports
+
+
+def families() -> dict[str, KernelFamily]:
+    """Every declared kernel family, by source file (importing the package declares them all)."""
+    import cujagged  # noqa: F401  (declares every family)
+
+    return dict(_FAMILIES)
+
+
+def compile_all(arch: str = "sm_90") -> list[KernelReport]:
+    """Compile every instantiation of every family for ``arch``; raise on any NVRTC error."""
+    return [r for fam in families().values() for r in fam.compile_report(arch)]

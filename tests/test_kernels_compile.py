@@ -1,0 +1,44 @@
+"""Every kernel instantiation compiles with NVRTC for sm_80 and sm_90, without spills (no GPU)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cujagged
+from cujagged._kernels import families, source_dir
+
+nvrtc = pytest.importorskip("cupy.cuda.nvrtc") if not os.environ.get("CI") else None
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_kernel_compiles_without_spills(arch):
+    reports = cujagged.compile_all(arch)
+    declared = sum(len(f.name_expressions) for f in families().values())
+    assert len(reports) >= declared > 0
+    spills = [r for r in reports if r.spill_stores or r.spill_loads]
+    assert not spills, "kernels spill registers:\n" + "\n".join(map(str, spills))
+
+
+def test_sources_found_from_checkout_and_install(tmp_path):
+    assert (source_dir() / "common.cuh").is_file()
+    repo = Path(__file__).resolve().parents[1]
+    code = "from cujagged._kernels import source_dir; print(source_dir())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(repo)}, check=True)
+    assert Path(out.stdout.strip()) == repo / "cuda_src"
+
+
+def test_compile_error_names_file_and_log(tmp_path, monkeypatch):
+    from cujagged import _kernels
+
+    (tmp_path / "broken.cu").write_text("__global__ void k() { this is not C++; }\n")
+    monkeypatch.setattr(_kernels, "source_dir", lambda: tmp_path)
+    _kernels._read_source.cache_clear()
+    fam = _kernels.KernelFamily.__new__(_kernels.KernelFamily)
+    fam.source, fam.name_expressions, fam.options, fam._cache = "broken.cu", ("k",), ("-std=c++17",), {}
+    with pytest.raises(cujagged.KernelCompileError, match="broken.cu"):
+        fam.compile_report("sm_90")
+    _kernels._read_source.cache_clear()
