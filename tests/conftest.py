@@ -23,3 +23,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _poison_gpu_allocations(request):
+    """In GPU tests every CuPy allocation starts as 0xFF bytes (NaN for floats, -1 for integers),
+    so an output element a kernel forgot to write shows up instead of hiding behind zeros."""
+    if "gpu" not in request.keywords or not gpu_available():
+        yield
+        return
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+
+    def poisoned_malloc(size):
+        mem = pool.malloc(size)
+        if size:
+            cupy.cuda.runtime.memsetAsync(mem.ptr, 0xFF, size,
+                                          cupy.cuda.get_current_stream().ptr)
+        return mem
+
+    cupy.cuda.set_allocator(poisoned_malloc)
+    try:
+        yield
+    finally:
+        cupy.cuda.set_allocator(pool.malloc)

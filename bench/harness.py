@@ -1,0 +1,131 @@
+"""Timing and memory measurement shared by every benchmark (see METHOD: events, warm-up, median).
+
+Every benchmark module ``bench/bench_<family>.py`` exposes ``run(quick: bool) -> list[dict]``
+returning entries made by :func:`entry` (the results-file schema of DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import statistics
+
+import numpy as np
+
+__all__ = ["time_ms", "rotate", "entry", "cupy_peak", "torch_peak", "copy_entry", "lengths_for"]
+
+
+def time_ms(fn, *, warmup: int = 5, reps: int = 30) -> float:
+    """Median milliseconds of ``fn()`` timed with CUDA events on the current (null) stream.
+
+    ``fn`` should rotate among several input sets itself (see :func:`rotate`) so the L2 cache does
+    not flatter the numbers. Works for CuPy and PyTorch work alike (both on the legacy stream).
+    """
+    import cupy
+
+    for _ in range(warmup):
+        fn()
+    cupy.cuda.runtime.deviceSynchronize()
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop))
+    return statistics.median(times)
+
+
+def rotate(inputs):
+    """An iterator cycling through a list of input sets."""
+    return itertools.cycle(inputs)
+
+
+@contextlib.contextmanager
+def cupy_peak():
+    """Peak extra bytes allocated through CuPy's pool inside the block: ``with cupy_peak() as p:``
+    then ``p.mib``."""
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+
+    class Peak:
+        mib = 0.0
+
+    peak, base = Peak(), pool.used_bytes()
+    state = {"max": base}
+
+    def malloc(size):
+        mem = pool.malloc(size)
+        state["max"] = max(state["max"], pool.used_bytes())
+        return mem
+
+    cupy.cuda.set_allocator(malloc)
+    try:
+        yield peak
+    finally:
+        cupy.cuda.set_allocator(pool.malloc)
+        peak.mib = (state["max"] - base) / 2**20
+
+
+@contextlib.contextmanager
+def torch_peak():
+    """Peak extra bytes allocated by PyTorch inside the block (``p.mib``)."""
+    import torch
+
+    class Peak:
+        mib = 0.0
+
+    peak = Peak()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        yield peak
+    finally:
+        torch.cuda.synchronize()
+        peak.mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def entry(name: str, impl: str, params: dict, ms: float, peak_mib: float = 0.0, *,
+          nbytes: float | None = None, flops: float | None = None) -> dict:
+    """One benchmark record: GB/s from ``nbytes`` (read + written), TFLOP/s from ``flops``."""
+    e = {"name": name, "impl": impl, "params": params, "ms": round(ms, 5),
+         "peak_mib": round(peak_mib, 3)}
+    if nbytes is not None:
+        e["gbps"] = round(nbytes / (ms * 1e-3) / 1e9, 2)
+    if flops is not None:
+        e["tflops"] = round(flops / (ms * 1e-3) / 1e12, 3)
+    return e
+
+
+def copy_entry(nbytes: int = 1 << 30) -> dict:
+    """The device's copy bandwidth (bytes read + written) for a device-to-device copy."""
+    import cupy
+
+    srcs = [cupy.ones(nbytes // 4, dtype=np.float32) for _ in range(2)]
+    dst = cupy.empty_like(srcs[0])
+    it = rotate(srcs)
+    ms = time_ms(lambda: dst.__setitem__(Ellipsis, next(it)), reps=20)
+    return entry("copy", "copy", {"bytes": nbytes}, ms, nbytes=2 * nbytes)
+
+
+def lengths_for(B: int, max_len: int, fill: float, seed: int = 0, dist: str = "lognormal"):
+    """Row lengths of a realistic batch: mean ``fill * max_len``, capped at ``max_len``, some
+    empty rows. ``dist``: ``"lognormal"`` (sigma 1) or ``"uniform"``. NumPy int64 ``[B]``."""
+    rng = np.random.default_rng(seed)
+    mean = fill * max_len
+    if dist == "uniform":
+        lens = rng.integers(0, int(2 * mean) + 1, size=B)
+    else:
+        sigma = 1.0
+        lens = rng.lognormal(np.log(max(mean, 1e-3)) - sigma**2 / 2, sigma, size=B)
+    lens = np.minimum(np.round(lens).astype(np.int64), max_len)
+    # rescale once so the mean hits the target fill despite the cap
+    for _ in range(4):
+        cur = lens.mean()
+        if cur <= 0:
+            break
+        lens = np.minimum(np.round(lens * (mean / cur)).astype(np.int64), max_len)
+    return lens
