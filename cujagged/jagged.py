@@ -191,3 +191,7 @@ class JaggedArray:
         if self._offsets.shape != other._offsets.shape or self.is_gpu != other.is_gpu:
             return False
         return bool((self._offsets == other._offsets).all())
+
+    # ---- layout, indexing, conversion, repr, pickling (owned by the layout engineer) -----------
+
+    # ---- row-wise ops: arithmetic, ufuncs, reductions, softmax, cumsum, sort (rowwise.py) ------
