@@ -1,0 +1,196 @@
+"""The GPU check: GPU tests, compute-sanitizer, benchmarks -> ``bench/results/<date>-<gpu>.json``.
+
+Run on a GPU machine from a checkout, no install step::
+
+    PYTHONPATH=. python3 -m bench.gpu_check [--quick] [--out DIR] [--only attention,layout]
+
+Steps (each can be skipped: --no-tests, --no-sanitizer, --no-bench):
+1. ``pytest -m gpu`` (GPU kernels against the Numba twins) -> passed/failed/skipped;
+2. ``compute-sanitizer --tool memcheck`` over a small run of the same GPU tests -> errors;
+3. every ``bench/bench_*.py`` module's ``run(quick)`` (the ``bench_cpu*`` ones excluded) plus the
+   device copy bandwidth -> the benchmark list; a markdown table with the ratios to each peer last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import pkgutil
+import re
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return ""
+
+
+def environment() -> dict:
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"]
+    name = name.decode() if isinstance(name, bytes) else name
+    versions = {
+        "cupy": cupy.__version__,
+        "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+        "driver": cupy.cuda.runtime.driverGetVersion(),
+        "python": sys.version.split()[0],
+    }
+    for mod in ("torch", "numba", "numpy"):
+        try:
+            versions[mod] = importlib.import_module(mod).__version__
+        except Exception:
+            versions[mod] = None
+    commit = os.environ.get("CUJAGGED_COMMIT") or _git("rev-parse", "HEAD") or "unknown"
+    dirty_env = os.environ.get("CUJAGGED_DIRTY")
+    dirty = (dirty_env == "1") if dirty_env is not None else bool(_git("status", "--porcelain"))
+    return {"commit": commit, "dirty": dirty, "gpu": name, "versions": versions}
+
+
+def run_tests(out: Path, extra: list[str]) -> dict:
+    xml = out / "gpu-tests.xml"
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+           f"--junitxml={xml}", *extra]
+    env = {**os.environ, "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "gpu")}
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    (out / "gpu-tests.log").write_text(proc.stdout + proc.stderr)
+    print(proc.stdout[-6000:], proc.stderr[-2000:], sep="\n", flush=True)
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    if xml.exists():
+        for suite in ET.parse(xml).getroot().iter("testsuite"):
+            tests, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
+            failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+            counts["passed"] += tests - skipped - failed
+            counts["failed"] += failed
+            counts["skipped"] += skipped
+    elif proc.returncode:
+        counts["failed"] = 1
+    counts["seconds"] = round(time.time() - t0, 1)
+    return counts
+
+
+def run_sanitizer(out: Path, extra: list[str]) -> dict:
+    tool = shutil.which("compute-sanitizer")
+    if tool is None:
+        return {"errors": None, "note": "compute-sanitizer not found"}
+    cmd = [tool, "--tool", "memcheck", "--error-exitcode", "0", sys.executable, "-m", "pytest",
+           "-m", "gpu", "-q", "-x", "-p", "no:cacheprovider", *extra]
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "sanitizer"}
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    (out / "sanitizer.log").write_text(log)
+    m = re.findall(r"ERROR SUMMARY: (\d+) error", log)
+    summary = log.strip().splitlines()[-3:] if log.strip() else []
+    print("sanitizer:", *summary, sep="\n  ", flush=True)
+    errors = int(m[-1]) if m else None
+    tests = re.findall(r"(\d+) (passed|failed)", log)
+    return {"errors": errors, "pytest": dict((k, int(v)) for v, k in tests),
+            "seconds": round(time.time() - t0, 1)}
+
+
+def run_benchmarks(quick: bool, only: set[str] | None) -> list[dict]:
+    from bench.harness import copy_entry
+
+    results = [copy_entry()]
+    import bench
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(bench.__path__)):
+        if not mod.startswith("bench_") or mod.startswith("bench_cpu"):
+            continue
+        if only and mod.removeprefix("bench_") not in only:
+            continue
+        t0 = time.time()
+        try:
+            entries = importlib.import_module(f"bench.{mod}").run(quick=quick)
+        except Exception as e:  # a broken benchmark must not hide the others
+            print(f"{mod}: FAILED {type(e).__name__}: {e}", flush=True)
+            results.append({"name": mod, "impl": "error", "params": {}, "error": repr(e)})
+            continue
+        print(f"{mod}: {len(entries)} entries in {time.time() - t0:.1f} s", flush=True)
+        results.extend(entries)
+    return results
+
+
+def _key(e: dict) -> tuple:
+    return e["name"], json.dumps(e.get("params", {}), sort_keys=True)
+
+
+def table(benchmarks: list[dict]) -> str:
+    """Markdown: every cujagged entry with its rate and its speed-up over each peer."""
+    by_key: dict[tuple, dict[str, dict]] = {}
+    for e in benchmarks:
+        if "ms" in e:
+            by_key.setdefault(_key(e), {})[e["impl"]] = e
+    copy = next((e for e in benchmarks if e.get("name") == "copy"), None)
+    lines = ["| op | params | cujagged ms | rate | peak MiB | speed-up vs peers |",
+             "|---|---|---|---|---|---|"]
+    for (name, params), impls in by_key.items():
+        ours = impls.get("cujagged")
+        if ours is None:
+            continue
+        p = json.loads(params)
+        rate = (f"{ours['gbps']:.0f} GB/s" if "gbps" in ours else
+                f"{ours['tflops']:.1f} TFLOP/s" if "tflops" in ours else "")
+        if "gbps" in ours and copy:
+            rate += f" ({100 * ours['gbps'] / copy['gbps']:.0f}% copy)"
+        peers = ", ".join(f"{k} {v['ms'] / ours['ms']:.2f}x" for k, v in impls.items()
+                          if k != "cujagged")
+        short = ",".join(f"{k}={v}" for k, v in p.items())
+        lines.append(f"| {name} | {short} | {ours['ms']:.4f} | {rate} | {ours['peak_mib']:.1f} | "
+                     f"{peers} |")
+    if copy:
+        lines.append(f"\ndevice copy: {copy['gbps']:.0f} GB/s (read + write)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer benchmark shapes")
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"))
+    ap.add_argument("--only", default="", help="comma-separated benchmark families")
+    ap.add_argument("--no-tests", action="store_true")
+    ap.add_argument("--no-sanitizer", action="store_true")
+    ap.add_argument("--no-bench", action="store_true")
+    ap.add_argument("--pytest-args", default="", help="extra pytest arguments (tests + sanitizer)")
+    ap.add_argument("--sanitizer-args", default="", help="pytest arguments for the sanitizer run")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    result = environment()
+    print(f"GPU check on {result['gpu']} at {result['commit'][:10]}"
+          f"{' (dirty)' if result['dirty'] else ''}", flush=True)
+    extra = args.pytest_args.split()
+    result["tests"] = {} if args.no_tests else run_tests(out, extra)
+    result["sanitizer"] = ({} if args.no_sanitizer else
+                           run_sanitizer(out, args.sanitizer_args.split() or extra))
+    only = {s for s in args.only.split(",") if s} or None
+    result["benchmarks"] = [] if args.no_bench else run_benchmarks(args.quick, only)
+
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", result["gpu"]).strip("-").lower()
+    path = out / f"{datetime.date.today().isoformat()}-{gpu}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print("\n" + table(result["benchmarks"]))
+    print(f"\ntests: {result['tests']}\nsanitizer: {result['sanitizer']}\nwrote {path}")
+    failed = result["tests"].get("failed", 0) or (result["sanitizer"].get("errors") or 0)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
