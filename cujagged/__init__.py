@@ -6,8 +6,23 @@ run on Numba kernels, CuPy-backed arrays on hand-written CUDA kernels compiled t
 
 from ._backend import bfloat16, gpu_available
 from ._kernels import KernelCompileError, compile_all
+from .interop import (
+    from_awkward,
+    from_dlpack_parts,
+    from_jax,
+    from_torch,
+    from_torch_nested,
+    to_awkward,
+    to_jax,
+    to_torch,
+    to_torch_nested,
+)
 from .jagged import JaggedArray
 
 __version__ = "0.1.0"
 
 __all__ = ["JaggedArray", "KernelCompileError", "bfloat16", "compile_all", "gpu_available"]
+__all__ += [
+    "from_awkward", "from_dlpack_parts", "from_jax", "from_torch", "from_torch_nested",
+    "to_awkward", "to_jax", "to_torch", "to_torch_nested",
+]
