@@ -110,11 +110,16 @@ def run_benchmarks(quick: bool, only: set[str] | None) -> list[dict]:
     results = [copy_entry()]
     import bench
 
-    for mod in sorted(m.name for m in pkgutil.iter_modules(bench.__path__)):
-        if not mod.startswith("bench_") or mod.startswith("bench_cpu"):
-            continue
-        if only and mod.removeprefix("bench_") not in only:
-            continue
+    mods = [m.name for m in pkgutil.iter_modules(bench.__path__)
+            if m.name.startswith("bench_") and not m.name.startswith("bench_cpu")
+            and (not only or m.name.removeprefix("bench_") in only)]
+    try:
+        from tqdm import tqdm
+
+        mods = tqdm(sorted(mods), desc="benchmarks", file=sys.stdout)
+    except ImportError:
+        mods = sorted(mods)
+    for mod in mods:
         t0 = time.time()
         try:
             entries = importlib.import_module(f"bench.{mod}").run(quick=quick)

@@ -81,14 +81,16 @@ class KernelFamily:
         name_expressions: every template instantiation callers may ask for, e.g.
             ``"to_padded<uint4, int64_t>"``; :func:`compile_all` compiles all of them.
         options: extra NVRTC options (``-std=c++17`` is always there).
+        register: list it for :func:`compile_all` (tests of the loader itself pass False).
     """
 
-    def __init__(self, source: str, name_expressions, options=()):
+    def __init__(self, source: str, name_expressions, options=(), *, register: bool = True):
         self.source = source
         self.name_expressions = tuple(dict.fromkeys(name_expressions))
         self.options = _BASE_OPTIONS + tuple(options)
         self._cache: dict[tuple[str, int], object] = {}
-        _FAMILIES[source] = self
+        if register:
+            _FAMILIES[source] = self
 
     def get(self, name: str):
         """The ``cupy.RawKernel`` for instantiation ``name`` on the current device (compiled once)."""
