@@ -93,7 +93,7 @@ class KernelFamily:
             _FAMILIES[source] = self
 
     def get(self, name: str):
-        """The ``cupy.RawKernel`` for instantiation ``name`` on the current device (compiled once)."""
+        """The ``cupy.RawKernel`` of instantiation ``name`` on the current device, compiled once."""
         if name not in self.name_expressions:
             raise KeyError(f"{self.source}: {name!r} is not a declared instantiation")
         key = (name, cupy.cuda.Device().id)
