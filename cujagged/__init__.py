@@ -18,6 +18,7 @@ from .interop import (
     to_torch_nested,
 )
 from .jagged import JaggedArray
+from .layout import from_padded, index_select, offsets_from_lengths, positions, row_ids, to_padded
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,7 @@ __all__ = ["JaggedArray", "KernelCompileError", "bfloat16", "compile_all", "gpu_
 __all__ += [
     "from_awkward", "from_dlpack_parts", "from_jax", "from_torch", "from_torch_nested",
     "to_awkward", "to_jax", "to_torch", "to_torch_nested",
+]
+__all__ += [
+    "from_padded", "index_select", "offsets_from_lengths", "positions", "row_ids", "to_padded",
 ]

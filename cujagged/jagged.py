@@ -17,7 +17,8 @@ def _as_offsets(offsets, values, name: str):
     if isinstance(offsets, (list, tuple, range)):
         offsets = xp.asarray(np.asarray(offsets, dtype=np.int64))
     if not hasattr(offsets, "dtype") or not hasattr(offsets, "ndim"):
-        raise TypeError(f"{name} must be an array or a list of integers, got {type(offsets).__name__}")
+        raise TypeError(f"{name} must be an array or a list of integers, got "
+                        f"{type(offsets).__name__}")
     if is_gpu_array(offsets) != is_gpu_array(values) or (
         is_gpu_array(offsets) and offsets.device.id != values.device.id
     ):
@@ -46,6 +47,42 @@ def _offsets_summary(offsets):
     return first, dmin, last, dmax
 
 
+def _layout():
+    from . import layout
+
+    return layout
+
+
+def _is_int(k) -> bool:
+    return isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
+
+
+def _fmt_scalar(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    s = str(v)
+    return s[:-2] if s.endswith(".0") else s
+
+
+def _fmt_array(a, edge: int) -> str:
+    """``a`` (NumPy, ndim >= 1) as nested lists, each level elided to ``edge`` items per end."""
+    n = a.shape[0]
+    idx = list(range(n)) if n <= 2 * edge else [*range(edge), None, *range(n - edge, n)]
+    fmt = _fmt_scalar if a.ndim == 1 else (lambda s: _fmt_array(s, edge))
+    return "[" + ", ".join("..." if i is None else fmt(a[i]) for i in idx) + "]"
+
+
+def _fmt_row(head, tail, edge: int) -> str:
+    head = head.get() if is_gpu_array(head) else head
+    if tail is None:
+        return _fmt_array(head, edge)
+    tail = tail.get() if is_gpu_array(tail) else tail
+    inner = _fmt_array(head, edge)[1:-1] + ", ..., " + _fmt_array(tail, edge)[1:-1]
+    return "[" + inner + "]"
+
+
 class JaggedArray:
     """A batch of ``B`` rows of different lengths: ``values[offsets[b]:offsets[b+1]]`` is row b.
 
@@ -67,7 +104,7 @@ class JaggedArray:
             raise TypeError(f"values must be a NumPy or CuPy array, got {type(values).__name__}"
                             " (use JaggedArray.from_list for a list of rows)")
         if values.ndim < 1:
-            raise ValueError(f"values must have at least 1 dimension [T, ...], got a scalar")
+            raise ValueError("values must have at least 1 dimension [T, ...], got a scalar")
         xp = xp_of(values)
         values = xp.ascontiguousarray(values)
         if (offsets is None) == (lengths is None):
@@ -193,5 +230,317 @@ class JaggedArray:
         return bool((self._offsets == other._offsets).all())
 
     # ---- layout, indexing, conversion, repr, pickling (owned by the layout engineer) -----------
+
+    @classmethod
+    def _from_parts(cls, values, offsets, max_length: int) -> JaggedArray:
+        """Internal: wrap parts already known to be valid (no checks, no sync)."""
+        out = cls.__new__(cls)
+        out._values, out._offsets, out._max_length, out._cache = (
+            values, offsets, int(max_length), {})
+        return out
+
+    @classmethod
+    def from_list(cls, rows, dtype=None, *, device=None) -> JaggedArray:
+        """From a list of rows, each an array-like ``[L_b, *inner]`` (lists, NumPy or CuPy arrays).
+
+        Every row must have the same ``inner`` shape (an empty ``[]`` fits any). ``dtype``
+        defaults to NumPy's promotion of the non-empty rows (float64 when all are empty).
+        ``device``: ``"cpu"``, ``"cuda"`` or ``"cuda:<id>"``; by default ``"cuda"`` when a row
+        is a CuPy array, else ``"cpu"``. Offsets are int64.
+        """
+        if isinstance(rows, JaggedArray) or not hasattr(rows, "__iter__") or isinstance(
+                rows, (str, bytes)):
+            raise TypeError(f"rows must be a list of array-likes, got {type(rows).__name__}")
+        rows = list(rows)
+        on_gpu = any(is_gpu_array(r) for r in rows)
+        host = []
+        for i, r in enumerate(rows):
+            a = r.get() if is_gpu_array(r) else r
+            try:
+                a = np.asarray(a) if dtype is None else np.asarray(a, dtype=dtype)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"rows[{i}] is not a rectangular array-like: {e}") from None
+            if a.ndim == 0:
+                raise ValueError(f"rows[{i}] is a scalar; each row must be a sequence of items")
+            host.append(a)
+        inner, first = None, None
+        for i, a in enumerate(host):
+            if a.shape == (0,):
+                continue
+            if inner is None:
+                inner, first = a.shape[1:], i
+            elif a.shape[1:] != inner:
+                raise ValueError(f"rows[{i}] has items of shape {a.shape[1:]} but rows[{first}] "
+                                 f"has {inner}; every row needs the same inner shape")
+        inner = () if inner is None else inner
+        if dtype is None:
+            typed = [a for a in host if a.shape != (0,)]
+            dtype = np.result_type(*typed) if typed else np.dtype(np.float64)
+        dtype = np.dtype(dtype)
+        if host:
+            values = np.concatenate([a.reshape(-1, *inner).astype(dtype, copy=False)
+                                     for a in host])
+        else:
+            values = np.empty((0, *inner), dtype=dtype)
+        lens = np.array([a.shape[0] for a in host], dtype=np.int64)
+        offsets = np.zeros(len(host) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        out = cls._from_parts(values, offsets, int(lens.max()) if len(lens) else 0)
+        return out.to(device if device is not None else ("cuda" if on_gpu else "cpu"))
+
+    @classmethod
+    def from_row_ids(cls, values, row_ids, nrows=None, *, validate=True) -> JaggedArray:
+        """From ``values [T, *inner]`` and the row of each item, ``row_ids [T]`` (sorted,
+        non-decreasing: the items of a row are contiguous). ``nrows`` defaults to
+        ``row_ids[-1] + 1``; rows without items are empty. Offsets are int64. One sync."""
+        if not hasattr(values, "dtype"):
+            raise TypeError(f"values must be a NumPy or CuPy array, got {type(values).__name__}")
+        xp = xp_of(values)
+        if isinstance(row_ids, (list, tuple, range)):
+            row_ids = xp.asarray(np.asarray(row_ids, dtype=np.int64))
+        if not hasattr(row_ids, "dtype") or xp_of(row_ids) is not xp:
+            raise ValueError(f"row_ids must be an integer array on {device_of(values)}, got "
+                             + (device_of(row_ids) if hasattr(row_ids, "dtype")
+                                else type(row_ids).__name__))
+        if row_ids.dtype.kind not in "iu":
+            raise TypeError(f"row_ids must have an integer dtype, got {row_ids.dtype}")
+        if row_ids.ndim != 1 or row_ids.shape[0] != values.shape[0]:
+            raise ValueError(f"row_ids must have shape [T] = ({values.shape[0]},), got "
+                             f"{tuple(row_ids.shape)}")
+        t = row_ids.shape[0]
+        rid = row_ids.astype(np.int64)
+        if t:
+            lo, hi, unsorted = (int(v) for v in _layout()._host_ints(
+                rid.min(), rid.max(), (rid[1:] < rid[:-1]).sum() if t > 1 else rid[0] * 0))
+        else:
+            lo, hi, unsorted = 0, -1, 0
+        nrows = hi + 1 if nrows is None else int(nrows)
+        # always checked (``validate`` is accepted for symmetry): they guard the bincount below
+        if lo < 0:
+            raise ValueError(f"row_ids must be non-negative, found {lo}")
+        if hi >= nrows:
+            raise ValueError(f"row_ids has row {hi} but nrows={nrows}")
+        if unsorted:
+            raise ValueError("row_ids must be sorted (non-decreasing): the items of each row "
+                             "must be contiguous in values")
+        lens = xp.bincount(rid, minlength=nrows) if t else xp.zeros(nrows, np.int64)
+        offsets = _layout().offsets_from_lengths(lens.astype(np.int64))
+        maxlen = int(lens.max()) if nrows and t else 0
+        return cls._from_parts(xp.ascontiguousarray(values), offsets, maxlen)
+
+    @classmethod
+    def from_padded(cls, dense, lengths=None, *, offsets=None, mask=None) -> JaggedArray:
+        """From dense ``[B, N, *inner]`` and one of ``lengths [B]`` (row b = ``dense[b, :L_b]``),
+        ``offsets [B+1]``, or a bool ``mask [B, N]`` (row b = the True items of ``dense[b]``, in
+        order; they need not be a prefix). See :func:`cujagged.from_padded`."""
+        return _layout().from_padded(dense, lengths, offsets=offsets, mask=mask)
+
+    def to_padded(self, padding_value=0, max_length=None, *, return_mask=False):
+        """Dense ``[B, max_length, *inner]`` (``max_length`` defaults to ``self.max_length``):
+        longer rows are truncated, shorter ones padded with ``padding_value``; with
+        ``return_mask`` also a bool ``[B, max_length]`` mask of the real items. No host sync."""
+        return _layout().to_padded(self, max_length, padding_value, return_mask=return_mask)
+
+    def row_ids(self, dtype=None):
+        """``[T]``: the row of every item (dtype of the offsets by default). Cached: do not
+        modify the result in place."""
+        dtype = self._offsets.dtype if dtype is None else np.dtype(dtype)
+        key = ("row_ids", dtype)
+        if key not in self._cache:
+            self._cache[key] = _layout().row_ids(self, dtype)
+        return self._cache[key]
+
+    def positions(self, dtype=None):
+        """``[T]``: the position of every item within its row (dtype of the offsets by default).
+        Cached: do not modify the result in place."""
+        dtype = self._offsets.dtype if dtype is None else np.dtype(dtype)
+        key = ("positions", dtype)
+        if key not in self._cache:
+            self._cache[key] = _layout().positions(self, dtype)
+        return self._cache[key]
+
+    def cu_seqlens(self, dtype=np.int32):
+        """The offsets as ``dtype`` (int32 by default), the ``cu_seqlens`` of flash-attention
+        style APIs. ``ValueError`` when the total does not fit int32."""
+        dtype = np.dtype(dtype)
+        if dtype == self._offsets.dtype:
+            return self._offsets
+        if dtype == np.int32 and self._values.shape[0] > 2**31 - 1:
+            raise ValueError(f"{self._values.shape[0]} items do not fit int32 cu_seqlens")
+        return self._offsets.astype(dtype)
+
+    def index_select(self, idx) -> JaggedArray:
+        """Rows ``idx`` (int array, negatives allowed, repeats allowed; or bool mask ``[B]``):
+        same as ``self[idx]``."""
+        return _layout().index_select(self, idx)
+
+    def _host_offsets(self) -> np.ndarray:
+        """The offsets on the host as int64 (cached; one transfer for a GPU array)."""
+        h = self._cache.get("host_offsets")
+        if h is None:
+            o = self._offsets
+            h = (o.get() if is_gpu_array(o) else o).astype(np.int64)
+            self._cache["host_offsets"] = h
+        return h
+
+    def __getitem__(self, key):
+        """``x[i]`` -> row ``i`` (an array view); ``x[a:b]`` -> JaggedArray (values zero-copy);
+        ``x[int_array]`` / ``x[bool_mask]`` -> JaggedArray (gather); ``x[rows, a:b:c]`` -> per-row
+        slice of the selected rows; further indices apply to the inner dimensions."""
+        if isinstance(key, tuple):
+            if len(key) == 0:
+                return self
+            if len(key) == 1:
+                return self[key[0]]
+            rows, within, rest = key[0], key[1], key[2:]
+            if _is_int(rows):
+                return self[rows][key[1:]]
+            if not isinstance(within, slice):
+                raise TypeError("the index within rows must be a slice (x[:, a:b]); got "
+                                f"{type(within).__name__}")
+            sub = self if isinstance(rows, slice) and rows == slice(None) else self[rows]
+            sub = _layout().slice_rows(sub, within)
+            if rest:
+                v = sub.values[(slice(None), *rest)]
+                if v.ndim < 1 or v.shape[0] != sub.values.shape[0]:
+                    raise IndexError("indices after the second must index the inner dimensions")
+                sub = sub._with_values(sub.xp.ascontiguousarray(v))
+            return sub
+        if _is_int(key):
+            b = int(key)
+            n = self.nrows
+            if not -n <= b < n:
+                raise IndexError(f"row index {b} is out of bounds for a JaggedArray with {n} rows")
+            b %= n
+            h = self._host_offsets()
+            return self._values[h[b]:h[b + 1]]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.nrows)
+            if step != 1:
+                return self.index_select(np.arange(start, stop, step))
+            stop = max(start, stop)
+            h = self._host_offsets()
+            o0 = int(h[start])
+            offsets = self._offsets[start:stop + 1]
+            if o0:
+                offsets = offsets - offsets.dtype.type(o0)
+            lens = np.diff(h[start:stop + 1])
+            return JaggedArray._from_parts(self._values[o0:int(h[stop])], offsets,
+                                           int(lens.max()) if lens.size else 0)
+        if key is Ellipsis:
+            return self
+        if isinstance(key, (list, range)) or hasattr(key, "dtype"):
+            if isinstance(key, (list, range)):
+                key = np.asarray(key)
+                key = key.astype(np.int64) if key.size == 0 else key
+            if not is_gpu_array(key) and self.is_gpu:
+                key = cupy.asarray(key)  # a host index for a GPU array: moved once
+            return self.index_select(key)
+        raise TypeError(f"a JaggedArray cannot be indexed by {type(key).__name__}")
+
+    def __iter__(self):
+        return iter(self.unbind())
+
+    def unbind(self) -> tuple:
+        """The rows as a tuple of arrays (views of ``values``)."""
+        h = self._host_offsets()
+        v = self._values
+        return tuple(v[h[b]:h[b + 1]] for b in range(self.nrows))
+
+    def tolist(self) -> list:
+        """Nested Python lists: one list per row (of items, themselves lists when inner dims)."""
+        v = self._values.get() if self.is_gpu else self._values
+        h = self._host_offsets()
+        return [v[h[b]:h[b + 1]].tolist() for b in range(self.nrows)]
+
+    def to_numpy(self) -> tuple:
+        """``(values, offsets)`` as NumPy arrays (copied from the GPU if needed)."""
+        if self.is_gpu:
+            return self._values.get(), self._offsets.get()
+        return self._values, self._offsets
+
+    def to_cupy(self) -> tuple:
+        """``(values, offsets)`` as CuPy arrays (copied to the current GPU if needed)."""
+        if cupy is None:
+            raise RuntimeError("to_cupy needs CuPy (pip install cupy-cuda12x)")
+        return cupy.asarray(self._values), cupy.asarray(self._offsets)
+
+    def get(self) -> JaggedArray:
+        """A CPU (NumPy) copy; ``self`` when already on the CPU."""
+        return self.to("cpu")
+
+    def cpu(self) -> JaggedArray:
+        """Same as :meth:`get`."""
+        return self.to("cpu")
+
+    def cuda(self, device=None) -> JaggedArray:
+        """A copy on GPU ``device`` (default: CuPy's current device); ``self`` when already
+        there."""
+        return self.to("cuda" if device is None else f"cuda:{int(device)}")
+
+    def to(self, device) -> JaggedArray:
+        """This array on ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:<id>"`` or a device id."""
+        if isinstance(device, (int, np.integer)) and not isinstance(device, bool):
+            device = f"cuda:{int(device)}"
+        if not isinstance(device, str) or not (device == "cpu" or device == "cuda"
+                                               or device.startswith("cuda:")):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<id>', got {device!r}")
+        if device == "cpu":
+            if not self.is_gpu:
+                return self
+            out = JaggedArray._from_parts(self._values.get(), self._offsets.get(),
+                                          self._max_length)
+        else:
+            if cupy is None:
+                raise RuntimeError("a GPU JaggedArray needs CuPy (pip install cupy-cuda12x)")
+            dev = cupy.cuda.Device() if device == "cuda" else cupy.cuda.Device(int(device[5:]))
+            if self.is_gpu and self._values.device.id == dev.id:
+                return self
+            with dev:
+                out = JaggedArray._from_parts(cupy.asarray(self._values),
+                                              cupy.asarray(self._offsets), self._max_length)
+        if "host_offsets" in self._cache:
+            out._cache["host_offsets"] = self._cache["host_offsets"]
+        return out
+
+    def copy(self) -> JaggedArray:
+        """A deep copy of the parts."""
+        return JaggedArray._from_parts(self._values.copy(), self._offsets.copy(),
+                                       self._max_length)
+
+    def __getstate__(self):
+        return {"values": self._values, "offsets": self._offsets, "max_length": self._max_length}
+
+    def __setstate__(self, state):
+        self._values, self._offsets = state["values"], state["offsets"]
+        self._max_length, self._cache = state["max_length"], {}
+
+    def __repr__(self) -> str:
+        shape = "(" + ", ".join(str(s) for s in self.shape) + ")"
+        return (f"<JaggedArray {self._preview()} shape={shape} dtype={self.dtype} "
+                f"device={self.device}>")
+
+    def _preview(self, limit: int = 160) -> str:
+        """The values like Awkward prints them (``[[1, 2], [], [3]]``), ends elided with ``...``."""
+        h = self._host_offsets()
+        nrows = self.nrows
+        text = ""
+        for edge in (3, 2, 1):
+            shown = list(range(nrows)) if nrows <= 2 * edge else [
+                *range(edge), None, *range(nrows - edge, nrows)]
+            parts = []
+            for b in shown:
+                if b is None:
+                    parts.append("...")
+                    continue
+                n = int(h[b + 1] - h[b])
+                head = self._values[h[b]:h[b] + min(n, edge if n > 2 * edge else n)]
+                tail = self._values[h[b + 1] - edge:h[b + 1]] if n > 2 * edge else None
+                parts.append(_fmt_row(head, tail, edge))
+            text = "[" + ", ".join(parts) + "]"
+            if len(text) <= limit:
+                break
+        return text
+
 
     # ---- row-wise ops: arithmetic, ufuncs, reductions, softmax, cumsum, sort (rowwise.py) ------
