@@ -17,6 +17,7 @@ from .interop import (
     to_torch,
     to_torch_nested,
 )
+from .attention import jagged_flash_attention
 from .jagged import JaggedArray
 from .layout import from_padded, index_select, offsets_from_lengths, positions, row_ids, to_padded
 
@@ -30,3 +31,4 @@ __all__ += [
 __all__ += [
     "from_padded", "index_select", "offsets_from_lengths", "positions", "row_ids", "to_padded",
 ]
+__all__ += ["jagged_flash_attention"]

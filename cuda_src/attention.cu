@@ -1,0 +1,376 @@
+// Jagged Flash Attention, forward.
+//
+// Work is a list of real tiles (row, query tile), built on the device from the offsets, rows of most
+// work first: perm[p] is the p-th row in that order and tile_off[p] (cumulative, [B+1]) its first
+// tile. Block x handles head x % H of tile x / H; blocks past tile_off[B] * H exit at once, so the
+// grid only needs a host-side upper bound (ceil(T/BM) + B tiles).
+//
+// Row b: queries q[q_off[b] + i], keys/values k,v[k_off[b] + j], with Lq = min(len_q, max_seq_len),
+// Lk = min(len_k, max_seq_len); query rows i >= Lq are written as zeros (lse = -inf). Causal: key j
+// is seen by query i when j <= i + Lk - Lq (aligned to the end of the row, as FlashAttention-2).
+// Bias (optional): bias[b*sb + h*sh + i*si + j] is added to the scaled score (same dtype as q).
+#include "common.cuh"
+#include "mma.cuh"
+
+#define JFA_LOG2E 1.4426950408889634f
+#define JFA_LN2 0.6931471805599453f
+
+struct TileInfo {
+  int64_t row, q_start, k_start, i0;
+  int Lq_full, Lq, Lk, h, hk;
+  bool live;
+};
+
+template <int BM>
+__device__ __forceinline__ TileInfo locate_tile(const int64_t* __restrict__ q_off,
+                                                const int64_t* __restrict__ k_off,
+                                                const int32_t* __restrict__ perm,
+                                                const int32_t* __restrict__ tile_off, int64_t B,
+                                                int H, int Hk, int64_t max_seq_len) {
+  TileInfo ti;
+  const int64_t lin = blockIdx.x;
+  ti.h = (int)(lin % H);
+  const int64_t tile = lin / H;
+  ti.live = tile < (int64_t)__ldg(tile_off + B);
+  if (!ti.live) return ti;
+  const int64_t p = find_row(tile_off, B, tile);
+  ti.row = __ldg(perm + p);
+  const int64_t qt = (int64_t)__ldg(tile_off + p + 1) - 1 - tile;  // last query tile first
+  ti.q_start = __ldg(q_off + ti.row);
+  const int64_t lq = __ldg(q_off + ti.row + 1) - ti.q_start;
+  ti.k_start = __ldg(k_off + ti.row);
+  const int64_t lk = __ldg(k_off + ti.row + 1) - ti.k_start;
+  ti.Lq_full = (int)lq;
+  ti.Lq = (int)(lq < max_seq_len ? lq : max_seq_len);
+  ti.Lk = (int)(lk < max_seq_len ? lk : max_seq_len);
+  ti.i0 = qt * BM;
+  ti.hk = ti.h / (H / Hk);
+  return ti;
+}
+
+// ------------------------------------------------------------------------------------------------
+// bf16 / fp16 on tensor cores. BM query rows per block (16 per warp), BN keys per step.
+template <typename T, int D, int BM, bool HAS_BIAS>
+__global__ void __launch_bounds__(BM * 2, 1)
+jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+            T* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
+            const int64_t* __restrict__ k_off, const int32_t* __restrict__ perm,
+            const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
+            float scale_log2, int causal, const T* __restrict__ bias, int64_t bias_sb,
+            int64_t bias_sh, int64_t bias_si, int write_lse) {
+  constexpr int NT = BM * 2;
+  constexpr int BN = D <= 128 ? 64 : 32;
+  constexpr int SD = D + 8;  // padded smem row (elements): ldmatrix rows hit distinct banks
+  constexpr bool Q_REG = D <= 128;
+  constexpr int KC = D / 16, NB = BN / 8, DB = D / 8, CPR = D / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + BM * SD;
+  T* sV = sK + 2 * BN * SD;
+
+  const TileInfo ti = locate_tile<BM>(q_off, k_off, perm, tile_off, B, H, Hk, max_seq_len);
+  if (!ti.live) return;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, tq = lane & 3;
+  const int Lq = ti.Lq, Lk = ti.Lk;
+  const int i0 = (int)ti.i0;
+  const int shift = Lk - Lq;
+  int kmax = i0 < Lq ? Lk : 0;
+  if (causal) kmax = min(kmax, min(i0 + BM, Lq) + shift);
+  const int n_kv = kmax > 0 ? (kmax + BN - 1) / BN : 0;
+
+  const int64_t q_rs = (int64_t)H * D, k_rs = (int64_t)Hk * D;
+  const T* qbase = q + (ti.q_start + i0) * q_rs + (int64_t)ti.h * D;
+  const T* kbase = k + ti.k_start * k_rs + (int64_t)ti.hk * D;
+  const T* vbase = v + ti.k_start * k_rs + (int64_t)ti.hk * D;
+
+  auto load_rows = [&](T* dst, const T* src, int64_t rs, int rows, int nvalid, const T* safe) {
+    for (int c = tid; c < rows * CPR; c += NT) {
+      const int r = c / CPR, cc = c % CPR;
+      const bool ok = r < nvalid;
+      cp_async16(smem_addr(dst + r * SD + cc * 8), ok ? src + r * rs + cc * 8 : safe, ok);
+    }
+  };
+
+  float oacc[DB][4];
+#pragma unroll
+  for (int i = 0; i < DB; ++i) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
+  float m0 = -CJ_INF, m1 = -CJ_INF, l0 = 0.f, l1 = 0.f;
+  const int row_g = i0 + warp * 16 + g;  // this thread's two query rows: row_g and row_g + 8
+  const int lm = lane >> 3, lr = lane & 7;
+
+  if (n_kv > 0) {
+    load_rows(sQ, qbase, q_rs, BM, Lq - i0, q);
+    load_rows(sK, kbase, k_rs, BN, Lk, k);
+    cp_async_commit();
+    load_rows(sV, vbase, k_rs, BN, Lk, v);
+    cp_async_commit();
+    uint32_t qf[Q_REG ? KC : 1][4];
+    const uint32_t sQw = smem_addr(sQ + (warp * 16 + (lm & 1) * 8 + lr) * SD + (lm >> 1) * 8);
+    for (int j = 0; j < n_kv; ++j) {
+      const int n0 = j * BN;
+      cp_async_wait<1>();
+      __syncthreads();
+      if (Q_REG && j == 0) {
+#pragma unroll
+        for (int kk = 0; kk < (Q_REG ? KC : 1); ++kk)
+          ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sQw + kk * 32);
+      }
+      if (j + 1 < n_kv)
+        load_rows(sK + ((j + 1) & 1) * BN * SD, kbase + (int64_t)(n0 + BN) * k_rs, k_rs, BN,
+                  Lk - n0 - BN, k);
+      cp_async_commit();
+
+      // S = Q K^T for this warp's 16 rows x BN keys
+      float s[NB][4];
+#pragma unroll
+      for (int i = 0; i < NB; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+      const T* sKj = sK + (j & 1) * BN * SD;
+      const uint32_t sKl = smem_addr(sKj + ((lm >> 1) * 8 + lr) * SD + (lm & 1) * 8);
+#pragma unroll
+      for (int kk = 0; kk < KC; ++kk) {
+        uint32_t a[4];
+        if constexpr (Q_REG) {
+          a[0] = qf[kk][0]; a[1] = qf[kk][1]; a[2] = qf[kk][2]; a[3] = qf[kk][3];
+        } else {
+          ldsm_x4(a[0], a[1], a[2], a[3], sQw + kk * 32);
+        }
+#pragma unroll
+        for (int nb = 0; nb < NB / 2; ++nb) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4(b0, b1, b2, b3, sKl + (nb * 16 * SD + kk * 16) * 2);
+          mma16816<T>(s[2 * nb], a, b0, b1);
+          mma16816<T>(s[2 * nb + 1], a, b2, b3);
+        }
+      }
+
+      // online softmax (log2 domain, scale folded)
+      const bool edge = HAS_BIAS || n0 + BN > Lk || (causal && n0 + BN - 1 > i0 + shift);
+      if (edge) {
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int jj = n0 + nb * 8 + 2 * tq + (e & 1);
+            const int ii = row_g + (e >> 1) * 8;
+            bool ok = jj < Lk && (!causal || jj <= ii + shift);
+            float x = s[nb][e] * scale_log2;
+            if constexpr (HAS_BIAS) {
+              ok = ok && ii < Lq;
+              if (ok)
+                x += to_float(bias[ti.row * bias_sb + ti.h * bias_sh + (int64_t)ii * bias_si + jj]) *
+                     JFA_LOG2E;
+            }
+            s[nb][e] = ok ? x : -CJ_INF;
+          }
+      } else {
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[nb][e] *= scale_log2;
+      }
+      float mx0 = -CJ_INF, mx1 = -CJ_INF;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        mx0 = fmaxf(mx0, fmaxf(s[nb][0], s[nb][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nb][2], s[nb][3]));
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+      const float mu0 = mn0 == -CJ_INF ? 0.f : mn0, mu1 = mn1 == -CJ_INF ? 0.f : mn1;
+      const float al0 = fast_exp2(m0 - mu0), al1 = fast_exp2(m1 - mu1);
+      m0 = mn0;
+      m1 = mn1;
+      float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        s[nb][0] = fast_exp2(s[nb][0] - mu0);
+        s[nb][1] = fast_exp2(s[nb][1] - mu0);
+        s[nb][2] = fast_exp2(s[nb][2] - mu1);
+        s[nb][3] = fast_exp2(s[nb][3] - mu1);
+        rs0 += s[nb][0] + s[nb][1];
+        rs1 += s[nb][2] + s[nb][3];
+      }
+      l0 = l0 * al0 + rs0;
+      l1 = l1 * al1 + rs1;
+#pragma unroll
+      for (int i = 0; i < DB; ++i) {
+        oacc[i][0] *= al0; oacc[i][1] *= al0;
+        oacc[i][2] *= al1; oacc[i][3] *= al1;
+      }
+
+      cp_async_wait<1>();
+      __syncthreads();
+      if (j + 1 < n_kv)
+        load_rows(sV + ((j + 1) & 1) * BN * SD, vbase + (int64_t)(n0 + BN) * k_rs, k_rs, BN,
+                  Lk - n0 - BN, v);
+      cp_async_commit();
+
+      // O += P V
+      const T* sVj = sV + (j & 1) * BN * SD;
+      const uint32_t sVl = smem_addr(sVj + ((lm & 1) * 8 + lr) * SD + (lm >> 1) * 8);
+#pragma unroll
+      for (int kc = 0; kc < BN / 16; ++kc) {
+        uint32_t a[4];
+        a[0] = pack2<T>(s[2 * kc][0], s[2 * kc][1]);
+        a[1] = pack2<T>(s[2 * kc][2], s[2 * kc][3]);
+        a[2] = pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+        a[3] = pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+#pragma unroll
+        for (int db = 0; db < DB / 2; ++db) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4_t(b0, b1, b2, b3, sVl + (kc * 16 * SD + db * 16) * 2);
+          mma16816<T>(oacc[2 * db], a, b0, b1);
+          mma16816<T>(oacc[2 * db + 1], a, b2, b3);
+        }
+      }
+    }
+    cp_async_wait<0>();
+  }
+
+  // finish: normalise, stage this warp's 16 rows in its own rows of sQ, store coalesced
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const bool v0 = row_g < Lq && l0 > 0.f, v1 = row_g + 8 < Lq && l1 > 0.f;
+  const float inv0 = v0 ? 1.f / l0 : 0.f, inv1 = v1 ? 1.f / l1 : 0.f;
+  if (n_kv > 0) __syncwarp();
+  T* sO = sQ + warp * 16 * SD;
+#pragma unroll
+  for (int i = 0; i < DB; ++i) {
+    const float a0 = v0 ? oacc[i][0] * inv0 : 0.f, a1 = v0 ? oacc[i][1] * inv0 : 0.f;
+    const float a2 = v1 ? oacc[i][2] * inv1 : 0.f, a3 = v1 ? oacc[i][3] * inv1 : 0.f;
+    *reinterpret_cast<uint32_t*>(sO + g * SD + i * 8 + 2 * tq) = pack2<T>(a0, a1);
+    *reinterpret_cast<uint32_t*>(sO + (g + 8) * SD + i * 8 + 2 * tq) = pack2<T>(a2, a3);
+  }
+  if (write_lse && tq == 0) {
+    if (row_g < ti.Lq_full)
+      lse[(ti.q_start + row_g) * H + ti.h] = v0 ? (m0 + __log2f(l0)) * JFA_LN2 : -CJ_INF;
+    if (row_g + 8 < ti.Lq_full)
+      lse[(ti.q_start + row_g + 8) * H + ti.h] = v1 ? (m1 + __log2f(l1)) * JFA_LN2 : -CJ_INF;
+  }
+  __syncwarp();
+  T* obase = o + (ti.q_start + i0 + warp * 16) * q_rs + (int64_t)ti.h * D;
+  const int nrows = min(16, ti.Lq_full - i0 - warp * 16);
+  for (int c = lane; c < 16 * CPR; c += 32) {
+    const int r = c / CPR, cc = c % CPR;
+    if (r < nrows)
+      *reinterpret_cast<uint4*>(obase + r * q_rs + cc * 8) =
+          *reinterpret_cast<const uint4*>(sO + r * SD + cc * 8);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// fp32, exact FFMA path (no tensor cores). 16 query rows per block, 4 warps x 4 rows; 32 keys per
+// step in shared memory, one key per lane for Q K^T, one head-dim column per lane for P V.
+template <int D, bool HAS_BIAS>
+__global__ void __launch_bounds__(128, 1)
+jfa_fwd_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+            float* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
+            const int64_t* __restrict__ k_off, const int32_t* __restrict__ perm,
+            const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
+            float scale, int causal, const float* __restrict__ bias, int64_t bias_sb,
+            int64_t bias_sh, int64_t bias_si, int write_lse) {
+  constexpr int BM = 16, BN = 32, RW = 4, DC = D / 32;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* sQ = reinterpret_cast<float*>(smem_raw);  // BM x D
+  float* sK = sQ + BM * D;                          // BN x (D+1)
+  float* sV = sK + BN * (D + 1);                    // BN x D
+
+  const TileInfo ti = locate_tile<BM>(q_off, k_off, perm, tile_off, B, H, Hk, max_seq_len);
+  if (!ti.live) return;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int Lq = ti.Lq, Lk = ti.Lk;
+  const int i0 = (int)ti.i0;
+  const int shift = Lk - Lq;
+  int kmax = i0 < Lq ? Lk : 0;
+  if (causal) kmax = min(kmax, min(i0 + BM, Lq) + shift);
+  const int64_t q_rs = (int64_t)H * D, k_rs = (int64_t)Hk * D;
+  const float* qbase = q + (ti.q_start + i0) * q_rs + (int64_t)ti.h * D;
+  const float* kbase = k + ti.k_start * k_rs + (int64_t)ti.hk * D;
+  const float* vbase = v + ti.k_start * k_rs + (int64_t)ti.hk * D;
+
+  for (int c = tid; c < BM * D; c += 128) {
+    const int r = c / D, d = c % D;
+    sQ[c] = (i0 + r < Lq) ? qbase[r * q_rs + d] : 0.f;
+  }
+  float acc[RW][DC], m[RW], l[RW];
+#pragma unroll
+  for (int r = 0; r < RW; ++r) {
+    m[r] = -CJ_INF;
+    l[r] = 0.f;
+#pragma unroll
+    for (int c = 0; c < DC; ++c) acc[r][c] = 0.f;
+  }
+  for (int n0 = 0; n0 < kmax; n0 += BN) {
+    __syncthreads();
+    for (int c = tid; c < BN * D; c += 128) {
+      const int r = c / D, d = c % D;
+      const bool ok = n0 + r < Lk;
+      sK[r * (D + 1) + d] = ok ? kbase[(int64_t)(n0 + r) * k_rs + d] : 0.f;
+      sV[c] = ok ? vbase[(int64_t)(n0 + r) * k_rs + d] : 0.f;
+    }
+    __syncthreads();
+    const int jj = n0 + lane;
+    float p[RW];
+    {
+      float s[RW];
+#pragma unroll
+      for (int r = 0; r < RW; ++r) s[r] = 0.f;
+      const float* qr = sQ + warp * RW * D;
+      const float* kr = sK + lane * (D + 1);
+#pragma unroll 4
+      for (int d = 0; d < D; ++d) {
+        const float kd = kr[d];
+#pragma unroll
+        for (int r = 0; r < RW; ++r) s[r] = fmaf(qr[r * D + d], kd, s[r]);
+      }
+#pragma unroll
+      for (int r = 0; r < RW; ++r) {
+        const int ii = i0 + warp * RW + r;
+        bool ok = jj < Lk && ii < Lq && (!causal || jj <= ii + shift);
+        float x = s[r] * scale;
+        if constexpr (HAS_BIAS) {
+          if (ok) x += bias[ti.row * bias_sb + ti.h * bias_sh + (int64_t)ii * bias_si + jj];
+        }
+        x = ok ? x : -CJ_INF;
+        const float mn = fmaxf(m[r], warp_max(x));
+        const float mu = mn == -CJ_INF ? 0.f : mn;
+        const float al = expf(m[r] - mu);
+        p[r] = expf(x - mu);
+        m[r] = mn;
+        l[r] = l[r] * al + warp_sum(p[r]);
+#pragma unroll
+        for (int c = 0; c < DC; ++c) acc[r][c] *= al;
+      }
+    }
+#pragma unroll 2
+    for (int t = 0; t < BN; ++t) {
+      float vt[DC];
+#pragma unroll
+      for (int c = 0; c < DC; ++c) vt[c] = sV[t * D + c * 32 + lane];
+#pragma unroll
+      for (int r = 0; r < RW; ++r) {
+        const float pt = __shfl_sync(0xffffffffu, p[r], t);
+#pragma unroll
+        for (int c = 0; c < DC; ++c) acc[r][c] = fmaf(pt, vt[c], acc[r][c]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < RW; ++r) {
+    const int ii = i0 + warp * RW + r;
+    if (ii >= ti.Lq_full) continue;
+    const bool ok = ii < Lq && l[r] > 0.f;
+    const float inv = ok ? 1.f / l[r] : 0.f;
+    float* orow = o + (ti.q_start + ii) * q_rs + (int64_t)ti.h * D;
+#pragma unroll
+    for (int c = 0; c < DC; ++c) orow[c * 32 + lane] = ok ? acc[r][c] * inv : 0.f;
+    if (write_lse && lane == 0)
+      lse[(ti.q_start + ii) * H + ti.h] = ok ? m[r] + logf(l[r]) : -CJ_INF;
+  }
+}

@@ -1,0 +1,266 @@
+"""Jagged Flash Attention (forward): softmax attention within each row of a jagged batch.
+
+``jagged_flash_attention(q, k, v, offsets)`` computes, for every row ``b`` and head ``h``::
+
+    O_b = softmax(scale * Q_b K_b^T + bias_b + mask) V_b
+
+on the flat jagged layout directly (``q, k, v`` values ``[T, H, D]``): no padding, no ``L x L``
+score matrix in global memory. On CuPy arrays it runs the tensor-core kernel of
+``cuda_src/attention.cu`` (bf16/fp16; fp32 through an exact FFMA kernel); on NumPy arrays the
+Numba twin of :mod:`cujagged.cpu.attention` (float64 accumulation).
+
+Moving over from FBGEMM's ``jagged_flash_attention_basic(q, k, v, offsets, max_seq_len)``
+(``q, k, v`` ``[ΣL, D]``, one head, no mask): it scores with scale 1 and divides the output by
+``max_seq_len``. The same result is::
+
+    o = jagged_flash_attention(q[:, None], k[:, None], v[:, None], offsets,
+                               max_seq_len=max_seq_len, scale=1.0)[:, 0] / max_seq_len
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._backend import bfloat16, is_gpu_array, xp_of
+from ._kernels import KernelFamily
+from .jagged import JaggedArray
+
+__all__ = ["jagged_flash_attention", "HEAD_DIMS"]
+
+HEAD_DIMS = (32, 64, 96, 128, 256)
+_BM128_DIMS = (64, 128)  # head dims that also have a 128-query-row tile (long rows, no bias)
+_BOOL = {False: "false", True: "true"}
+_TNAME = {np.dtype(np.float16): "f16_t", bfloat16: "bf16_t"}
+_NO_LIMIT = 2**62
+
+
+def _mma_name(tname: str, d: int, bm: int, has_bias: bool) -> str:
+    return f"jfa_fwd_mma<{tname}, {d}, {bm}, {_BOOL[has_bias]}>"
+
+
+def _f32_name(d: int, has_bias: bool) -> str:
+    return f"jfa_fwd_f32<{d}, {_BOOL[has_bias]}>"
+
+
+def _instantiations():
+    names = []
+    for t in ("bf16_t", "f16_t"):
+        for d in HEAD_DIMS:
+            for hb in (False, True):
+                names.append(_mma_name(t, d, 64, hb))
+            if d in _BM128_DIMS:
+                names.append(_mma_name(t, d, 128, False))
+    for d in HEAD_DIMS:
+        for hb in (False, True):
+            names.append(_f32_name(d, hb))
+    return names
+
+
+_FAM = KernelFamily("attention.cu", _instantiations())
+_SMEM_SET: set = set()
+
+
+def _mma_smem(d: int, bm: int) -> int:
+    bn = 64 if d <= 128 else 32
+    return (bm + 4 * bn) * (d + 8) * 2
+
+
+def _f32_smem(d: int) -> int:
+    return (16 * d + 32 * (d + 1) + 32 * d) * 4
+
+
+def _as_jagged(x, offsets, name: str, off_name: str) -> JaggedArray:
+    if isinstance(x, JaggedArray):
+        if offsets is not None:
+            raise TypeError(f"{off_name} must not be given when {name} is a JaggedArray "
+                            f"(its own offsets are used)")
+        return x
+    if not hasattr(x, "dtype") or not hasattr(x, "ndim"):
+        raise TypeError(f"{name} must be a JaggedArray or a NumPy/CuPy array [T, H, D], got "
+                        f"{type(x).__name__}")
+    if offsets is None:
+        raise TypeError(f"{off_name} is required when {name} is a plain array")
+    return JaggedArray(x, offsets)
+
+
+def _tile_list(xp, q_off, k_off, bm: int, msl: int, cache):
+    """(q_off int64, k_off int64, perm int32 [B], tile_off int32 [B+1]) — rows of most work first.
+
+    Built on the device without a host sync; cached in the JaggedArray's ``_cache``."""
+    key = ("jfa_tiles", bm, msl)
+    if cache is not None:
+        hit = cache.get(key)
+        if hit is not None and hit[0] is k_off:
+            return hit[1]
+    qo = q_off.astype(np.int64, copy=False)
+    ko = k_off.astype(np.int64, copy=False)
+    nt = (qo[1:] - qo[:-1] + (bm - 1)) // bm
+    work = nt * (xp.minimum(ko[1:] - ko[:-1], msl) + 1)
+    perm = xp.argsort(-work).astype(np.int32)
+    tile_off = xp.zeros(nt.shape[0] + 1, dtype=np.int32)
+    tile_off[1:] = xp.cumsum(nt[perm])
+    out = (qo, ko, perm, tile_off)
+    if cache is not None:
+        cache[key] = (k_off, out)
+    return out
+
+
+def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_len=None,
+                           scale=None, causal=False, bias=None, return_lse=False, _bm=None):
+    """Softmax attention within each row of a jagged batch (forward).
+
+    Args:
+        q: queries, a :class:`JaggedArray` with values ``[Tq, H, D]``, or the values with
+            ``offsets [B+1]``.
+        k, v: keys and values ``[Tk, Hk, D]`` (JaggedArrays, or arrays with ``kv_offsets``;
+            without either they share the query offsets: self-attention). ``Hk`` may be smaller
+            than ``H`` when it divides it (grouped-query: query head ``h`` uses key head
+            ``h // (H // Hk)``). Cross-attention: the queries of row ``b`` attend to the keys
+            of row ``b`` (``Lq`` and ``Lk`` may differ, e.g. a few targets over a history).
+        offsets: query offsets ``[B+1]`` (int32/int64) when ``q`` is a plain array.
+        kv_offsets: key/value offsets ``[B+1]`` when ``k``/``v`` are plain arrays.
+        max_seq_len: only the first ``min(L, max_seq_len)`` queries and keys of every row take
+            part (FBGEMM's truncation); query positions past it get ``O = 0`` and
+            ``lse = -inf``. ``None``: no truncation.
+        scale: multiplies ``q·k``; default ``1/sqrt(D)``.
+        causal: query ``i`` sees key ``j`` only when ``j <= i + Lk - Lq`` (aligned to the end of
+            the row when the lengths differ, as FlashAttention-2). Queries that see no key
+            (possible when ``Lq > Lk``) get ``O = 0`` and ``lse = -inf``.
+        bias: optional additive bias, padded layout ``[B, H or 1, Mq, Mk]`` with
+            ``Mq >= min(max query length, max_seq_len)`` and likewise ``Mk`` for keys; element
+            ``[b, h, i, j]`` is added to the scaled score of query ``i``, key ``j`` of row ``b``
+            (``-inf`` masks). Cast to the dtype of ``q`` (bf16/fp16/fp32) before use; the last
+            axis must be unit-stride (otherwise it is copied).
+        return_lse: also return the fp32 natural-log log-sum-exp of the scores ``[Tq, H]``.
+
+    Returns:
+        ``O`` with the layout of ``q`` (a JaggedArray when ``q`` is one, else values
+        ``[Tq, H, D]``), and ``lse`` (float32 ``[Tq, H]``) when ``return_lse``.
+
+    Head dims 32, 64, 96, 128, 256. dtypes: bfloat16, float16 (tensor cores, fp32 accumulation),
+    float32 (exact fp32 FFMA), float64 (CPU backend only). Empty rows are fine. On the GPU no
+    host synchronisation happens when ``q``/``k`` are JaggedArrays (their tile list is cached);
+    plain arrays with offsets are validated once (one small transfer).
+    """
+    qj = _as_jagged(q, offsets, "q", "offsets")
+    if isinstance(k, JaggedArray) or kv_offsets is not None:
+        kj = _as_jagged(k, kv_offsets, "k", "kv_offsets")
+    else:
+        if not hasattr(k, "dtype") or not hasattr(k, "ndim"):
+            raise TypeError(f"k must be a JaggedArray or an array [T, Hk, D], got "
+                            f"{type(k).__name__}")
+        if k.ndim < 1 or k.shape[0] != qj.values.shape[0]:
+            raise ValueError(f"k has {k.shape[0] if k.ndim else 0} rows but q has "
+                             f"{qj.values.shape[0]}; give kv_offsets for cross-attention")
+        kj = qj._with_values(xp_of(k).ascontiguousarray(k))
+    vv = v.values if isinstance(v, JaggedArray) else v
+    qv, kv = qj.values, kj.values
+    if not hasattr(vv, "dtype"):
+        raise TypeError(f"v must be a JaggedArray or an array [T, Hk, D], got {type(v).__name__}")
+    gpu = is_gpu_array(qv)
+    for name, a in (("k", kv), ("v", vv)):
+        if is_gpu_array(a) != gpu or (gpu and a.device.id != qv.device.id):
+            raise ValueError(f"{name} must be on the same device as q")
+    if qv.ndim != 3:
+        raise ValueError(f"q values must be [T, H, D], got shape {tuple(qv.shape)}")
+    if kv.ndim != 3 or tuple(vv.shape) != tuple(kv.shape):
+        raise ValueError(f"k and v values must both be [Tk, Hk, D], got {tuple(kv.shape)} and "
+                         f"{tuple(vv.shape)}")
+    T, H, D = qv.shape
+    Tk, Hk, Dk = kv.shape
+    if Dk != D:
+        raise ValueError(f"q has head dim {D} but k/v have {Dk}")
+    if D not in HEAD_DIMS:
+        raise ValueError(f"head dim D={D} is not supported; supported: {HEAD_DIMS}")
+    if Hk < 1 or H % Hk:
+        raise ValueError(f"k/v have {Hk} heads, which must divide the {H} heads of q")
+    dt = qv.dtype
+    if kv.dtype != dt or vv.dtype != dt:
+        raise TypeError(f"q, k, v must share one dtype, got {qv.dtype}, {kv.dtype}, {vv.dtype}")
+    if dt not in (np.dtype(np.float16), bfloat16, np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dt}")
+    if gpu and dt == np.float64:
+        raise TypeError("float64 attention runs on the CPU backend only; cast to float32")
+    if qj.nrows != kj.nrows:
+        raise ValueError(f"q has {qj.nrows} rows but k/v have {kj.nrows}")
+    B = qj.nrows
+    if max_seq_len is None:
+        msl = _NO_LIMIT
+    else:
+        msl = int(max_seq_len)
+        if msl < 0:
+            raise ValueError(f"max_seq_len must be >= 0, got {max_seq_len}")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    vv = xp_of(vv).ascontiguousarray(vv)
+    xp = xp_of(qv)
+
+    sb = sh = si = 0
+    if bias is not None:
+        if not hasattr(bias, "ndim") or is_gpu_array(bias) != gpu:
+            raise TypeError("bias must be an array on the same device as q")
+        mq = min(qj.max_length, msl)
+        mk = min(kj.max_length, msl)
+        if bias.ndim != 4 or bias.shape[0] != B or bias.shape[1] not in (1, H) or (
+                bias.shape[2] < mq or bias.shape[3] < mk):
+            raise ValueError(f"bias must be [B={B}, H={H} or 1, Mq>={mq}, Mk>={mk}], got shape "
+                             f"{tuple(bias.shape)}")
+        bdt = np.dtype(np.float64) if not gpu else dt
+        bias = bias.astype(bdt, copy=False)
+        if bias.strides[3] != bias.itemsize:
+            bias = xp.ascontiguousarray(bias)
+        sb, sh, si = (s // bias.itemsize for s in bias.strides[:3])
+        if bias.shape[1] == 1:
+            sh = 0
+
+    if not gpu:
+        from .cpu.attention import attention_fwd
+
+        f = np.float64
+        out = np.empty((T, H, D), dtype=f)
+        lse = np.empty((T, H), dtype=f)
+        bias_arr = (np.broadcast_to(bias, (B, H) + bias.shape[2:]) if bias is not None
+                    else np.zeros((1, 1, 1, 1)))
+        attention_fwd(qv.astype(f), kv.astype(f), vv.astype(f),
+                      qj.offsets.astype(np.int64), kj.offsets.astype(np.int64), msl, scale,
+                      bool(causal), bias_arr, bias is not None, out, lse)
+        out = out.astype(dt)
+        lse = lse.astype(np.float32)
+    else:
+        out = xp.empty((T, H, D), dtype=dt)
+        lse = xp.empty((T, H), dtype=np.float32) if return_lse else out
+        if T and B:
+            has_bias = bias is not None
+            if dt == np.float32:
+                bm, name, smem, threads = 16, _f32_name(D, has_bias), _f32_smem(D), 128
+                sc = scale
+            else:
+                bm = _bm or (128 if (D in _BM128_DIMS and not has_bias and T >= 192 * B)
+                             else 64)
+                name = _mma_name(_TNAME[dt], D, bm, has_bias)
+                smem, threads = _mma_smem(D, bm), 2 * bm
+                sc = scale * math.log2(math.e)
+            kern = _FAM.get(name)
+            if smem > 48 * 1024:
+                kid = (name, qv.device.id)
+                if kid not in _SMEM_SET:
+                    kern.max_dynamic_shared_size_bytes = smem
+                    _SMEM_SET.add(kid)
+            qo, ko, perm, tile_off = _tile_list(xp, qj.offsets, kj.offsets, bm, msl, qj._cache)
+            grid = ((T + bm - 1) // bm + B) * H
+            if grid >= 2**31:
+                raise ValueError("batch too large for one launch (tile count * heads >= 2**31)")
+            kern((grid,), (threads,),
+                 (qv, kv, vv, out, lse, qo, ko, perm, tile_off, np.int64(B), np.int32(H),
+                  np.int32(Hk), np.int64(msl), np.float32(sc), np.int32(bool(causal)),
+                  bias if has_bias else qv, np.int64(sb), np.int64(sh), np.int64(si),
+                  np.int32(bool(return_lse))),
+                 shared_mem=smem)
+        elif return_lse:
+            lse = xp.full((T, H), -np.inf, dtype=np.float32)
+            out[...] = 0
+        else:
+            out[...] = 0
+    o = qj._with_values(out) if isinstance(q, JaggedArray) else out
+    return (o, lse) if return_lse else o

@@ -1,0 +1,77 @@
+"""Numba twin of ``cuda_src/attention.cu``: jagged attention forward with float64 accumulation.
+
+It is the CPU backend of :func:`cujagged.jagged_flash_attention` and the reference of the GPU
+tests. Inputs arrive as float32 or float64 (bf16/fp16 are widened by the caller).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, parallel=True)
+def attention_fwd(q, k, v, q_off, k_off, max_seq_len, scale, causal, bias, has_bias, out, lse):
+    """One softmax-attention per (row, head, query).
+
+    Args:
+        q: ``[Tq, H, D]``; k, v: ``[Tk, Hk, D]`` (``Hk`` divides ``H``).
+        q_off, k_off: int64 ``[B+1]``.
+        max_seq_len: only the first ``max_seq_len`` queries/keys of each row take part.
+        scale: multiplies ``q·k``.
+        causal: key j is seen by query i when ``j <= i + Lk - Lq`` (end-aligned).
+        bias: float64 ``[B, H, Mq, Mk]`` (ignored unless ``has_bias``).
+        out: float64 ``[Tq, H, D]``, written in full (zeros where a query sees no key).
+        lse: float64 ``[Tq, H]``, natural-log log-sum-exp (``-inf`` where a query sees no key).
+    """
+    B = q_off.shape[0] - 1
+    H = q.shape[1]
+    D = q.shape[2]
+    group = H // k.shape[1]
+    for bh in numba.prange(B * H):
+        b = bh // H
+        h = bh % H
+        hk = h // group
+        qs = q_off[b]
+        lq_full = q_off[b + 1] - qs
+        lq = min(lq_full, max_seq_len)
+        ks = k_off[b]
+        lk = min(k_off[b + 1] - ks, max_seq_len)
+        s = np.empty(max(lk, 1), dtype=np.float64)
+        acc = np.empty(D, dtype=np.float64)
+        for i in range(lq_full):
+            for d in range(D):
+                out[qs + i, h, d] = 0.0
+            lse[qs + i, h] = -np.inf
+            if i >= lq:
+                continue
+            nk = lk
+            if causal:
+                nk = min(lk, i + lk - lq + 1)
+            if nk <= 0:
+                continue
+            m = -np.inf
+            for j in range(nk):
+                dot = 0.0
+                for d in range(D):
+                    dot += np.float64(q[qs + i, h, d]) * np.float64(k[ks + j, hk, d])
+                x = dot * scale
+                if has_bias:
+                    x += bias[b, h, i, j]
+                s[j] = x
+                m = max(m, x)
+            if m == -np.inf:  # every score -inf (an all -inf bias): no key
+                continue
+            total = 0.0
+            for d in range(D):
+                acc[d] = 0.0
+            for j in range(nk):
+                p = math.exp(s[j] - m)
+                total += p
+                for d in range(D):
+                    acc[d] += p * np.float64(v[ks + j, hk, d])
+            for d in range(D):
+                out[qs + i, h, d] = acc[d] / total
+            lse[qs + i, h] = m + math.log(total)
