@@ -4,8 +4,10 @@ A :class:`JaggedArray` is flat ``values [T, *inner]`` plus ``offsets [B+1]``. Nu
 run on Numba kernels, CuPy-backed arrays on hand-written CUDA kernels compiled through NVRTC.
 """
 
+from . import rowwise
 from ._backend import bfloat16, gpu_available
 from ._kernels import KernelCompileError, compile_all
+from .attention import jagged_flash_attention
 from .interop import (
     from_awkward,
     from_dlpack_parts,
@@ -17,9 +19,9 @@ from .interop import (
     to_torch,
     to_torch_nested,
 )
-from .attention import jagged_flash_attention
 from .jagged import JaggedArray
 from .layout import from_padded, index_select, offsets_from_lengths, positions, row_ids, to_padded
+from .rowwise import log_softmax, logsumexp, softmax
 
 __version__ = "0.1.0"
 
@@ -32,3 +34,4 @@ __all__ += [
     "from_padded", "index_select", "offsets_from_lengths", "positions", "row_ids", "to_padded",
 ]
 __all__ += ["jagged_flash_attention"]
+__all__ += ["rowwise", "softmax", "log_softmax", "logsumexp"]

@@ -544,3 +544,179 @@ class JaggedArray:
 
 
     # ---- row-wise ops: arithmetic, ufuncs, reductions, softmax, cumsum, sort (rowwise.py) ------
+    # Thin methods delegating to cujagged.rowwise (docstrings there). Reductions return a dense
+    # [B, *inner] array; the others a JaggedArray. Operators follow NumPy ufunc semantics.
+    __array_priority__ = 1000
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        from . import rowwise
+
+        return rowwise.array_ufunc(self, ufunc, method, *inputs, **kwargs)
+
+    def sum(self, axis=1, *, dim=None, max_length=None):
+        """Per-row sum ``[B, *inner]`` (see :func:`cujagged.rowwise.sum`)."""
+        from . import rowwise
+
+        return rowwise.sum(self, axis, dim=dim, max_length=max_length)
+
+    def mean(self, axis=1, *, dim=None, max_length=None):
+        """Per-row mean ``[B, *inner]``; nan for empty rows."""
+        from . import rowwise
+
+        return rowwise.mean(self, axis, dim=dim, max_length=max_length)
+
+    def prod(self, axis=1, *, dim=None, max_length=None):
+        """Per-row product ``[B, *inner]``; 1 for empty rows."""
+        from . import rowwise
+
+        return rowwise.prod(self, axis, dim=dim, max_length=max_length)
+
+    def max(self, axis=1, *, dim=None, initial=None, max_length=None):
+        """Per-row maximum ``[B, *inner]``; -inf (or ``initial``) for empty rows."""
+        from . import rowwise
+
+        return rowwise.max(self, axis, dim=dim, initial=initial, max_length=max_length)
+
+    def min(self, axis=1, *, dim=None, initial=None, max_length=None):
+        """Per-row minimum ``[B, *inner]``; +inf (or ``initial``) for empty rows."""
+        from . import rowwise
+
+        return rowwise.min(self, axis, dim=dim, initial=initial, max_length=max_length)
+
+    def argmax(self, axis=1, *, dim=None, max_length=None):
+        """Position of the per-row maximum, int64 ``[B, *inner]``; -1 for empty rows."""
+        from . import rowwise
+
+        return rowwise.argmax(self, axis, dim=dim, max_length=max_length)
+
+    def argmin(self, axis=1, *, dim=None, max_length=None):
+        """Position of the per-row minimum, int64 ``[B, *inner]``; -1 for empty rows."""
+        from . import rowwise
+
+        return rowwise.argmin(self, axis, dim=dim, max_length=max_length)
+
+    def logsumexp(self, axis=1, *, dim=None, max_length=None):
+        """Per-row ``log(sum(exp(x)))`` ``[B, *inner]``; -inf for empty rows."""
+        from . import rowwise
+
+        return rowwise.logsumexp(self, axis, dim=dim, max_length=max_length)
+
+    def any(self, axis=1, *, dim=None, max_length=None):
+        """Per-row any, bool ``[B, *inner]``; False for empty rows."""
+        from . import rowwise
+
+        return rowwise.any(self, axis, dim=dim, max_length=max_length)
+
+    def all(self, axis=1, *, dim=None, max_length=None):
+        """Per-row all, bool ``[B, *inner]``; True for empty rows."""
+        from . import rowwise
+
+        return rowwise.all(self, axis, dim=dim, max_length=max_length)
+
+    def softmax(self, axis=1, *, dim=None, max_length=None):
+        """Softmax over each row (JaggedArray); 0 past ``max_length`` and for all -inf rows."""
+        from . import rowwise
+
+        return rowwise.softmax(self, axis, dim=dim, max_length=max_length)
+
+    def log_softmax(self, axis=1, *, dim=None, max_length=None):
+        """Log-softmax over each row (JaggedArray)."""
+        from . import rowwise
+
+        return rowwise.log_softmax(self, axis, dim=dim, max_length=max_length)
+
+    def cumsum(self, axis=1, *, dim=None, exclusive=False, reverse=False):
+        """Cumulative sum along each row (JaggedArray)."""
+        from . import rowwise
+
+        return rowwise.cumsum(self, axis, dim=dim, exclusive=exclusive, reverse=reverse)
+
+    def sort(self, axis=1, *, dim=None, descending=False):
+        """Stable sort within each row (JaggedArray)."""
+        from . import rowwise
+
+        return rowwise.sort(self, axis, dim=dim, descending=descending)
+
+    def argsort(self, axis=1, *, dim=None, descending=False):
+        """Stable argsort within each row (JaggedArray of int64 positions)."""
+        from . import rowwise
+
+        return rowwise.argsort(self, axis, dim=dim, descending=descending)
+
+    def topk(self, k, axis=1, *, dim=None, largest=True):
+        """``(values, indices)`` of the k largest (smallest) items of each row."""
+        from . import rowwise
+
+        return rowwise.topk(self, k, axis, dim=dim, largest=largest)
+
+    def __add__(self, other):
+        return np.add(self, other)
+
+    def __radd__(self, other):
+        return np.add(other, self)
+
+    def __sub__(self, other):
+        return np.subtract(self, other)
+
+    def __rsub__(self, other):
+        return np.subtract(other, self)
+
+    def __mul__(self, other):
+        return np.multiply(self, other)
+
+    def __rmul__(self, other):
+        return np.multiply(other, self)
+
+    def __truediv__(self, other):
+        return np.true_divide(self, other)
+
+    def __rtruediv__(self, other):
+        return np.true_divide(other, self)
+
+    def __floordiv__(self, other):
+        return np.floor_divide(self, other)
+
+    def __rfloordiv__(self, other):
+        return np.floor_divide(other, self)
+
+    def __mod__(self, other):
+        return np.remainder(self, other)
+
+    def __pow__(self, other):
+        return np.power(self, other)
+
+    def __rpow__(self, other):
+        return np.power(other, self)
+
+    def __lt__(self, other):
+        return np.less(self, other)
+
+    def __le__(self, other):
+        return np.less_equal(self, other)
+
+    def __gt__(self, other):
+        return np.greater(self, other)
+
+    def __ge__(self, other):
+        return np.greater_equal(self, other)
+
+    def __neg__(self):
+        return np.negative(self)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return np.absolute(self)
+
+    def __invert__(self):
+        return np.invert(self)
+
+    def __and__(self, other):
+        return np.bitwise_and(self, other)
+
+    def __or__(self, other):
+        return np.bitwise_or(self, other)
+
+    def __xor__(self, other):
+        return np.bitwise_xor(self, other)

@@ -1,0 +1,197 @@
+"""Numba twins of ``cuda_src/rowwise.cu``: per-row reductions, softmax, cumsum (CPU backend).
+
+Every function takes ``v`` as a 2-D ``[T, C]`` array (``C = prod(inner)``; float16/bfloat16 are
+converted to float32 by the caller), ``off`` the int32/int64 offsets ``[B+1]`` and ``trunc`` the
+truncation length (only the first ``trunc`` items of each row take part). Floats accumulate in
+float64, integers in int64. Rows run in parallel (``prange``).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+__all__ = ["reduce_sum", "reduce_prod", "reduce_max", "reduce_lse", "softmax_rows",
+           "softmax_backward_rows", "cumsum_rows"]
+
+_JIT = dict(cache=True, nogil=True)
+
+
+@numba.njit(parallel=True, **_JIT)
+def reduce_sum(v, off, trunc, out):
+    """out[b, c] += sum of v[off[b] : off[b] + min(L_b, trunc), c] (out zero-initialised)."""
+    B = off.shape[0] - 1
+    C = v.shape[1]
+    for b in prange(B):
+        s = off[b]
+        e = min(off[b + 1], s + trunc)
+        if C == 1:
+            acc = out[b, 0]
+            for i in range(s, e):
+                acc += v[i, 0]
+            out[b, 0] = acc
+        else:
+            for i in range(s, e):
+                for c in range(C):
+                    out[b, c] += v[i, c]
+
+
+@numba.njit(parallel=True, **_JIT)
+def reduce_prod(v, off, trunc, out):
+    """out[b, c] *= product over the (truncated) row (out one-initialised)."""
+    B = off.shape[0] - 1
+    C = v.shape[1]
+    for b in prange(B):
+        s = off[b]
+        e = min(off[b + 1], s + trunc)
+        for i in range(s, e):
+            for c in range(C):
+                out[b, c] *= v[i, c]
+
+
+@numba.njit(parallel=True, **_JIT)
+def reduce_max(v, off, trunc, is_min, outv, outi):
+    """Max (or min) and its first index within the row; NaN wins (first NaN), as in NumPy.
+
+    ``outi`` must be -1-initialised and ``outv`` hold the empty-row fill; rows that have items
+    overwrite both.
+    """
+    B = off.shape[0] - 1
+    C = v.shape[1]
+    for b in prange(B):
+        s = off[b]
+        e = min(off[b + 1], s + trunc)
+        if C == 1:
+            if e > s:
+                best = v[s, 0]
+                bi = 0
+                for i in range(s + 1, e):
+                    x = v[i, 0]
+                    if best == best and (x != x or (x < best if is_min else x > best)):
+                        best = x
+                        bi = i - s
+                outv[b, 0] = best
+                outi[b, 0] = bi
+        else:
+            for i in range(s, e):
+                for c in range(C):
+                    x = v[i, c]
+                    best = outv[b, c]
+                    if outi[b, c] < 0 or (
+                        best == best and (x != x or (x < best if is_min else x > best))
+                    ):
+                        outv[b, c] = x
+                        outi[b, c] = i - s
+
+
+@numba.njit(parallel=True, **_JIT)
+def reduce_lse(v, off, trunc, out):
+    """log(sum(exp(x))) over the (truncated) row in float64; empty or all -inf rows give -inf."""
+    B = off.shape[0] - 1
+    C = v.shape[1]
+    for b in prange(B):
+        s = off[b]
+        e = min(off[b + 1], s + trunc)
+        for c in range(C):
+            m = -np.inf
+            nan = False
+            for i in range(s, e):
+                x = np.float64(v[i, c])
+                if x != x:
+                    nan = True
+                elif x > m:
+                    m = x
+            if nan:
+                out[b, c] = np.nan
+            elif m == -np.inf or m == np.inf:
+                out[b, c] = m
+            else:
+                acc = 0.0
+                for i in range(s, e):
+                    acc += np.exp(np.float64(v[i, c]) - m)
+                out[b, c] = m + np.log(acc)
+
+
+@numba.njit(parallel=True, **_JIT)
+def softmax_rows(v, off, trunc, log, out):
+    """(log-)softmax of each column over the first ``trunc`` items of each row, float64 math.
+
+    Items past ``trunc`` and rows whose items are all -inf give 0.
+    """
+    B = off.shape[0] - 1
+    C = v.shape[1]
+    for b in prange(B):
+        s = off[b]
+        full = off[b + 1]
+        e = min(full, s + trunc)
+        for c in range(C):
+            m = -np.inf
+            for i in range(s, e):
+                x = np.float64(v[i, c])
+                if x > m or x != x:
+                    m = x
+            acc = 0.0
+            if m != -np.inf:
+                for i in range(s, e):
+                    acc += np.exp(np.float64(v[i, c]) - m)
+            for i in range(s, e):
+                if m == -np.inf:
+                    out[i, c] = 0.0
+                elif log:
+                    out[i, c] = np.float64(v[i, c]) - m - np.log(acc)
+                else:
+                    out[i, c] = np.exp(np.float64(v[i, c]) - m) / acc
+            for i in range(e, full):
+                out[i, c] = 0.0
+
+
+@numba.njit(parallel=True, **_JIT)
+def softmax_backward_rows(g, y, off, trunc, log, out):
+    """Gradient of (log-)softmax: ``y * (g - sum(g * y))`` or ``g - exp(y) * sum(g)`` per row
+    and column, 0 past ``trunc``."""
+    B = off.shape[0] - 1
+    C = g.shape[1]
+    for b in prange(B):
+        s = off[b]
+        full = off[b + 1]
+        e = min(full, s + trunc)
+        for c in range(C):
+            acc = 0.0
+            for i in range(s, e):
+                if log:
+                    acc += np.float64(g[i, c])
+                else:
+                    acc += np.float64(g[i, c]) * np.float64(y[i, c])
+            for i in range(s, e):
+                gi = np.float64(g[i, c])
+                yi = np.float64(y[i, c])
+                if log:
+                    out[i, c] = gi - np.exp(yi) * acc
+                else:
+                    out[i, c] = yi * (gi - acc)
+            for i in range(e, full):
+                out[i, c] = 0.0
+
+
+@numba.njit(parallel=True, **_JIT)
+def cumsum_rows(v, off, exclusive, reverse, zero, out):
+    """Inclusive/exclusive cumulative sum of each column along each row (from the row's end when
+    ``reverse``), accumulated in the type of ``zero`` (a 0 of the accumulator dtype)."""
+    B = off.shape[0] - 1
+    C = v.shape[1]
+    for b in prange(B):
+        s = off[b]
+        e = off[b + 1]
+        n = e - s
+        for c in range(C):
+            acc = zero
+            for k in range(n):
+                i = e - 1 - k if reverse else s + k
+                x = v[i, c]
+                if exclusive:
+                    out[i, c] = acc
+                    acc += x
+                else:
+                    acc += x
+                    out[i, c] = acc

@@ -1,0 +1,907 @@
+"""Row-wise ops on :class:`~cujagged.JaggedArray`: reductions over the jagged axis, softmax,
+cumsum, sort, and elementwise arithmetic / NumPy ufuncs.
+
+Shapes: ``x`` is ``[B, None, *inner]`` with values ``[T, *inner]``. Reductions return a dense
+``[B, *inner]`` array; softmax, cumsum, sort and elementwise ops return a JaggedArray.
+
+Backends: CuPy values of dtype float32 / float16 / bfloat16 run the CUDA kernels of
+``cuda_src/rowwise.cu`` (fp32 accumulation). NumPy values run the Numba twins in
+``cujagged.cpu.rowwise`` (float64 / int64 accumulation), which are also the test reference. CuPy
+values of other dtypes (float64, integers, bool) take a host round trip through the Numba backend
+(correct, not fast).
+
+Empty rows (DESIGN.md): ``sum`` -> 0, ``prod`` -> 1, ``max`` -> -inf / ``min`` -> +inf for floats
+(integers: the dtype's min / max; or ``initial=``), ``argmax``/``argmin`` -> -1, ``mean`` -> nan,
+``logsumexp`` -> -inf, ``any`` -> False, ``all`` -> True. Identical on CPU and GPU.
+
+``max_length`` (where accepted) truncates: only the first ``max_length`` items of each row take
+part; softmax and the backward functions give 0 for the items past it.
+
+NaN: ``max``/``min``/``argmax``/``argmin`` propagate NaN like NumPy (the first NaN wins).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+
+import numpy as np
+
+from ._backend import bfloat16, cupy, is_gpu_array
+from ._kernels import KernelFamily
+from .cpu import rowwise as _cpu
+
+__all__ = [
+    "sum", "mean", "prod", "max", "min", "argmax", "argmin", "logsumexp", "any", "all",
+    "sum_backward", "mean_backward", "max_backward", "min_backward", "logsumexp_backward",
+    "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
+    "cumsum", "cumsum_backward", "sort", "argsort", "topk", "elementwise", "array_ufunc",
+]
+
+_builtin_any, _builtin_all, _builtin_max, _builtin_min = any, all, max, min
+
+# ---- kernel family -------------------------------------------------------------------------
+_TNAME = {np.dtype(np.float32): ("float", 4), np.dtype(np.float16): ("f16_t", 8)}
+if bfloat16 is not None:
+    _TNAME[bfloat16] = ("bf16_t", 8)
+K_SUM, K_PROD, K_MAX, K_LSE, K_DOT = range(5)
+(E_ADD, E_SUB, E_RSUB, E_MUL, E_DIV, E_RDIV, E_MAXIMUM, E_MINIMUM) = range(8)
+(E_BCAST, E_BCAST_MEAN, E_SELECT, E_LSE_BWD, E_SOFTMAX, E_LOGSOFTMAX, E_SOFTMAX_BWD,
+ E_LOGSOFTMAX_BWD) = range(10, 18)
+OUT_T, OUT_BOOL, OUT_I64, OUT_F32 = range(4)
+
+
+def _instantiations():
+    names = []
+    for tn, vec in _TNAME.values():
+        for v in (1, vec):
+            names += [f"reduce_rows<{tn}, {k}, {v}>" for k in range(5)]
+            names += [f"rowbcast<{tn}, {v}>", f"cumsum_rows<{tn}, {v}>"]
+        names += [f"reduce_combine<{tn}, {k}>" for k in range(5)]
+    return names
+
+
+_FAM = KernelFamily("rowwise.cu", _instantiations())
+_BLOCK = 256
+_NULL = np.uint64(0)
+_NOTRUNC = 1 << 62
+_KB = 1024
+
+
+# ---- validation helpers --------------------------------------------------------------------
+def _jagged_cls():
+    from .jagged import JaggedArray
+
+    return JaggedArray
+
+
+def _check_jagged(x, name="x"):
+    if not isinstance(x, _jagged_cls()):
+        raise TypeError(f"{name} must be a JaggedArray, got {type(x).__name__}")
+
+
+def _check_axis(x, axis, dim):
+    if dim is not None:
+        if axis not in (None, 1) and axis != dim:
+            raise TypeError(f"got both axis={axis} and dim={dim}; give one")
+        axis = dim
+    if axis is None:
+        axis = 1
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}") from None
+    if axis < 0:
+        axis += x.ndim
+    if axis != 1:
+        raise ValueError(f"axis must be 1 (the jagged axis) for an array of shape {x.shape}, "
+                         f"got {axis}")
+
+
+def _trunc(max_length) -> int:
+    if max_length is None:
+        return _NOTRUNC
+    try:
+        ml = operator.index(max_length)
+    except TypeError:
+        raise TypeError(f"max_length must be an integer or None, got "
+                        f"{type(max_length).__name__}") from None
+    if ml < 0:
+        raise ValueError(f"max_length must be >= 0, got {ml}")
+    return ml
+
+
+def _check_same(x, y, xname, yname):
+    _check_jagged(y, yname)
+    if x.is_gpu != y.is_gpu:
+        raise TypeError(f"{xname} is on {x.device} but {yname} is on {y.device}")
+    if not x.same_structure(y):
+        raise ValueError(f"{xname} and {yname} must have the same structure (equal offsets); "
+                         f"got {x.nrows} and {y.nrows} rows with different offsets")
+    if x.inner_shape != y.inner_shape:
+        raise ValueError(f"{xname} and {yname} must have the same inner shape, got "
+                         f"{x.inner_shape} and {y.inner_shape}")
+
+
+def _ncols(x) -> int:
+    c = 1
+    for d in x.inner_shape:
+        c *= d
+    return c
+
+
+def _flat(x):
+    return x.values.reshape(x.values.shape[0], _ncols(x))
+
+
+def _kernel_ok(x) -> bool:
+    return x.is_gpu and x.dtype in _TNAME
+
+
+def _to_host(x):
+    J = _jagged_cls()
+    return J(cupy.asnumpy(x.values), cupy.asnumpy(x.offsets), max_length=x.max_length,
+             validate=False)
+
+
+def _to_dev(res, like):
+    J = _jagged_cls()
+    if isinstance(res, tuple):
+        return tuple(_to_dev(r, like) for r in res)
+    if isinstance(res, J):
+        offsets = like.offsets if res.offsets.shape == like.offsets.shape and res.values.shape[
+            0] == like.values.shape[0] and res.max_length == like.max_length else cupy.asarray(
+            res.offsets)
+        return J(cupy.asarray(res.values), offsets, max_length=res.max_length, validate=False)
+    return cupy.asarray(res)
+
+
+def _host_arg(a):
+    if isinstance(a, _jagged_cls()):
+        return _to_host(a) if a.is_gpu else a
+    return cupy.asnumpy(a) if is_gpu_array(a) else a
+
+
+def _via_host(fn, x, *args, **kw):
+    """Run ``fn`` on host copies (GPU arrays of dtypes without a CUDA kernel)."""
+    res = fn(_to_host(x), *(_host_arg(a) for a in args),
+             **{k: _host_arg(v) for k, v in kw.items()})
+    return _to_dev(res, x)
+
+
+# ---- cached structure (shared by every array of the same offsets) ----------------------------
+def _off64(x):
+    c = x._cache
+    o = c.get("rowwise.off64")
+    if o is None:
+        o = x.offsets.astype(np.int64, copy=False)
+        c["rowwise.off64"] = o
+    return o
+
+
+def _rows_pos(x):
+    """(row id, position in row) of every item, int64 ``[T]`` each (cached)."""
+    c = x._cache
+    r = c.get("rowwise.rowpos")
+    if r is None:
+        xp = x.xp
+        off = _off64(x)
+        t = xp.arange(x.values.shape[0], dtype=np.int64)
+        rid = xp.searchsorted(off[1:], t, side="right").astype(np.int64)
+        r = (rid, t - off[rid])
+        c["rowwise.rowpos"] = r
+    return r
+
+
+@functools.cache
+def _sm_count(dev: int) -> int:
+    return int(cupy.cuda.Device(dev).attributes["MultiProcessorCount"])
+
+
+def _plan(x, item_bytes: int, trunc: int, limit: int = 512 * _KB):
+    """(chunk items, single pass?): a whole row per block when rows are short enough, else rows
+    split in chunks of about 32 KB .. ``limit`` bytes, sized to give every SM several blocks."""
+    B, T = x.nrows, x.values.shape[0]
+    L = _builtin_min(x.max_length, trunc)
+    sm = _sm_count(x.values.device.id)
+    row_bytes = L * item_bytes
+    if row_bytes <= limit and (B >= 2 * sm or row_bytes <= 32 * _KB):
+        return _builtin_max(L, 1), True
+    cb = _builtin_min(limit, _builtin_max(32 * _KB, (T * item_bytes) // (4 * sm)))
+    return _builtin_max(1, cb // _builtin_max(item_bytes, 1)), False
+
+
+def _chunks(x, chunk: int, trunc: int):
+    """Chunk offsets ``[B+1]`` (int64, cached) and a grid size bounding the chunk count."""
+    trunc_key = trunc if trunc < x.max_length else None
+    key = ("rowwise.chunks", chunk, trunc_key)
+    c = x._cache
+    co = c.get(key)
+    if co is None:
+        off = _off64(x)
+        lens = off[1:] - off[:-1]
+        if trunc_key is not None:
+            lens = cupy.minimum(lens, trunc)
+        n = cupy.maximum((lens + (chunk - 1)) // chunk, 1)
+        co = cupy.zeros(x.nrows + 1, dtype=np.int64)
+        co[1:] = cupy.cumsum(n)
+        c[key] = co
+    return co, x.nrows + x.values.shape[0] // chunk + 1
+
+
+def _geom(C: int, dtype, *arrays):
+    """(V, CT, column tiles): V columns per thread (16-byte vectors when C and the pointers
+    allow), CT column threads per block (power of two), tiles over the columns (grid y)."""
+    vec = 16 // dtype.itemsize
+    ok = C % vec == 0 and _builtin_all(a.data.ptr % 16 == 0 for a in arrays if a is not None)
+    V = vec if ok else 1
+    cv = C // V
+    CT = _builtin_min(_BLOCK, 1 << _builtin_max(cv - 1, 0).bit_length())
+    return V, CT, -(-cv // CT)
+
+
+def _ptr(a):
+    return _NULL if a is None else a
+
+
+# ---- GPU launches ----------------------------------------------------------------------------
+def _gpu_reduce(x, K, mode, out_dtype, out_kind, trunc, *, has_init=0, init=0.0, b=None):
+    """Reduction of every column over every (truncated) row: ``[B, C]`` array of ``out_dtype``."""
+    vals = _flat(x)
+    B, C = x.nrows, vals.shape[1]
+    out = cupy.empty((B, C), dtype=out_dtype)
+    if B == 0 or C == 0:
+        return out
+    bv = None if b is None else _flat(b)
+    tn = _TNAME[x.dtype][0]
+    V, CT, yt = _geom(C, x.dtype, vals, bv)
+    ib = C * x.dtype.itemsize * (2 if K == K_DOT else 1)
+    chunk, single = _plan(x, ib, trunc)
+    co, gx = _chunks(x, chunk, trunc)
+    off = _off64(x)
+    kern = _FAM.get(f"reduce_rows<{tn}, {K}, {V}>")
+    common = (vals, _ptr(bv), off, co, np.int64(B), np.int64(C), np.int64(chunk),
+              np.int64(trunc), np.int32(CT), np.int32(mode))
+    if single:
+        kern((gx, yt), (_BLOCK,), common + (np.int32(0), _NULL, _NULL, _NULL, out,
+                                            np.int32(out_kind), np.int32(has_init),
+                                            np.float32(init), np.int32(-1), _NULL))
+        return out
+    pa = cupy.empty((gx, C), dtype=np.float32)
+    pb = cupy.empty((gx, C), dtype=np.float32) if K == K_LSE else None
+    pi = cupy.empty((gx, C), dtype=np.int32) if K == K_MAX else None
+    kern((gx, yt), (_BLOCK,), common + (np.int32(1), pa, _ptr(pb), _ptr(pi), _NULL,
+                                        np.int32(out_kind), np.int32(has_init),
+                                        np.float32(init), np.int32(-1), _NULL))
+    comb = _FAM.get(f"reduce_combine<{tn}, {K}>")
+    comb((-(-(B * C) // _BLOCK),), (_BLOCK,),
+         (off, co, np.int64(B), np.int64(C), np.int64(trunc), np.int32(mode), pa, _ptr(pb),
+          _ptr(pi), out, np.int32(out_kind), np.int32(has_init), np.float32(init)))
+    return out
+
+
+def _gpu_rowbcast(x, mode, *, a=None, b=None, p=None, padded=False, q=None, ix=None,
+                  trunc=_NOTRUNC, out=None):
+    """``out[t, c] = apply(mode, a, b, p[row(, pos)], q[row], ix[row])`` over every item of x's
+    structure (see ``apply`` in rowwise.cu). ``a``/``b``: ``[T, C]``; ``p``: ``[B, C]`` or padded
+    ``[B, Lp, C]`` of x's dtype; ``q``: ``[B, C]`` float32; ``ix``: ``[B, C]`` int64."""
+    T, C, B = x.values.shape[0], _ncols(x), x.nrows
+    if out is None:
+        out = cupy.empty((T, C), dtype=x.dtype)
+    if T == 0 or C == 0:
+        return out
+    tn = _TNAME[x.dtype][0]
+    V, CT, yt = _geom(C, x.dtype, a, b, out, p if padded else None)
+    chunk, _ = _plan(x, C * x.dtype.itemsize, _NOTRUNC, limit=256 * _KB)
+    co, gx = _chunks(x, chunk, _NOTRUNC)
+    if p is None:
+        p_row = p_pos = 0
+    elif padded:
+        p_row, p_pos = p.shape[1] * C, C
+    else:
+        p_row, p_pos = C, 0
+    kern = _FAM.get(f"rowbcast<{tn}, {V}>")
+    kern((gx, yt), (_BLOCK,),
+         (_ptr(a), _ptr(b), _ptr(p), np.int64(p_row), np.int64(p_pos), _ptr(q), _ptr(ix),
+          _off64(x), co, np.int64(B), np.int64(C), np.int64(chunk), np.int64(trunc),
+          np.int32(CT), np.int32(mode), out))
+    return out
+
+
+def _gpu_fused(x, K, mode, fmode, trunc, b=None):
+    """Reduce each row (kind K) then rewrite it with ``apply(fmode, x, b, q=reduced)``: one
+    kernel when a block can own a whole row, else a split reduction plus ``rowbcast``."""
+    vals = _flat(x)
+    T, C, B = vals.shape[0], vals.shape[1], x.nrows
+    out = cupy.empty((T, C), dtype=x.dtype)
+    if T == 0 or C == 0:
+        return out
+    bv = None if b is None else _flat(b)
+    V, CT, yt = _geom(C, x.dtype, vals, bv, out)
+    ib = C * x.dtype.itemsize * (2 if b is not None else 1)
+    chunk, single = _plan(x, ib, trunc)
+    if not single:
+        q = _gpu_reduce(x, K, mode, np.float32, OUT_F32, trunc, b=b)
+        return _gpu_rowbcast(x, fmode, a=vals, b=bv, q=q, trunc=trunc, out=out)
+    co, gx = _chunks(x, chunk, trunc)
+    tn = _TNAME[x.dtype][0]
+    kern = _FAM.get(f"reduce_rows<{tn}, {K}, {V}>")
+    kern((gx, yt), (_BLOCK,),
+         (vals, _ptr(bv), _off64(x), co, np.int64(B), np.int64(C), np.int64(chunk),
+          np.int64(trunc), np.int32(CT), np.int32(mode), np.int32(0), _NULL, _NULL, _NULL,
+          _NULL, np.int32(OUT_T), np.int32(0), np.float32(0), np.int32(fmode), out))
+    return out
+
+
+# ---- CPU helpers -----------------------------------------------------------------------------
+def _cpu_vals(x):
+    v = _flat(x)
+    if v.dtype in (np.dtype(np.float16), bfloat16):
+        return v.astype(np.float32)
+    if v.dtype == np.bool_:
+        return v.view(np.uint8)
+    return v
+
+
+def _acc_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" or dtype == bfloat16:
+        return np.dtype(np.float64)
+    if dtype.kind == "u":
+        return np.dtype(np.uint64)
+    return np.dtype(np.int64)
+
+
+def _float_out(dtype):
+    """Result dtype of a float-valued op (mean, logsumexp, softmax) for values of ``dtype``."""
+    dtype = np.dtype(dtype)
+    return dtype if (dtype.kind == "f" or dtype == bfloat16) else np.dtype(np.float64)
+
+
+def _is_float(dtype) -> bool:
+    return np.dtype(dtype).kind == "f" or np.dtype(dtype) == bfloat16
+
+
+def _shape_out(x, out):
+    return out.reshape((x.nrows, *x.inner_shape))
+
+
+def _jagged_like(x, values):
+    return x._with_values(values.reshape((values.shape[0], *x.inner_shape)))
+
+
+# ---- reductions --------------------------------------------------------------------------------
+def _reduce_common(x, axis, dim, max_length):
+    _check_jagged(x)
+    _check_axis(x, axis, dim)
+    return _trunc(max_length)
+
+
+def sum(x, axis=1, *, dim=None, max_length=None):  # noqa: A001
+    """Sum of each row: ``[B, *inner]``. Floats keep their dtype (fp32 accumulation on the GPU),
+    integers/bool give int64 (uint64 for unsigned). Empty rows give 0."""
+    trunc = _reduce_common(x, axis, dim, max_length)
+    if x.is_gpu:
+        if not _kernel_ok(x):
+            return _via_host(sum, x, max_length=max_length)
+        return _shape_out(x, _gpu_reduce(x, K_SUM, 0, x.dtype, OUT_T, trunc))
+    acc = _acc_dtype(x.dtype)
+    out = np.zeros((x.nrows, _ncols(x)), dtype=acc)
+    _cpu.reduce_sum(_cpu_vals(x), x.offsets, trunc, out)
+    return _shape_out(x, out.astype(x.dtype if _is_float(x.dtype) else acc))
+
+
+def mean(x, axis=1, *, dim=None, max_length=None):
+    """Mean of each row: ``[B, *inner]`` (float64 for integer values). Empty rows give nan."""
+    trunc = _reduce_common(x, axis, dim, max_length)
+    if x.is_gpu:
+        if not _kernel_ok(x):
+            return _via_host(mean, x, max_length=max_length)
+        return _shape_out(x, _gpu_reduce(x, K_SUM, 1, x.dtype, OUT_T, trunc))
+    out = np.zeros((x.nrows, _ncols(x)), dtype=np.float64)
+    _cpu.reduce_sum(_cpu_vals(x), x.offsets, trunc, out)
+    n = np.minimum(np.diff(x.offsets.astype(np.int64)), trunc)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(n > 0, out / np.maximum(n, 1), np.nan)
+    return _shape_out(x, out.astype(_float_out(x.dtype)))
+
+
+def prod(x, axis=1, *, dim=None, max_length=None):
+    """Product of each row: ``[B, *inner]`` (int64 for integers). Empty rows give 1."""
+    trunc = _reduce_common(x, axis, dim, max_length)
+    if x.is_gpu:
+        if not _kernel_ok(x):
+            return _via_host(prod, x, max_length=max_length)
+        return _shape_out(x, _gpu_reduce(x, K_PROD, 0, x.dtype, OUT_T, trunc))
+    acc = _acc_dtype(x.dtype)
+    out = np.ones((x.nrows, _ncols(x)), dtype=acc)
+    _cpu.reduce_prod(_cpu_vals(x), x.offsets, trunc, out)
+    return _shape_out(x, out.astype(x.dtype if _is_float(x.dtype) else acc))
+
+
+def _extremum(x, is_min, want_index, initial, trunc):
+    if x.is_gpu:
+        mode = (1 if is_min else 0) | (2 if want_index else 0)
+        if want_index:
+            return _shape_out(x, _gpu_reduce(x, K_MAX, mode, np.int64, OUT_I64, trunc))
+        has_init = initial is not None
+        return _shape_out(x, _gpu_reduce(x, K_MAX, mode, x.dtype, OUT_T, trunc,
+                                         has_init=int(has_init),
+                                         init=float(initial) if has_init else 0.0))
+    v = _cpu_vals(x)
+    B, C = x.nrows, _ncols(x)
+    if v.dtype.kind == "f":
+        fill = np.inf if is_min else -np.inf
+    else:
+        info = np.iinfo(v.dtype)
+        fill = info.max if is_min else info.min
+    outv = np.full((B, C), fill, dtype=v.dtype)
+    outi = np.full((B, C), -1, dtype=np.int64)
+    _cpu.reduce_max(v, x.offsets, trunc, is_min, outv, outi)
+    if want_index:
+        return _shape_out(x, outi)
+    if initial is not None:
+        outv = np.minimum(outv, initial) if is_min else np.maximum(outv, initial)
+        outv = np.where(outi < 0, initial, outv)
+    return _shape_out(x, outv.astype(x.dtype))
+
+
+def max(x, axis=1, *, dim=None, initial=None, max_length=None):  # noqa: A001
+    """Maximum of each row: ``[B, *inner]``. Empty rows give -inf (integers: the dtype's min)
+    or ``initial`` (which, as in NumPy, also takes part in every row). NaN propagates."""
+    trunc = _reduce_common(x, axis, dim, max_length)
+    if x.is_gpu and not _kernel_ok(x):
+        return _via_host(max, x, initial=initial, max_length=max_length)
+    return _extremum(x, False, False, initial, trunc)
+
+
+def min(x, axis=1, *, dim=None, initial=None, max_length=None):  # noqa: A001
+    """Minimum of each row: ``[B, *inner]``. Empty rows give +inf (integers: the dtype's max)
+    or ``initial``. NaN propagates."""
+    trunc = _reduce_common(x, axis, dim, max_length)
+    if x.is_gpu and not _kernel_ok(x):
+        return _via_host(min, x, initial=initial, max_length=max_length)
+    return _extremum(x, True, False, initial, trunc)
+
+
+def argmax(x, axis=1, *, dim=None, max_length=None):
+    """Position within the row of each row's maximum (first one; first NaN if any): int64
+    ``[B, *inner]``; empty rows give -1."""
+    trunc = _reduce_common(x, axis, dim, max_length)
+    if x.is_gpu and not _kernel_ok(x):
+        return _via_host(argmax, x, max_length=max_length)
+    return _extremum(x, False, True, None, trunc)
+
+
+def argmin(x, axis=1, *, dim=None, max_length=None):
+    """Position within the row of each row's minimum (first one): int64 ``[B, *inner]``; -1 for
+    empty rows."""
+    trunc = _reduce_common(x, axis, dim, max_length)
+    if x.is_gpu and not _kernel_ok(x):
+        return _via_host(argmin, x, max_length=max_length)
+    return _extremum(x, True, True, None, trunc)
+
+
+def logsumexp(x, axis=1, *, dim=None, max_length=None):
+    """``log(sum(exp(row)))`` per column, stable for large values: ``[B, *inner]``. Empty or
+    all -inf rows give -inf."""
+    trunc = _reduce_common(x, axis, dim, max_length)
+    if x.is_gpu:
+        if not _kernel_ok(x):
+            return _via_host(logsumexp, x, max_length=max_length)
+        return _shape_out(x, _gpu_reduce(x, K_LSE, 0, x.dtype, OUT_T, trunc))
+    out = np.empty((x.nrows, _ncols(x)), dtype=np.float64)
+    _cpu.reduce_lse(_cpu_vals(x), x.offsets, trunc, out)
+    return _shape_out(x, out.astype(_float_out(x.dtype)))
+
+
+def _anyall(x, is_all, trunc):
+    if x.is_gpu:
+        return _shape_out(x, _gpu_reduce(x, K_SUM, 3 if is_all else 2, np.bool_, OUT_BOOL,
+                                         trunc))
+    v = _flat(x)
+    mask = (v == 0) if is_all else (v != 0)
+    out = np.zeros((x.nrows, _ncols(x)), dtype=np.int64)
+    _cpu.reduce_sum(mask.view(np.uint8), x.offsets, trunc, out)
+    return _shape_out(x, (out == 0) if is_all else (out > 0))
+
+
+def any(x, axis=1, *, dim=None, max_length=None):  # noqa: A001
+    """True where some item of the row is non-zero: bool ``[B, *inner]``; empty rows False."""
+    trunc = _reduce_common(x, axis, dim, max_length)
+    if x.is_gpu and not _kernel_ok(x):
+        return _via_host(any, x, max_length=max_length)
+    return _anyall(x, False, trunc)
+
+
+def all(x, axis=1, *, dim=None, max_length=None):  # noqa: A001
+    """True where every item of the row is non-zero: bool ``[B, *inner]``; empty rows True."""
+    trunc = _reduce_common(x, axis, dim, max_length)
+    if x.is_gpu and not _kernel_ok(x):
+        return _via_host(all, x, max_length=max_length)
+    return _anyall(x, True, trunc)
+
+
+# ---- backward of the reductions ------------------------------------------------------------
+def _per_row(grad, x, name="grad", dtype=None):
+    """``grad`` as a contiguous ``[B, C]`` array of ``dtype`` (default x's) on x's device."""
+    if not hasattr(grad, "shape"):
+        raise TypeError(f"{name} must be an array of shape {(x.nrows, *x.inner_shape)}, got "
+                        f"{type(grad).__name__}")
+    if is_gpu_array(grad) != x.is_gpu:
+        raise TypeError(f"{name} must be on {x.device} like x")
+    want = (x.nrows, *x.inner_shape)
+    if tuple(grad.shape) != want:
+        raise ValueError(f"{name} must have shape {want} ([B, *inner]), got {tuple(grad.shape)}")
+    xp = x.xp
+    return xp.ascontiguousarray(grad.reshape(x.nrows, _ncols(x)), dtype=dtype or x.dtype)
+
+
+def _cpu_bcast(x, grad2, trunc, scale_by_len=False, select=None, lse=None):
+    """The CPU twin of the row-broadcast backward modes, in float64 ``[T, C]``."""
+    rid, pos = _rows_pos(x)
+    g = grad2.astype(np.float64)[rid]
+    if scale_by_len:
+        n = np.minimum(np.diff(x.offsets.astype(np.int64)), trunc)
+        g = g / np.maximum(n, 1)[rid][:, None]
+    if select is not None:
+        g = np.where(pos[:, None] == select[rid], g, 0.0)
+    if lse is not None:
+        q = lse.astype(np.float64)[rid]
+        with np.errstate(invalid="ignore", over="ignore"):
+            e = np.exp(_cpu_vals(x).astype(np.float64) - q)
+        g = np.where(q == -np.inf, 0.0, g * e)
+    g[pos >= trunc] = 0.0
+    return g
+
+
+def _float_jagged(x, name="x"):
+    _check_jagged(x, name)
+    if not _is_float(x.dtype):
+        raise TypeError(f"{name} must have a floating dtype for a gradient, got {x.dtype}")
+
+
+def sum_backward(grad, x, *, max_length=None):
+    """Gradient of :func:`sum`: ``grad [B, *inner]`` broadcast over each row -> JaggedArray like
+    ``x`` (0 past ``max_length``)."""
+    _float_jagged(x)
+    trunc = _trunc(max_length)
+    g = _per_row(grad, x)
+    if x.is_gpu:
+        if not _kernel_ok(x):
+            return _to_dev(sum_backward(cupy.asnumpy(grad), _to_host(x),
+                                        max_length=max_length), x)
+        return _jagged_like(x, _gpu_rowbcast(x, E_BCAST, p=g, trunc=trunc))
+    return _jagged_like(x, _cpu_bcast(x, g, trunc).astype(x.dtype))
+
+
+def mean_backward(grad, x, *, max_length=None):
+    """Gradient of :func:`mean`: ``grad / len(row)`` over each row -> JaggedArray like ``x``."""
+    _float_jagged(x)
+    trunc = _trunc(max_length)
+    g = _per_row(grad, x)
+    if x.is_gpu:
+        if not _kernel_ok(x):
+            return _to_dev(mean_backward(cupy.asnumpy(grad), _to_host(x),
+                                         max_length=max_length), x)
+        return _jagged_like(x, _gpu_rowbcast(x, E_BCAST_MEAN, p=g, trunc=trunc))
+    return _jagged_like(x, _cpu_bcast(x, g, trunc, scale_by_len=True).astype(x.dtype))
+
+
+def _extremum_backward(grad, x, indices, max_length, is_min):
+    _float_jagged(x)
+    trunc = _trunc(max_length)
+    g = _per_row(grad, x)
+    if indices is None:
+        indices = (argmin if is_min else argmax)(x, max_length=max_length)
+    ix = _per_row(indices, x, "indices", np.int64)
+    if x.is_gpu:
+        if not _kernel_ok(x):
+            return _to_dev(_extremum_backward(cupy.asnumpy(grad), _to_host(x),
+                                              cupy.asnumpy(indices), max_length, is_min), x)
+        return _jagged_like(x, _gpu_rowbcast(x, E_SELECT, p=g, ix=ix, trunc=trunc))
+    return _jagged_like(x, _cpu_bcast(x, g, trunc, select=ix).astype(x.dtype))
+
+
+def max_backward(grad, x, *, indices=None, max_length=None):
+    """Gradient of :func:`max`: ``grad`` goes to the first maximum of each row (``indices``, the
+    :func:`argmax`, is recomputed when not given); JaggedArray like ``x``."""
+    return _extremum_backward(grad, x, indices, max_length, False)
+
+
+def min_backward(grad, x, *, indices=None, max_length=None):
+    """Gradient of :func:`min` (to the first minimum of each row); JaggedArray like ``x``."""
+    return _extremum_backward(grad, x, indices, max_length, True)
+
+
+def logsumexp_backward(grad, x, result=None, *, max_length=None):
+    """Gradient of :func:`logsumexp`: ``grad * exp(x - result)`` per row (``result``, the
+    forward output ``[B, *inner]``, is recomputed when not given). Rows whose result is -inf
+    get 0."""
+    _float_jagged(x)
+    trunc = _trunc(max_length)
+    g = _per_row(grad, x)
+    if result is None:
+        result = logsumexp(x, max_length=max_length)
+    q = _per_row(result, x, "result", np.float32 if x.is_gpu else np.float64)
+    if x.is_gpu:
+        if not _kernel_ok(x):
+            return _to_dev(logsumexp_backward(cupy.asnumpy(grad), _to_host(x),
+                                              cupy.asnumpy(result), max_length=max_length), x)
+        return _jagged_like(x, _gpu_rowbcast(x, E_LSE_BWD, a=_flat(x), p=g, q=q, trunc=trunc))
+    return _jagged_like(x, _cpu_bcast(x, g, trunc, lse=q).astype(x.dtype))
+
+
+# ---- softmax -------------------------------------------------------------------------------
+def _softmax(x, axis, dim, max_length, log):
+    _float_jagged(x)
+    _check_axis(x, axis, dim)
+    trunc = _trunc(max_length)
+    if x.is_gpu:
+        if not _kernel_ok(x):
+            return _via_host(_softmax, x, axis, dim, max_length, log)
+        out = _gpu_fused(x, K_LSE, 0, E_LOGSOFTMAX if log else E_SOFTMAX, trunc)
+        return _jagged_like(x, out)
+    out = np.empty(_flat(x).shape, dtype=np.float64)
+    _cpu.softmax_rows(_cpu_vals(x), x.offsets, trunc, log, out)
+    return _jagged_like(x, out.astype(x.dtype))
+
+
+def softmax(x, axis=1, *, dim=None, max_length=None):
+    """Softmax over each row, per column of ``inner``: JaggedArray like ``x``. Stable for large
+    values; items past ``max_length`` and rows of all -inf give 0 (never NaN)."""
+    return _softmax(x, axis, dim, max_length, False)
+
+
+def log_softmax(x, axis=1, *, dim=None, max_length=None):
+    """Log-softmax over each row, per column: JaggedArray like ``x``; 0 past ``max_length`` and
+    for rows of all -inf."""
+    return _softmax(x, axis, dim, max_length, True)
+
+
+def _softmax_backward(grad, out, max_length, log):
+    _float_jagged(out, "out")
+    _float_jagged(grad, "grad")
+    _check_same(out, grad, "out", "grad")
+    trunc = _trunc(max_length)
+    if grad.dtype != out.dtype:
+        grad = grad._with_values(grad.values.astype(out.dtype))
+    if out.is_gpu:
+        if not _kernel_ok(out):
+            return _to_dev(_softmax_backward(_to_host(grad), _to_host(out), max_length, log), out)
+        res = _gpu_fused(grad, K_SUM if log else K_DOT, 0,
+                         E_LOGSOFTMAX_BWD if log else E_SOFTMAX_BWD, trunc, b=out)
+        return _jagged_like(out, res)
+    res = np.empty(_flat(out).shape, dtype=np.float64)
+    _cpu.softmax_backward_rows(_cpu_vals(grad), _cpu_vals(out), out.offsets, trunc, log, res)
+    return _jagged_like(out, res.astype(out.dtype))
+
+
+def softmax_backward(grad, out, *, max_length=None):
+    """Gradient of :func:`softmax` from the gradient ``grad`` of its output and the output
+    ``out`` itself: ``out * (grad - sum(grad * out))`` per row; 0 past ``max_length``."""
+    return _softmax_backward(grad, out, max_length, False)
+
+
+def log_softmax_backward(grad, out, *, max_length=None):
+    """Gradient of :func:`log_softmax` from ``grad`` and its output ``out``:
+    ``grad - exp(out) * sum(grad)`` per row; 0 past ``max_length``."""
+    return _softmax_backward(grad, out, max_length, True)
+
+
+# ---- cumsum --------------------------------------------------------------------------------
+def cumsum(x, axis=1, *, dim=None, exclusive=False, reverse=False):
+    """Cumulative sum along each row, per column: JaggedArray like ``x`` (floats keep their
+    dtype with fp32 accumulation on the GPU; integers give int64). ``exclusive``: item i gets
+    the sum of the items before it (the first gets 0). ``reverse``: scan from the row's end."""
+    _check_jagged(x)
+    _check_axis(x, axis, dim)
+    if x.is_gpu:
+        if not _kernel_ok(x):
+            return _via_host(cumsum, x, exclusive=exclusive, reverse=reverse)
+        return _jagged_like(x, _gpu_cumsum(x, bool(exclusive), bool(reverse)))
+    v = _cpu_vals(x)
+    acc = _acc_dtype(x.dtype)
+    out = np.empty(v.shape, dtype=acc)
+    _cpu.cumsum_rows(v, x.offsets, bool(exclusive), bool(reverse), acc.type(0), out)
+    return _jagged_like(x, out.astype(x.dtype if _is_float(x.dtype) else acc))
+
+
+def cumsum_backward(grad, *, exclusive=False, reverse=False):
+    """Gradient of :func:`cumsum` from the gradient of its output (a JaggedArray): the same
+    scan run the other way."""
+    _float_jagged(grad, "grad")
+    return cumsum(grad, exclusive=exclusive, reverse=not reverse)
+
+
+def _gpu_cumsum(x, exclusive, reverse):
+    vals = _flat(x)
+    T, C, B = vals.shape[0], vals.shape[1], x.nrows
+    out = cupy.empty((T, C), dtype=x.dtype)
+    if T == 0 or C == 0:
+        return out
+    tn = _TNAME[x.dtype][0]
+    V, CT, yt = _geom(C, x.dtype, vals, out)
+    chunk, single = _plan(x, C * x.dtype.itemsize, _NOTRUNC, limit=128 * _KB)
+    co, gx = _chunks(x, chunk, _NOTRUNC)
+    off = _off64(x)
+    pa = None
+    if not single:
+        pa = cupy.empty((gx, C), dtype=np.float32)
+        kern = _FAM.get(f"reduce_rows<{tn}, {K_SUM}, {V}>")
+        kern((gx, yt), (_BLOCK,),
+             (vals, _NULL, off, co, np.int64(B), np.int64(C), np.int64(chunk),
+              np.int64(_NOTRUNC), np.int32(CT), np.int32(0), np.int32(1), pa, _NULL, _NULL,
+              _NULL, np.int32(OUT_F32), np.int32(0), np.float32(0), np.int32(-1), _NULL))
+    kern = _FAM.get(f"cumsum_rows<{tn}, {V}>")
+    kern((gx, yt), (_BLOCK,),
+         (vals, off, co, np.int64(B), np.int64(C), np.int64(chunk), np.int32(CT),
+          np.int32(exclusive), np.int32(reverse), _ptr(pa), out))
+    return out
+
+
+# ---- sort / argsort / topk (stable; CuPy / NumPy sorts) --------------------------------------
+def _sorted_perm(x, descending):
+    """Per column, the stable order of every row's items: flat indices into ``[C, T]``."""
+    xp = x.xp
+    v = _flat(x)
+    C, B = v.shape[1], x.nrows
+    key = v.T
+    if key.dtype in (np.dtype(np.float16), bfloat16):
+        key = key.astype(np.float32)
+    if descending:
+        if key.dtype.kind == "f":
+            key = -key
+        elif key.dtype == np.bool_:
+            key = ~key
+        else:
+            key = ~key  # order-reversing for signed and unsigned integers alike
+    key = xp.ascontiguousarray(key).ravel()
+    rid, _ = _rows_pos(x)
+    group = (xp.arange(C, dtype=np.int64)[:, None] * B + rid[None, :]).ravel()
+    kind = {"kind": "stable"} if xp is np else {}
+    p1 = xp.argsort(key, **kind)
+    p2 = xp.argsort(group[p1], **kind)
+    return p1[p2]
+
+
+def _perm_to_pos(x, perm):
+    T, C = x.values.shape[0], _ncols(x)
+    src = perm % _builtin_max(T, 1)
+    rid, pos = _rows_pos(x)
+    return pos[src].reshape(C, T).T
+
+
+def argsort(x, axis=1, *, dim=None, descending=False):
+    """Stable argsort within each row, per column: JaggedArray (int64 positions within the row)
+    like ``x``. NaN sorts last."""
+    _check_jagged(x)
+    _check_axis(x, axis, dim)
+    xp = x.xp
+    perm = _sorted_perm(x, descending)
+    pos = _perm_to_pos(x, perm)
+    return _jagged_like(x, xp.ascontiguousarray(pos))
+
+
+def sort(x, axis=1, *, dim=None, descending=False):
+    """Stable sort within each row, per column: JaggedArray like ``x``. NaN sorts last."""
+    _check_jagged(x)
+    _check_axis(x, axis, dim)
+    xp = x.xp
+    v = _flat(x)
+    perm = _sorted_perm(x, descending)
+    out = v.T.ravel()[perm].reshape(v.shape[1], v.shape[0]).T
+    return _jagged_like(x, xp.ascontiguousarray(out))
+
+
+def topk(x, k, axis=1, *, dim=None, largest=True):
+    """The ``k`` largest (``largest=False``: smallest) items of each row, per column, in order
+    (stable): ``(values, indices)`` JaggedArrays with ``min(len(row), k)`` items per row;
+    ``indices`` are int64 positions within the row. Needs one device->host sync (output size)."""
+    _check_jagged(x)
+    _check_axis(x, axis, dim)
+    k = operator.index(k)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    xp = x.xp
+    v = _flat(x)
+    T, C = v.shape
+    perm = _sorted_perm(x, largest)
+    vals = v.T.ravel()[perm].reshape(C, T).T
+    idx = _perm_to_pos(x, perm)
+    _, pos = _rows_pos(x)
+    keep = pos < k
+    off = _off64(x)
+    lens = xp.minimum(off[1:] - off[:-1], k)
+    new_off = xp.zeros(x.nrows + 1, dtype=np.int64)
+    new_off[1:] = xp.cumsum(lens)
+    J = _jagged_cls()
+    ml = _builtin_min(x.max_length, k)
+    mk = lambda a: J(xp.ascontiguousarray(a[keep]).reshape((-1, *x.inner_shape)),  # noqa: E731
+                     new_off, max_length=ml, validate=False)
+    return mk(vals), mk(idx)
+
+
+# ---- elementwise -----------------------------------------------------------------------------
+_FAST_UFUNCS = {np.add: (E_ADD, E_ADD), np.subtract: (E_SUB, E_RSUB),
+                np.multiply: (E_MUL, E_MUL), np.true_divide: (E_DIV, E_RDIV),
+                np.maximum: (E_MAXIMUM, E_MAXIMUM), np.minimum: (E_MINIMUM, E_MINIMUM)}
+
+
+def _classify(a, x, name):
+    """'jagged' | 'scalar' | 'rows' ([B, *inner]) | 'padded' ([B, Lp, *inner])."""
+    J = _jagged_cls()
+    if isinstance(a, J):
+        _check_same(x, a, "the first JaggedArray operand", name)
+        return "jagged"
+    if np.isscalar(a) or (hasattr(a, "ndim") and a.ndim == 0) or isinstance(a, (int, float,
+                                                                                bool, complex)):
+        return "scalar"
+    if not hasattr(a, "ndim") or not hasattr(a, "shape"):
+        raise TypeError(f"{name}: cannot combine a JaggedArray with {type(a).__name__}")
+    if is_gpu_array(a) != x.is_gpu:
+        raise TypeError(f"{name} is on {'cuda' if is_gpu_array(a) else 'cpu'} but the "
+                        f"JaggedArray is on {x.device}; move both to the same device")
+    nin = len(x.inner_shape)
+    if a.ndim == nin + 1 and a.shape[0] == x.nrows:
+        return "rows"
+    if a.ndim == nin + 2 and a.shape[0] == x.nrows:
+        if a.shape[1] < x.max_length:
+            raise ValueError(f"{name}: padded dense operand has max_len {a.shape[1]} but the "
+                             f"longest row has {x.max_length} items")
+        return "padded"
+    raise ValueError(
+        f"{name} of shape {tuple(a.shape)} does not match a jagged array of shape {x.shape}: "
+        f"expected a per-row array [B, *inner] = {(x.nrows, *x.inner_shape)} or a padded "
+        f"array [B, max_len >= {x.max_length}, *inner]")
+
+
+def elementwise(ufunc, *inputs, **kwargs):
+    """Apply a NumPy ufunc to JaggedArrays of equal structure, scalars, per-row arrays
+    ``[B, *inner]`` (broadcast over each row) and padded dense arrays ``[B, max_len, *inner]``
+    (item j of row b meets ``dense[b, j]``, as FBGEMM's ``jagged_dense_elementwise_add``);
+    returns JaggedArray(s) with the structure of the jagged operand(s). Mismatched structures
+    raise ``ValueError``."""
+    J = _jagged_cls()
+    x = next((a for a in inputs if isinstance(a, J)), None)
+    if x is None:
+        raise TypeError("elementwise needs at least one JaggedArray operand")
+    if kwargs.get("out") is not None:
+        raise TypeError("out= is not supported for JaggedArray ufuncs")
+    kwargs.pop("out", None)
+    kinds = [_classify(a, x, f"operand {i}") for i, a in enumerate(inputs)]
+    # fast path: GPU kernel for jagged (+) per-row / padded of the same float dtype
+    if (x.is_gpu and not kwargs and ufunc in _FAST_UFUNCS and len(inputs) == 2
+            and _kernel_ok(x) and sorted(kinds) in (["jagged", "rows"], ["jagged", "padded"])):
+        ji = kinds.index("jagged")
+        other = inputs[1 - ji]
+        if other.dtype == x.dtype:
+            mode = _FAST_UFUNCS[ufunc][ji]
+            j = inputs[ji]
+            padded = kinds[1 - ji] == "padded"
+            p = cupy.ascontiguousarray(other).reshape(
+                (x.nrows, other.shape[1], _ncols(x)) if padded else (x.nrows, _ncols(x)))
+            return _jagged_like(x, _gpu_rowbcast(j, mode, a=_flat(j), p=p, padded=padded))
+    ops = []
+    for a, kind in zip(inputs, kinds):
+        if kind == "jagged":
+            ops.append(a.values)
+        elif kind == "scalar":
+            ops.append(a)
+        elif kind == "rows":
+            rid, _ = _rows_pos(x)
+            ops.append(a[rid])
+        else:
+            rid, pos = _rows_pos(x)
+            ops.append(a[rid, pos])
+    res = ufunc(*ops, **kwargs)
+    if isinstance(res, tuple):
+        return tuple(_jagged_like(x, r.reshape(r.shape[0], -1)) for r in res)
+    return x._with_values(res)
+
+
+def array_ufunc(x, ufunc, method, *inputs, **kwargs):
+    """``JaggedArray.__array_ufunc__``: ``method == "__call__"`` through :func:`elementwise`."""
+    if method != "__call__":
+        return NotImplemented
+    return elementwise(ufunc, *inputs, **kwargs)
