@@ -28,9 +28,10 @@ def _as_offsets(offsets, values, name: str):
         )
     if offsets.dtype not in OFFSET_DTYPES:
         raise TypeError(f"{name} must have dtype int32 or int64, got {offsets.dtype}")
-    if offsets.ndim != 1 or offsets.shape[0] < 1:
-        raise ValueError(f"{name} must be 1-D with at least one element [B+1], got shape "
-                         f"{tuple(offsets.shape)}")
+    min_size = 0 if name == "lengths" else 1
+    if offsets.ndim != 1 or offsets.shape[0] < min_size:
+        what = "[B]" if name == "lengths" else "with at least one element [B+1]"
+        raise ValueError(f"{name} must be 1-D {what}, got shape {tuple(offsets.shape)}")
     return xp.ascontiguousarray(offsets)
 
 
@@ -69,7 +70,7 @@ def _fmt_scalar(v) -> str:
 def _fmt_array(a, edge: int) -> str:
     """``a`` (NumPy, ndim >= 1) as nested lists, each level elided to ``edge`` items per end."""
     n = a.shape[0]
-    idx = list(range(n)) if n <= 2 * edge else [*range(edge), None, *range(n - edge, n)]
+    idx = list(range(n)) if n <= 2 * edge + 1 else [*range(edge), None, *range(n - edge, n)]
     fmt = _fmt_scalar if a.ndim == 1 else (lambda s: _fmt_array(s, edge))
     return "[" + ", ".join("..." if i is None else fmt(a[i]) for i in idx) + "]"
 
@@ -526,7 +527,7 @@ class JaggedArray:
         nrows = self.nrows
         text = ""
         for edge in (3, 2, 1):
-            shown = list(range(nrows)) if nrows <= 2 * edge else [
+            shown = list(range(nrows)) if nrows <= 2 * edge + 1 else [
                 *range(edge), None, *range(nrows - edge, nrows)]
             parts = []
             for b in shown:
@@ -534,8 +535,9 @@ class JaggedArray:
                     parts.append("...")
                     continue
                 n = int(h[b + 1] - h[b])
-                head = self._values[h[b]:h[b] + min(n, edge if n > 2 * edge else n)]
-                tail = self._values[h[b + 1] - edge:h[b + 1]] if n > 2 * edge else None
+                cut = n > 2 * edge + 1
+                head = self._values[h[b]:h[b] + (edge if cut else n)]
+                tail = self._values[h[b + 1] - edge:h[b + 1]] if cut else None
                 parts.append(_fmt_row(head, tail, edge))
             text = "[" + ", ".join(parts) + "]"
             if len(text) <= limit:

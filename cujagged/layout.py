@@ -77,7 +77,8 @@ def _scalar(value, dtype):
             v = np.asarray(value)
             if v.ndim or (v.dtype.kind == "f" and not float(v).is_integer()):
                 raise ValueError
-            if dtype.kind in "iu" and not (np.iinfo(dtype).min <= int(v) <= np.iinfo(dtype).max):
+            lo, hi = (0, 1) if dtype.kind == "b" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
+            if not lo <= int(v) <= hi:
                 raise ValueError
         return np.asarray(value).astype(dtype)
     except (ValueError, TypeError, OverflowError):
@@ -169,7 +170,7 @@ def to_padded(x, max_length=None, padding_value=0, *, return_mask=False):
     if out.size:
         if not is_gpu_array(values):
             src_w, w = _cpu.word_view(values)
-            out_w = _cpu.word_view(out, 1)[0].reshape(nrows, max_length * w)
+            out_w = _cpu.word_view(out, 2)[0].reshape(nrows, max_length * w)
             pad_w = _cpu.word_view(np.full((1, *values.shape[1:]), _scalar(padding_value, dtype),
                                            dtype=dtype))[0]
             _cpu.to_padded(src_w, offsets, out_w, pad_w, w)
