@@ -113,6 +113,8 @@ def _import_one(obj, name: str):
         # NumPy (and CuPy before 14) cannot import DLPack bfloat16: move the bits as int16.
         if not _is_bf16(obj):
             raise
+        if bfloat16 is None:
+            raise ImportError(f"{name} is bfloat16: install ml_dtypes to import it") from None
     return consume(_bf16_bits(obj)).view(bfloat16)
 
 

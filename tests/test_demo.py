@@ -19,7 +19,7 @@ def _run(*args, timeout=300):
 
 
 def test_demo_cpu_small_prints_table_and_agrees():
-    r = _run("--cpu", "--batch", "24", "--max-len", "40", "--dim", "16", "--heads", "2",
+    r = _run("--cpu", "--batch", "24", "--max-len", "40", "--dim", "64", "--heads", "2",
              "--strict")
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
