@@ -293,20 +293,22 @@ def index_select(x, idx):
     k = idx.shape[0]
     if k == 0:
         return _make(xp.empty((0, *x.inner_shape), x.dtype), xp.zeros(1, in_off.dtype), 0)
-    lo, hi = _host_ints(idx.min(), idx.max())
+    safe = xp.clip(idx, 0, max(nrows - 1, 0))  # bounds are checked below, after the one sync
+    start = in_off[safe].astype(np.int64) if nrows else xp.zeros(k, np.int64)
+    lens = in_off[safe + 1].astype(np.int64) - start if nrows else start
+    lo, hi, total, maxlen = _host_ints(idx.min(), idx.max(), lens.sum(), lens.max())
     if lo < 0 or hi >= nrows:
         bad = lo if lo < 0 else hi
         raise IndexError(f"row index {bad if bad >= 0 else bad - nrows} is out of bounds for a "
                          f"JaggedArray with {nrows} rows")
-    start = in_off[idx].astype(np.int64)
-    lens = in_off[idx + 1].astype(np.int64) - start
-    return _gather_rows_out(x, lens, start, 1)
+    return _gather_rows_out(x, lens, start, 1, total, maxlen)
 
 
-def _gather_rows_out(x, lens, row_base, item_step):
+def _gather_rows_out(x, lens, row_base, item_step, total=None, maxlen=None):
     """New JaggedArray of ``lens [B_out]`` items per row, gathered from ``x.values``."""
     xp = x.xp
-    total, maxlen = _host_ints(lens.sum(), lens.max()) if lens.shape[0] else (0, 0)
+    if total is None:
+        total, maxlen = _host_ints(lens.sum(), lens.max()) if lens.shape[0] else (0, 0)
     off = _out_offsets(lens, total, x.offsets.dtype)
     out = xp.empty((total, *x.inner_shape), dtype=x.dtype)
     _gather(x.values, 1, out, off, total, row_base, 0, item_step)

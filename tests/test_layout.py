@@ -1,0 +1,207 @@
+"""Layout kernels: the Numba twins against plain NumPy loops, the CUDA kernels against the twins
+(every vector width, both offset dtypes, misaligned views, tiles spanning many rows, 64-bit
+sizes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import cujagged
+from cujagged import JaggedArray, bfloat16
+from cujagged.cpu import layout as cpu
+from tests.strategies import OFFSET_DTYPES, lengths, make_offsets, random_values
+
+# (dtype, inner) pairs whose item sizes pick every word / vector width: 1, 2, 3, 4, 6, 8, 12,
+# 16, 24, 256 bytes
+ITEM_KINDS = [(np.int8, ()), (np.float16, ()), (np.int8, (3,)), (np.float32, ()),
+              (bfloat16, (3,)), (np.float64, ()), (np.float32, (3,)), (np.int32, (2, 2)),
+              (np.float64, (3,)), (bfloat16, (128,)), (np.bool_, (7,)), (np.complex64, (3, 5))]
+
+
+@st.composite
+def layout_cases(draw, max_rows=12, max_len=30):
+    lens = draw(lengths(max_rows=max_rows, max_len=max_len))
+    dtype, inner = draw(st.sampled_from(ITEM_KINDS))
+    off = make_offsets(lens, draw(st.sampled_from(OFFSET_DTYPES)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    return random_values(rng, (int(off[-1]), *inner), dtype), off
+
+
+def bytes_equal(a, b) -> bool:
+    a = a.get() if not isinstance(a, np.ndarray) else a
+    b = b.get() if not isinstance(b, np.ndarray) else b
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(
+        np.ascontiguousarray(a).view(np.uint8), np.ascontiguousarray(b).view(np.uint8))
+
+
+# ---- the Numba twins against plain loops --------------------------------------------------------
+def test_word_view_picks_the_widest_word():
+    for (dtype, inner), want in zip(ITEM_KINDS, [1, 2, 1, 4, 2, 8, 4, 8, 8, 8, 1, 8],
+                                    strict=True):
+        a = np.zeros((5, *inner), dtype)
+        flat, w = cpu.word_view(a)
+        assert flat.dtype.itemsize == want and flat.size * want == a.nbytes
+        assert w * want == a[0].nbytes
+        assert np.shares_memory(flat, a)
+
+
+@given(layout_cases(), st.integers(0, 40))
+def test_to_padded_twin_against_loop(case, max_len):
+    values, off = case
+    flat, w = cpu.word_view(values)
+    pad_item = np.full((1, *values.shape[1:]), 5, values.dtype)
+    out = np.empty((len(off) - 1, max_len, *values.shape[1:]), values.dtype)
+    if out.size:
+        cpu.to_padded(flat, off, cpu.word_view(out, 2)[0].reshape(len(off) - 1, max_len * w),
+                      cpu.word_view(pad_item)[0], w)
+    ref = np.empty_like(out)
+    for b in range(len(off) - 1):
+        for j in range(max_len):
+            ref[b, j] = values[off[b] + j] if j < off[b + 1] - off[b] else pad_item[0]
+    assert bytes_equal(out, ref)
+
+
+@given(layout_cases(), st.data())
+def test_gather_rows_twin_against_loop(case, data):
+    src, _ = case
+    s = src.shape[0]
+    nrows = data.draw(st.integers(0, 6))
+    step = data.draw(st.sampled_from([1, 2, -1, 3]))
+    stride = data.draw(st.sampled_from([0, 2]))
+    use_base = data.draw(st.booleans())
+    bases, lens = [], []
+    for b in range(nrows):
+        first = data.draw(st.integers(0, max(s - 1, 0))) if use_base else b * stride
+        bases.append(first - b * stride)
+        if first >= s:
+            lens.append(0)
+            continue
+        room = (s - 1 - first) // step + 1 if step > 0 else first // -step + 1
+        lens.append(data.draw(st.integers(0, room)))
+    base = np.array(bases, np.int64) if use_base else np.zeros(0, np.int64)
+    out_off = make_offsets(lens)
+    out = np.zeros((int(out_off[-1]), *src.shape[1:]), src.dtype)
+    flat, w = cpu.word_view(src)
+    cpu.gather_rows(flat, cpu.word_view(out)[0], out_off, base, stride, step, w)
+    ref = np.zeros_like(out)
+    for b in range(nrows):
+        for i in range(lens[b]):
+            ref[out_off[b] + i] = src[(base[b] if use_base else 0) + b * stride + i * step]
+    assert bytes_equal(out, ref)
+
+
+@given(lengths(max_rows=20, max_len=30), st.sampled_from(OFFSET_DTYPES))
+def test_row_ids_positions_twins_against_numpy(lens, odt):
+    off = make_offsets(lens, odt)
+    ids = np.full(int(off[-1]), -1, odt)
+    pos = np.full(int(off[-1]), -1, odt)
+    cpu.row_ids(off, ids)
+    cpu.positions(off, pos)
+    assert np.array_equal(ids, np.repeat(np.arange(len(lens)), lens))
+    assert np.array_equal(pos, np.concatenate([np.arange(n) for n in lens] + [np.zeros(0, int)]))
+
+
+# ---- CUDA kernels against the twins -------------------------------------------------------------
+gpu = pytest.mark.gpu
+
+
+def _both(values, off, *, misalign=False):
+    """The same JaggedArray on the CPU and on the GPU (optionally a view at an odd address)."""
+    import cupy
+
+    x = JaggedArray(values, off)
+    gv = cupy.asarray(values)
+    if misalign:  # one extra leading item: the view starts one item past a 256-byte boundary
+        big = cupy.empty((values.shape[0] + 1, *values.shape[1:]), values.dtype)
+        big[1:] = gv
+        gv = big[1:]
+    return x, JaggedArray(gv, cupy.asarray(off))
+
+
+@gpu
+@given(layout_cases(max_rows=40, max_len=70), st.booleans(), st.data())
+def test_gpu_layout_kernels_match_twins(case, misalign, data):
+    import cupy
+
+    values, off = case
+    x, g = _both(values, off, misalign=misalign)
+    for ml in (None, data.draw(st.integers(0, 80))):
+        assert bytes_equal(g.to_padded(-1 if values.dtype.kind not in "ub" else 1, ml),
+                           x.to_padded(-1 if values.dtype.kind not in "ub" else 1, ml))
+    dense = x.to_padded(0, x.max_length + 3)
+    gdense = cupy.asarray(dense)
+    if misalign:
+        big = cupy.empty((dense.shape[0] + 1, *dense.shape[1:]), dense.dtype)
+        big[1:] = gdense
+        gdense = big[1:]
+    y = cujagged.from_padded(gdense, cupy.asarray(off))
+    assert bytes_equal(y.values, x.values) and bytes_equal(y.offsets, x.offsets)
+    assert bytes_equal(g.row_ids(), x.row_ids()) and bytes_equal(g.positions(), x.positions())
+    n = x.nrows
+    idx = np.array(data.draw(st.lists(st.integers(-n, n - 1), max_size=60)) if n else [],
+                   np.int64)
+    gi, ci = cujagged.index_select(g, cupy.asarray(idx)), cujagged.index_select(x, idx)
+    assert bytes_equal(gi.values, ci.values) and bytes_equal(gi.offsets, ci.offsets)
+    s = slice(data.draw(st.one_of(st.none(), st.integers(-80, 80))),
+              data.draw(st.one_of(st.none(), st.integers(-80, 80))),
+              data.draw(st.sampled_from([None, 1, 2, -1, -3])))
+    gs, cs = g[:, s], x[:, s]
+    assert bytes_equal(gs.values, cs.values) and bytes_equal(gs.offsets, cs.offsets)
+
+
+@gpu
+@pytest.mark.parametrize("odt", OFFSET_DTYPES)
+def test_gpu_many_rows_tiles_span_many_rows(odt):
+    """Thousands of rows, most empty or tiny, with a few long ones: gather tiles cross many rows
+    and the grid-stride loops run more than one tile per block."""
+    import cupy
+
+    rng = np.random.default_rng(0)
+    lens = rng.integers(0, 3, 20000)
+    lens[::997] = 3000
+    off = make_offsets(lens, odt)
+    values = random_values(rng, (int(off[-1]), 3), np.float32)
+    x, g = _both(values, off)
+    assert bytes_equal(g.to_padded(0, 64), x.to_padded(0, 64))
+    assert bytes_equal(g.row_ids(), x.row_ids()) and bytes_equal(g.positions(), x.positions())
+    y = cujagged.from_padded(g.to_padded(), g.lengths)
+    assert bytes_equal(y.values, x.values)
+    idx = rng.integers(0, len(lens), 5000)
+    assert bytes_equal(g[cupy.asarray(idx)].values, x[idx].values)
+    assert bytes_equal(g[:, 1::2].values, x[:, 1::2].values)
+
+
+@gpu
+def test_gpu_huge_64bit_indexing():
+    """More than 2**31 items (1 byte each): every kernel indexes past int32."""
+    import cupy
+
+    big = 2**31 + 64
+    lens = np.array([big, 5], np.int64)
+    off = cupy.asarray(make_offsets(lens))
+    period = 4093  # a prime-length byte pattern, so a misplaced copy shows
+    pattern = (cupy.arange(period) * 7 % 251).astype(cupy.uint8)
+    values = cupy.empty(big + 5, cupy.uint8)
+    full = (big + 5) // period * period
+    values[:full].reshape(-1, period)[...] = pattern
+    values[full:] = pattern[: big + 5 - full]
+    g = JaggedArray(values, off, max_length=big)
+    dense = g.to_padded(7)
+    assert dense.shape == (2, big)
+    assert bool((dense[0] == values[:big]).all())
+    assert bool((dense[1, :5] == values[big:]).all()) and bool((dense[1, 5:] == 7).all())
+    y = cujagged.from_padded(dense, off)
+    del dense
+    assert bool((y.values == values).all())
+    del y
+    tail = g[:, -70:]
+    assert tail.lengths.tolist() == [70, 5]
+    assert bool((tail.values[:70] == values[big - 70:big]).all())
+    ids = g.row_ids()
+    assert int(ids[big - 1]) == 0 and int(ids[big]) == 1 and int((ids == 1).sum()) == 5
+    del ids
+    pos = g.positions()
+    assert int(pos[big - 1]) == big - 1 and int(pos[big + 4]) == 4
