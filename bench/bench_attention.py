@@ -1,0 +1,178 @@
+"""Jagged Flash Attention forward vs dense padded attention, padded SDPA, FlashAttention-2 varlen.
+
+Every peer is timed with its own padding/unpadding where it needs it, on the same bf16 inputs, in
+the same process. TFLOP/s counts 4·H·D·ΣL² per forward (halved for causal). ``python -m
+bench.bench_attention [--quick]`` prints a table.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+
+from bench.harness import cupy_peak, entry, lengths_for, rotate, time_ms, torch_peak
+
+# (B, max_len, fill, H, D, causal)
+SHAPES = [
+    (1024, 256, 0.5, 1, 128, False),
+    (1024, 512, 0.25, 1, 128, False),
+    (1024, 1024, 0.1, 1, 128, False),
+    (1024, 1024, 0.25, 2, 64, False),
+    (2048, 128, 0.5, 4, 32, False),
+    (256, 4096, 0.25, 1, 128, False),
+    (1024, 512, 0.25, 1, 128, True),
+]
+
+
+def _fa2(torch, q, k, v, cu, max_len, scale, causal):
+    return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max_len, max_len, 0.0, causal,
+                                                   False, scale=scale)[0]
+
+
+def _pad(torch, x, off_t, max_len):
+    T, H, D = x.shape
+    d = torch.ops.aten._jagged_to_padded_dense_forward(x.view(T, H * D), [off_t], [max_len], 0.0)
+    return d.view(-1, max_len, H, D).transpose(1, 2)  # [B, H, L, D]
+
+
+def _unpad(torch, d, off_t, T):
+    B, H, L, D = d.shape
+    dense = d.transpose(1, 2).reshape(B, L, H * D)
+    return torch.ops.aten._padded_dense_to_jagged_forward(dense, [off_t], T).view(T, H, D)
+
+
+def _sdpa(torch, q, k, v, off_t, keymask, max_len, scale, causal):
+    F = torch.nn.functional
+    T = q.shape[0]
+    qp, kp, vp = (_pad(torch, x, off_t, max_len) for x in (q, k, v))
+    mask = keymask
+    if causal:
+        mask = mask & torch.ones(max_len, max_len, dtype=torch.bool, device=q.device).tril()
+    o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale)
+    return _unpad(torch, o, off_t, T)
+
+
+def _dense(torch, q, k, v, off_t, keymask, max_len, scale, causal):
+    T = q.shape[0]
+    qp, kp, vp = (_pad(torch, x, off_t, max_len) for x in (q, k, v))
+    s = torch.matmul(qp, kp.transpose(-1, -2)) * scale
+    mask = keymask
+    if causal:
+        mask = mask & torch.ones(max_len, max_len, dtype=torch.bool, device=q.device).tril()
+    s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num_(0.0)
+    return _unpad(torch, torch.matmul(p, vp), off_t, T)
+
+
+def run(quick: bool = False) -> list[dict]:
+    import cupy
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    reps = 10 if quick else 30
+    results = []
+    for shape in SHAPES:
+        results += _one_shape(cupy, torch, *shape, reps=reps)
+        cupy.get_default_memory_pool().free_all_blocks()
+        if torch is not None:
+            torch.cuda.empty_cache()
+    return results
+
+
+def _one_shape(cupy, torch, B, max_len, fill, H, D, causal, reps):
+    import cujagged
+    from cujagged import JaggedArray, jagged_flash_attention
+
+    results = []
+    lens = lengths_for(B, max_len, fill)
+    T = int(lens.sum())
+    params = {"B": B, "max_len": max_len, "fill": fill, "H": H, "D": D, "dtype": "bfloat16",
+              "causal": causal, "T": T}
+    flops = 4.0 * H * D * float((lens.astype(np.float64) ** 2).sum()) * (0.5 if causal else 1)
+    scale = 1 / math.sqrt(D)
+    off = cupy.asarray(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+    rng = np.random.default_rng(0)
+    sets = [[cupy.asarray(rng.standard_normal((T, H, D), dtype=np.float32))
+             .astype(cujagged.bfloat16) for _ in range(3)] for _ in range(2)]
+    jsets = [[JaggedArray(x, off, max_length=int(lens.max()), validate=False) for x in s]
+             for s in sets]
+
+    def ours(bm=None):
+        it = rotate(jsets)
+        return lambda: jagged_flash_attention(*next(it), causal=causal, _bm=bm)
+
+    for bm, impl in ((None, "cujagged"), (64, "cujagged_bm64"), (128, "cujagged_bm128")):
+        if bm == 128 and D not in (64, 128):
+            continue
+        f = ours(bm)
+        f()
+        ms = time_ms(f, reps=reps)
+        cupy.cuda.runtime.deviceSynchronize()
+        with cupy_peak() as pk:
+            f()
+            cupy.cuda.runtime.deviceSynchronize()
+        results.append(entry("attention_fwd", impl, params, ms, pk.mib, flops=flops))
+    if torch is None:
+        return results
+
+    tsets = [[torch.from_dlpack(x) for x in s] for s in sets]
+    off_t = torch.from_dlpack(off).to(torch.int64)
+    cu = torch.from_dlpack(off)
+    keymask = (torch.arange(max_len, device="cuda")[None, :]
+               < torch.from_dlpack(cupy.asarray(lens))[:, None]).view(B, 1, 1, max_len)
+    peers = {
+        "fa2_varlen": lambda s: _fa2(torch, *s, cu, max_len, scale, causal),
+        "sdpa_padded": lambda s: _sdpa(torch, *s, off_t, keymask, max_len, scale, causal),
+        "dense_padded": lambda s: _dense(torch, *s, off_t, keymask, max_len, scale, causal),
+    }
+    ref = torch.from_dlpack(jagged_flash_attention(*jsets[0], causal=causal).values).float()
+    for impl, fn in peers.items():
+        try:
+            it = rotate(tsets)
+            out = fn(tsets[0]).float()
+            err = float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(out))
+            del out
+            ms = time_ms(lambda fn=fn, it=it: fn(next(it)), reps=reps)
+            with torch_peak() as pk:
+                fn(tsets[0])
+            e = entry("attention_fwd", impl, params, ms, pk.mib, flops=flops)
+            e["rel_diff_vs_cujagged"] = round(err, 5)
+            results.append(e)
+        except Exception as ex:  # a peer that cannot run this shape (e.g. out of memory)
+            print(f"  {impl} failed on {params}: {type(ex).__name__}: {str(ex)[:300]}",
+                  file=sys.stderr)
+        torch.cuda.empty_cache()
+    return results
+
+
+def table(results: list[dict]) -> str:
+    lines = []
+    by = {}
+    for e in results:
+        key = tuple(sorted((k, v) for k, v in e["params"].items()))
+        by.setdefault(key, {})[e["impl"]] = e
+    for _key, d in by.items():
+        p = next(iter(d.values()))["params"]
+        lines.append(f"B={p['B']} max_len={p['max_len']} fill={p['fill']} H={p['H']} D={p['D']} "
+                     f"causal={p['causal']} T={p['T']}")
+        ours = d.get("cujagged")
+        for impl, e in d.items():
+            ratio = f"  ours/peer={ours['ms'] / e['ms']:.3f}" if ours and impl != "cujagged" \
+                else ""
+            lines.append(f"  {impl:16s} {e['ms']:9.4f} ms {e.get('tflops', 0):8.2f} TFLOP/s "
+                         f"{e['peak_mib']:9.2f} MiB{ratio}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+
+    res = run(quick="--quick" in sys.argv)
+    print(table(res))
+    if len(sys.argv) > 2 and sys.argv[-1].endswith(".json"):
+        with open(sys.argv[-1], "w") as f:
+            json.dump(res, f, indent=1)

@@ -1,0 +1,239 @@
+"""Jagged Flash Attention forward: Numba twin vs a plain NumPy loop, GPU kernels vs the twin."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import lengths, make_offsets, rel_error
+
+import cujagged
+from cujagged import JaggedArray, bfloat16, jagged_flash_attention
+from cujagged.attention import HEAD_DIMS
+
+
+# ---- plain float64 NumPy loop -------------------------------------------------------------------
+def naive_attention(q, k, v, lq, lk, msl, scale, causal, bias):
+    """Row by row with padded-free NumPy: softmax(scale q kᵀ + bias + mask) v, float64."""
+    q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    H = q.shape[1]
+    g = H // k.shape[1]
+    out = np.zeros(q.shape)
+    lse = np.full(q.shape[:2], -np.inf)
+    qo, ko = make_offsets(lq), make_offsets(lk)
+    msl = 1 << 60 if msl is None else msl
+    for b in range(len(lq)):
+        nq, nk = min(lq[b], msl), min(lk[b], msl)
+        for h in range(H):
+            Q = q[qo[b]:qo[b] + nq, h]
+            K = k[ko[b]:ko[b] + nk, h // g]
+            V = v[ko[b]:ko[b] + nk, h // g]
+            s = scale * Q @ K.T
+            if bias is not None:
+                s = s + np.asarray(bias[b, h if bias.shape[1] > 1 else 0, :nq, :nk], np.float64)
+            if causal:
+                i, j = np.meshgrid(np.arange(nq), np.arange(nk), indexing="ij")
+                s = np.where(j <= i + nk - nq, s, -np.inf)
+            for i in range(nq):
+                m = s[i].max(initial=-np.inf)
+                if m == -np.inf:
+                    continue
+                p = np.exp(s[i] - m)
+                out[qo[b] + i, h] = p @ V / p.sum()
+                lse[qo[b] + i, h] = m + math.log(p.sum())
+    return out, lse
+
+
+@st.composite
+def problems(draw, max_len=40, dtypes=(np.float64,), dims=(32,)):
+    lq = draw(lengths(max_rows=6, max_len=max_len))
+    cross = draw(st.booleans())
+    lk = draw(st.lists(st.integers(0, 2 * max_len), min_size=len(lq), max_size=len(lq))) \
+        if cross else lq
+    H = draw(st.sampled_from([1, 2, 4]))
+    Hk = draw(st.sampled_from([d for d in (1, 2, 4) if H % d == 0]))
+    return dict(
+        lq=lq, lk=lk, cross=cross, H=H, Hk=Hk,
+        D=draw(st.sampled_from(dims)),
+        dtype=np.dtype(draw(st.sampled_from(dtypes))),
+        causal=draw(st.booleans()),
+        msl=draw(st.one_of(st.none(), st.integers(0, 2 * max_len))),
+        scale=draw(st.one_of(st.none(), st.floats(0.05, 1.0))),
+        bias=draw(st.booleans()),
+        bias_heads=draw(st.sampled_from(["H", 1])),
+        off_dtype=draw(st.sampled_from([np.int32, np.int64])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+def make_inputs(p):
+    rng = np.random.default_rng(p["seed"])
+    Tq, Tk = sum(p["lq"]), sum(p["lk"])
+    q = rng.standard_normal((Tq, p["H"], p["D"])).astype(np.float32).astype(p["dtype"])
+    k = rng.standard_normal((Tk, p["Hk"], p["D"])).astype(np.float32).astype(p["dtype"])
+    v = rng.standard_normal((Tk, p["Hk"], p["D"])).astype(np.float32).astype(p["dtype"])
+    bias = None
+    if p["bias"]:
+        mq, mk = max(p["lq"], default=0) + 1, max(p["lk"], default=0) + 2
+        B = len(p["lq"])
+        bias = rng.standard_normal((B, p["H"] if p["bias_heads"] == "H" else 1, mq, mk))
+        bias = bias.astype(np.float32).astype(p["dtype"])
+    return q, k, v, bias
+
+
+def call(p, q, k, v, bias, xp=np, **kw):
+    qo = xp.asarray(make_offsets(p["lq"], p["off_dtype"]))
+    ko = xp.asarray(make_offsets(p["lk"], p["off_dtype"]))
+    args = dict(max_seq_len=p["msl"], scale=p["scale"], causal=p["causal"], return_lse=True,
+                bias=None if bias is None else xp.asarray(bias), **kw)
+    if p["cross"]:
+        args["kv_offsets"] = ko
+    return jagged_flash_attention(xp.asarray(q), xp.asarray(k), xp.asarray(v), qo, **args)
+
+
+# ---- CPU: Numba twin vs the NumPy loop ----------------------------------------------------------
+@given(problems())
+def test_numba_twin_matches_numpy_loop(p):
+    q, k, v, bias = make_inputs(p)
+    out, lse = call(p, q, k, v, bias)
+    scale = 1 / math.sqrt(p["D"]) if p["scale"] is None else p["scale"]
+    ref, ref_lse = naive_attention(q, k, v, p["lq"], p["lk"], p["msl"], scale, p["causal"], bias)
+    assert out.dtype == np.float64 and lse.dtype == np.float32
+    assert np.allclose(out, ref, rtol=1e-9, atol=1e-12)
+    assert np.array_equal(np.isneginf(lse), np.isneginf(ref_lse))
+    fin = np.isfinite(ref_lse)
+    assert np.allclose(lse[fin], ref_lse[fin], rtol=1e-5, atol=1e-5)
+    assert not np.isnan(out).any() and not np.isnan(lse).any()
+
+
+def test_cpu_dtypes_and_jagged_layout():
+    lq = [3, 0, 5, 1]
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float16, bfloat16):
+        q = rng.standard_normal((9, 2, 32)).astype(np.float32).astype(dt)
+        qj = JaggedArray(q, lengths=lq)
+        o = jagged_flash_attention(qj, qj, qj)
+        assert isinstance(o, JaggedArray) and o.values.dtype == np.dtype(dt)
+        ref, _ = naive_attention(q, q, q, lq, lq, None, 1 / math.sqrt(32), False, None)
+        assert rel_error(o.values, ref) < 1e-2
+
+
+def test_fbgemm_basic_recipe():
+    """FBGEMM jagged_flash_attention_basic (no mask): softmax(q kᵀ) v / max_seq_len, rows and
+    keys truncated at max_seq_len, queries past it zero."""
+    rng = np.random.default_rng(1)
+    lq, D, msl = [5, 0, 9, 2], 32, 6
+    T = sum(lq)
+    q, k, v = (rng.standard_normal((T, D)) for _ in range(3))
+    off = make_offsets(lq)
+    ref = np.zeros((T, D))
+    for b in range(len(lq)):
+        n = min(lq[b], msl)
+        if n == 0:
+            continue
+        s = q[off[b]:off[b] + n] @ k[off[b]:off[b] + n].T
+        p = np.exp(s - s.max(1, keepdims=True))
+        ref[off[b]:off[b] + n] = (p / p.sum(1, keepdims=True)) @ v[off[b]:off[b] + n] / msl
+    o = jagged_flash_attention(q[:, None], k[:, None], v[:, None], off, max_seq_len=msl,
+                               scale=1.0)[:, 0] / msl
+    np.testing.assert_allclose(o, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_validation_errors():
+    q = np.zeros((4, 2, 32), np.float32)
+    off = [0, 4]
+    with pytest.raises(ValueError, match="head dim"):
+        jagged_flash_attention(q[..., :24], q[..., :24], q[..., :24], off)
+    with pytest.raises(ValueError, match="divide"):
+        jagged_flash_attention(np.zeros((4, 3, 32), np.float32), q, q, off)
+    with pytest.raises(TypeError, match="offsets"):
+        jagged_flash_attention(q, q, q)
+    with pytest.raises(TypeError, match="dtype"):
+        jagged_flash_attention(q, q.astype(np.float16), q, off)
+    with pytest.raises(ValueError, match="bias"):
+        jagged_flash_attention(q, q, q, off, bias=np.zeros((1, 2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="rows"):
+        jagged_flash_attention(q, q[:3], q[:3], off)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        jagged_flash_attention(q, q, q, off, max_seq_len=-1)
+    qj = JaggedArray(q, off)
+    with pytest.raises(TypeError, match="offsets"):
+        jagged_flash_attention(qj, qj, qj, off)
+
+
+def test_empty_batch_and_empty_rows():
+    q = np.zeros((0, 1, 64), np.float32)
+    o, lse = jagged_flash_attention(q, q, q, [0, 0, 0], return_lse=True)
+    assert o.shape == (0, 1, 64) and lse.shape == (0, 1)
+
+
+# ---- GPU: kernels vs the Numba twin ------------------------------------------------------------
+GPU_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float16): 1e-2, bfloat16: 1e-2}
+
+
+def check_gpu(p, **kw):
+    import cupy
+
+    q, k, v, bias = make_inputs(p)
+    out, lse = call(p, q, k, v, bias, xp=cupy, **kw)
+    out, lse = cupy.asnumpy(out), cupy.asnumpy(lse)
+    ref, ref_lse = call(p, q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
+                        None if bias is None else bias.astype(np.float64))
+    tol = GPU_TOL[p["dtype"]]
+    assert not np.isnan(out.astype(np.float32)).any(), "NaN in O"
+    assert not np.isnan(lse).any(), "NaN in lse"
+    assert rel_error(out, ref) <= tol, (rel_error(out, ref), p)
+    assert np.array_equal(np.isneginf(lse), np.isneginf(ref_lse)), p
+    fin = np.isfinite(ref_lse)
+    assert rel_error(lse[fin], ref_lse[fin]) <= max(tol / 10, 1e-5), p
+    assert np.all(out[~fin] == 0)
+
+
+@pytest.mark.gpu
+@given(problems(max_len=80, dtypes=(np.float16, bfloat16, np.float32), dims=HEAD_DIMS))
+def test_gpu_matches_numba(p):
+    check_gpu(p)
+
+
+@pytest.mark.gpu
+@given(problems(max_len=150, dtypes=(np.float16, bfloat16), dims=(64, 128)))
+def test_gpu_tile128_matches_numba(p):
+    if p["bias"]:
+        p["bias"] = False
+    check_gpu(p, _bm=128)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", [bfloat16, np.float16, np.float32])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_long_rows(D, dtype, causal):
+    lq = [0, 1, 700, 64, 129, 333, 1000, 5]
+    p = dict(lq=lq, lk=lq, cross=False, H=2, Hk=1, D=D, dtype=np.dtype(dtype), causal=causal,
+             msl=900, scale=None, bias=False, bias_heads=1, off_dtype=np.int32, seed=D)
+    check_gpu(p)
+
+
+@pytest.mark.gpu
+def test_gpu_jagged_input_caches_tile_list():
+    import cupy
+
+    lq = [5, 0, 130, 77]
+    rng = np.random.default_rng(3)
+    x = cupy.asarray(rng.standard_normal((sum(lq), 1, 128)).astype(bfloat16))
+    qj = JaggedArray(x, lengths=cupy.asarray(np.array(lq)))
+    o1 = jagged_flash_attention(qj, qj, qj, causal=True)
+    assert any(isinstance(key, tuple) and key[0] == "jfa_tiles" for key in qj._cache)
+    o2 = jagged_flash_attention(qj, qj, qj, causal=True)
+    assert isinstance(o1, JaggedArray)
+    assert cupy.array_equal(o1.values, o2.values)
+    cpu = jagged_flash_attention(JaggedArray(cupy.asnumpy(x), lengths=lq),
+                                 cupy.asnumpy(x), cupy.asnumpy(x), causal=True)
+    assert rel_error(cupy.asnumpy(o1.values), cpu.values) < 1e-2
+
+
+def test_exported():
+    assert cujagged.jagged_flash_attention is jagged_flash_attention
