@@ -1,0 +1,542 @@
+"""Row-wise ops: reductions, softmax, cumsum, sort, elementwise (CPU reference vs float64 NumPy
+loops; GPU kernels vs the Numba twins; backward vs finite differences on the CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import FLOAT_DTYPES, INNER_SHAPES, OFFSET_DTYPES, TOL, lengths, make_offsets
+
+from cujagged import JaggedArray, bfloat16
+from cujagged import rowwise as R
+
+REDUCTIONS = ["sum", "mean", "prod", "max", "min", "argmax", "argmin", "logsumexp", "any", "all"]
+INT_OK = {"sum", "prod", "max", "min", "argmax", "argmin", "any", "all", "mean"}
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def make_x(lens, inner, dtype, off_dtype, seed, scale=1.0, ties=False):
+    rng = np.random.default_rng(seed)
+    T = int(sum(lens))
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        vals = rng.integers(-5 if ties else -1000, 5 if ties else 1000, size=(T, *inner))
+    else:
+        vals = rng.standard_normal((T, *inner)) * scale
+        if ties:
+            vals = np.round(vals)
+    vals = vals.astype(np.float32).astype(dtype) if dtype.kind == "f" or dtype == bfloat16 \
+        else vals.astype(dtype)
+    return JaggedArray(vals, make_offsets(lens, off_dtype))
+
+
+def rows64(x, trunc=None):
+    off = np.asarray(x.offsets, dtype=np.int64)
+    v = np.asarray(x.values).astype(np.float64)
+    return [v[off[b]:off[b + 1]][:trunc] for b in range(x.nrows)]
+
+
+def ref_reduce(name, x, trunc=None):
+    inner = x.inner_shape
+    out = []
+    for r in rows64(x, trunc):
+        n = r.shape[0]
+        if name == "sum":
+            o = r.sum(0)
+        elif name == "mean":
+            o = r.mean(0) if n else np.full(inner, np.nan)
+        elif name == "prod":
+            o = r.prod(0)
+        elif name in ("max", "min"):
+            if n:
+                o = r.max(0) if name == "max" else r.min(0)
+            else:
+                info = np.iinfo(x.dtype) if x.dtype.kind in "iu" else None
+                o = np.full(inner, (info.min if name == "max" else info.max) if info
+                            else (-np.inf if name == "max" else np.inf))
+        elif name in ("argmax", "argmin"):
+            o = (r.argmax(0) if name == "argmax" else r.argmin(0)) if n else np.full(inner, -1)
+        elif name == "logsumexp":
+            if n:
+                m = r.max(0)
+                ms = np.where(np.isfinite(m), m, 0.0)
+                with np.errstate(divide="ignore"):
+                    o = ms + np.log(np.exp(r - ms).sum(0))
+                o = np.where(np.isfinite(m), o, m)
+            else:
+                o = np.full(inner, -np.inf)
+        elif name == "any":
+            o = (r != 0).any(0)
+        elif name == "all":
+            o = (r != 0).all(0)
+        out.append(np.broadcast_to(o, inner))
+    return np.array(out, dtype=np.float64).reshape((x.nrows, *inner))
+
+
+def assert_close(out, ref, dtype, exact=False):
+    out = np.asarray(out, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    assert np.array_equal(np.isnan(out), np.isnan(ref)), (out, ref)
+    inf_o, inf_r = np.isinf(out), np.isinf(ref)
+    assert np.array_equal(inf_o, inf_r), (out, ref)
+    assert np.array_equal(out[inf_o], ref[inf_r])
+    fin = np.isfinite(ref)
+    if exact:
+        assert np.array_equal(out[fin], ref[fin]), (out, ref)
+        return
+    o, r = out[fin], ref[fin]
+    tol = TOL.get(np.dtype(dtype), 0.0) if (np.dtype(dtype).kind == "f"
+                                            or np.dtype(dtype) == bfloat16) else 1e-12
+    den = np.linalg.norm(r)
+    err = np.linalg.norm(o - r) / den if den > 0 else np.linalg.norm(o - r)
+    # 16-bit outputs are rounded once more than the float64 reference
+    assert err <= 2 * tol + 1e-300 or np.allclose(o, r, rtol=2 * tol, atol=2 * tol), (err, o, r)
+
+
+ALL_DTYPES = [*FLOAT_DTYPES, np.dtype(np.int32), np.dtype(np.int64)]
+
+
+@st.composite
+def cases(draw, dtypes=None, max_len=40):
+    lens = draw(lengths(max_len=max_len))
+    inner = draw(st.sampled_from(INNER_SHAPES))
+    dtype = draw(st.sampled_from(dtypes or FLOAT_DTYPES))
+    off_dtype = draw(st.sampled_from(OFFSET_DTYPES))
+    trunc = draw(st.one_of(st.none(), st.integers(0, 2 * max_len)))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return lens, inner, dtype, off_dtype, trunc, seed
+
+
+# ---- CPU (Numba) against float64 NumPy loops -------------------------------------------------
+@pytest.mark.parametrize("name", REDUCTIONS)
+@given(case=cases(dtypes=ALL_DTYPES), ties=st.booleans())
+def test_cpu_reductions_match_numpy(name, case, ties):
+    lens, inner, dtype, off_dtype, trunc, seed = case
+    if np.dtype(dtype).kind in "iu" and name not in INT_OK:
+        dtype = np.float32
+    x = make_x(lens, inner, dtype, off_dtype, seed, ties=ties)
+    if name == "prod" and x.dtype.kind in "iu":  # keep integer products exact
+        x = x._with_values(x.values % 3 - 1)
+    out = getattr(R, name)(x, max_length=trunc)
+    ref = ref_reduce(name, x, trunc)
+    assert out.shape == (x.nrows, *x.inner_shape)
+    exact = name in ("max", "min", "argmax", "argmin", "any", "all") or x.dtype.kind in "iu"
+    if name in ("argmax", "argmin"):
+        assert out.dtype == np.int64
+    if name in ("any", "all"):
+        assert out.dtype == np.bool_
+    assert_close(out, ref, x.dtype, exact=exact and name != "mean")
+
+
+def test_empty_row_semantics_cpu():
+    x = JaggedArray(np.array([1.0, -2.0], np.float32), [0, 0, 2])
+    assert R.sum(x)[0] == 0 and R.prod(x)[0] == 1
+    assert R.max(x)[0] == -np.inf and R.min(x)[0] == np.inf
+    assert R.argmax(x)[0] == -1 and R.argmin(x)[0] == -1
+    assert np.isnan(R.mean(x)[0]) and R.logsumexp(x)[0] == -np.inf
+    assert not R.any(x)[0] and R.all(x)[0]
+    assert R.max(x, initial=5.0).tolist() == [5.0, 5.0]
+    assert R.min(x, initial=5.0).tolist() == [5.0, -2.0]
+    xi = JaggedArray(np.array([3, 4], np.int32), [0, 0, 2])
+    assert R.max(xi)[0] == np.iinfo(np.int32).min and R.min(xi)[0] == np.iinfo(np.int32).max
+
+
+def test_axis_and_validation():
+    x = JaggedArray(np.ones((5, 3), np.float32), [0, 2, 5])
+    np.testing.assert_array_equal(R.sum(x, dim=1), R.sum(x, axis=-2))
+    np.testing.assert_array_equal(x.sum(), R.sum(x, axis=1))
+    with pytest.raises(ValueError, match="axis must be 1"):
+        R.sum(x, axis=0)
+    with pytest.raises(ValueError, match="axis must be 1"):
+        R.softmax(x, axis=2)
+    with pytest.raises(TypeError, match="JaggedArray"):
+        R.sum(np.ones(3))
+    with pytest.raises(ValueError, match="max_length"):
+        R.sum(x, max_length=-1)
+    with pytest.raises(ValueError, match="shape"):
+        R.sum_backward(np.ones((3, 3), np.float32), x)
+
+
+def ref_softmax(x, trunc, log):
+    off = np.asarray(x.offsets, dtype=np.int64)
+    v = np.asarray(x.values).astype(np.float64)
+    out = np.zeros_like(v)
+    for b in range(x.nrows):
+        s, e = off[b], off[b + 1]
+        r = v[s:e][:trunc]
+        if r.shape[0] == 0:
+            continue
+        m = r.max(0)
+        ok = m > -np.inf
+        ms = np.where(ok, m, 0.0)
+        ex = np.exp(r - ms)
+        ssum = ex.sum(0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            res = (r - ms - np.log(ssum)) if log else ex / ssum
+        out[s:s + r.shape[0]] = np.where(ok, res, 0.0)
+    return out
+
+
+@pytest.mark.parametrize("log", [False, True])
+@given(case=cases(), big=st.booleans())
+def test_cpu_softmax_matches_numpy(log, case, big):
+    lens, inner, dtype, off_dtype, trunc, seed = case
+    x = make_x(lens, inner, dtype, off_dtype, seed, scale=300.0 if big else 1.0)
+    f = R.log_softmax if log else R.softmax
+    out = f(x, max_length=trunc)
+    assert isinstance(out, JaggedArray) and out.same_structure(x)
+    o = np.asarray(out.values, np.float64)
+    assert not np.isnan(o).any()
+    assert_close(o, ref_softmax(x, trunc, log), x.dtype)
+
+
+def test_softmax_all_neg_inf_row_gives_zeros():
+    v = np.array([-np.inf, -np.inf, 1.0, 2.0, 1e30], np.float32)
+    x = JaggedArray(v, [0, 2, 5])
+    for f in (R.softmax, R.log_softmax):
+        out = f(x).values
+        assert not np.isnan(out).any()
+        assert out[0] == 0 and out[1] == 0
+    np.testing.assert_allclose(R.softmax(x).values[2:], [0, 0, 1], atol=1e-7)
+
+
+@given(case=cases(dtypes=[*FLOAT_DTYPES, np.dtype(np.int32)]), exclusive=st.booleans(),
+       reverse=st.booleans())
+def test_cpu_cumsum_matches_numpy(case, exclusive, reverse):
+    lens, inner, dtype, off_dtype, _, seed = case
+    x = make_x(lens, inner, dtype, off_dtype, seed)
+    out = R.cumsum(x, exclusive=exclusive, reverse=reverse)
+    off = np.asarray(x.offsets, np.int64)
+    v = np.asarray(x.values).astype(np.float64)
+    ref = np.zeros_like(v)
+    for b in range(x.nrows):
+        r = v[off[b]:off[b + 1]]
+        if reverse:
+            r = r[::-1]
+        c = np.cumsum(r, axis=0)
+        if exclusive:
+            c = c - r
+        ref[off[b]:off[b + 1]] = c[::-1] if reverse else c
+    assert_close(out.values, ref, x.dtype)
+
+
+def _stable_order(row, descending):
+    key = [(-float(v) if descending else float(v), i) for i, v in enumerate(row)]
+    return [i for _, i in sorted(key)]
+
+
+@given(case=cases(dtypes=[np.dtype(np.float32), bfloat16, np.dtype(np.int64)]),
+       descending=st.booleans(), k=st.integers(0, 6))
+def test_cpu_sort_argsort_topk(case, descending, k):
+    lens, inner, dtype, off_dtype, _, seed = case
+    x = make_x(lens, inner, dtype, off_dtype, seed, ties=True)
+    s, a = R.sort(x, descending=descending), R.argsort(x, descending=descending)
+    tv, ti = R.topk(x, k, largest=descending)
+    off = np.asarray(x.offsets, np.int64)
+    toff = np.asarray(tv.offsets)
+    C = int(np.prod(inner, dtype=np.int64))
+    v = np.asarray(x.values).astype(np.float64).reshape(len(x.values), C)
+    sv = np.asarray(s.values).astype(np.float64).reshape(len(x.values), C)
+    av = np.asarray(a.values).reshape(len(x.values), C)
+    tvv = np.asarray(tv.values).astype(np.float64).reshape(-1, v.shape[1])
+    tiv = np.asarray(ti.values).reshape(-1, v.shape[1])
+    for b in range(x.nrows):
+        r = v[off[b]:off[b + 1]]
+        assert toff[b + 1] - toff[b] == min(len(r), k)
+        for c in range(v.shape[1]):
+            order = _stable_order(r[:, c], descending)
+            assert av[off[b]:off[b + 1], c].tolist() == order
+            assert sv[off[b]:off[b + 1], c].tolist() == r[order, c].tolist()
+            assert tiv[toff[b]:toff[b + 1], c].tolist() == order[:k]
+            assert tvv[toff[b]:toff[b + 1], c].tolist() == r[order[:k], c].tolist()
+
+
+# ---- elementwise ---------------------------------------------------------------------------
+def _expand(x, other, kind):
+    off = np.asarray(x.offsets, np.int64)
+    rows = np.repeat(np.arange(x.nrows), np.diff(off))
+    pos = np.arange(len(x.values)) - off[rows]
+    o = np.asarray(other)
+    return o[rows] if kind == "rows" else o[rows, pos]
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "rsub", "mul", "div", "rdiv", "maximum", "minimum"])
+@given(case=cases(), kind=st.sampled_from(["jagged", "rows", "padded", "scalar"]))
+def test_cpu_elementwise(op, case, kind):
+    lens, inner, dtype, off_dtype, _, seed = case
+    x = make_x(lens, inner, dtype, off_dtype, seed)
+    rng = np.random.default_rng(seed + 1)
+    if kind == "jagged":
+        other = JaggedArray(rng.standard_normal(x.values.shape).astype(dtype),
+                            np.asarray(x.offsets).copy())
+        o64 = np.asarray(other.values, np.float64)
+    elif kind == "scalar":
+        other = 1.5
+        o64 = 1.5
+    else:
+        shape = (x.nrows, *x.inner_shape) if kind == "rows" else \
+            (x.nrows, x.max_length + 1, *x.inner_shape)
+        other = (rng.standard_normal(shape) + 3).astype(dtype)
+        o64 = _expand(x, other.astype(np.float64), kind)
+    x64 = np.asarray(x.values, np.float64)
+    fns = {"add": (lambda a, b: a + b), "sub": (lambda a, b: a - b),
+           "rsub": (lambda a, b: b - a), "mul": (lambda a, b: a * b),
+           "div": (lambda a, b: a / b), "rdiv": (lambda a, b: b / a),
+           "maximum": np.maximum, "minimum": np.minimum}
+    f = fns[op]
+    out = f(x, other)
+    assert isinstance(out, JaggedArray) and out.same_structure(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ref = f(x64, o64).astype(dtype)  # overflow to inf in 16-bit types, as the op does
+    assert_close(np.asarray(out.values, np.float64), ref, dtype)
+
+
+def test_elementwise_ufuncs_and_errors():
+    x = JaggedArray(np.arange(6, dtype=np.float32), [0, 2, 6])
+    y = JaggedArray(np.ones(6, np.float32), np.array([0, 2, 6], np.int32))
+    np.testing.assert_allclose(np.exp(x).values, np.exp(x.values))
+    np.testing.assert_allclose((-x).values, -x.values)
+    np.testing.assert_allclose(abs(-x).values, x.values)
+    np.testing.assert_allclose((x * y + 1).values, x.values + 1)
+    np.testing.assert_allclose((2 ** x).values, 2 ** x.values)
+    np.testing.assert_array_equal((x > 2).values, x.values > 2)
+    np.testing.assert_allclose(np.add(np.array([1, 2], np.float32), x).values,
+                               x.values + np.array([1, 1, 2, 2, 2, 2]))
+    z = JaggedArray(np.ones(6, np.float32), [0, 3, 6])
+    with pytest.raises(ValueError, match="same structure"):
+        x + z
+    with pytest.raises(ValueError, match="does not match"):
+        x + np.ones(5, np.float32)
+    with pytest.raises(ValueError, match="max_len"):
+        x + np.ones((2, 3), np.float32)
+
+
+# ---- backward: finite differences in float64 on the CPU ---------------------------------------
+def _fd_check(f, fb, x, w, n_checks=6, seed=0, eps=1e-6):
+    """d(sum(w * f(x)))/dx from ``fb`` against central differences at random items."""
+    g = np.asarray(fb(x, w).values)
+    v = np.array(x.values, dtype=np.float64)
+    flat = v.reshape(-1)
+    if flat.size == 0:
+        return
+
+    def loss(vals):
+        out = f(x._with_values(vals.reshape(v.shape)))
+        out = out.values if isinstance(out, JaggedArray) else out
+        ww = w.values if isinstance(w, JaggedArray) else w
+        return float((np.asarray(out) * np.asarray(ww)).sum())
+
+    rng = np.random.default_rng(seed)
+    for i in rng.choice(flat.size, size=min(n_checks, flat.size), replace=False):
+        p, m = flat.copy(), flat.copy()
+        p[i] += eps
+        m[i] -= eps
+        fd = (loss(p) - loss(m)) / (2 * eps)
+        assert abs(fd - g.reshape(-1)[i]) <= 1e-5 * max(1.0, abs(fd)), (i, fd, g.reshape(-1)[i])
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "max", "min", "logsumexp"])
+@given(case=cases(dtypes=[np.dtype(np.float64)], max_len=12))
+def test_cpu_reduction_backward_finite_differences(name, case):
+    lens, inner, _, off_dtype, trunc, seed = case
+    x = make_x(lens, inner, np.float64, off_dtype, seed)
+    w = np.random.default_rng(seed + 1).standard_normal((x.nrows, *inner))
+    f = lambda z: np.nan_to_num(getattr(R, name)(z, max_length=trunc), neginf=0.0,  # noqa: E731
+                                posinf=0.0)
+    fb = lambda z, g: getattr(R, f"{name}_backward")(g, z, max_length=trunc)  # noqa: E731
+    _fd_check(f, fb, x, w, seed=seed)
+
+
+@pytest.mark.parametrize("log", [False, True])
+@given(case=cases(dtypes=[np.dtype(np.float64)], max_len=12))
+def test_cpu_softmax_backward_finite_differences(log, case):
+    lens, inner, _, off_dtype, trunc, seed = case
+    x = make_x(lens, inner, np.float64, off_dtype, seed)
+    w = x._with_values(np.random.default_rng(seed + 1).standard_normal(x.values.shape))
+    fwd = R.log_softmax if log else R.softmax
+    bwd = R.log_softmax_backward if log else R.softmax_backward
+    f = lambda z: fwd(z, max_length=trunc)  # noqa: E731
+    fb = lambda z, g: bwd(g, fwd(z, max_length=trunc), max_length=trunc)  # noqa: E731
+    _fd_check(f, fb, x, w, seed=seed)
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+@given(case=cases(dtypes=[np.dtype(np.float64)], max_len=12))
+def test_cpu_cumsum_backward_finite_differences(exclusive, case):
+    lens, inner, _, off_dtype, _, seed = case
+    x = make_x(lens, inner, np.float64, off_dtype, seed)
+    w = x._with_values(np.random.default_rng(seed + 1).standard_normal(x.values.shape))
+    f = lambda z: R.cumsum(z, exclusive=exclusive)  # noqa: E731
+    fb = lambda z, g: R.cumsum_backward(g, exclusive=exclusive)  # noqa: E731
+    _fd_check(f, fb, x, w, seed=seed)
+
+
+# ---- GPU against the Numba twins ---------------------------------------------------------------
+def _gpu(x):
+    import cupy
+
+    return JaggedArray(cupy.asarray(x.values), cupy.asarray(x.offsets), validate=False,
+                       max_length=x.max_length)
+
+
+def _np(a):
+    import cupy
+
+    if isinstance(a, JaggedArray):
+        return cupy.asnumpy(a.values)
+    return cupy.asnumpy(a)
+
+
+# regimes: short rows, block per row, split rows (long rows on few rows), vector/scalar columns
+REGIMES = [
+    ([8, 0, 3, 1] * 50, (128,)),
+    ([0, 20000, 5], ()),
+    ([0, 3000, 7, 0], (7,)),
+    ([5000, 1, 0], (3, 5)),
+    ([2100, 600, 0, 9], (128,)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", REDUCTIONS)
+@given(case=cases(dtypes=ALL_DTYPES), ties=st.booleans())
+def test_gpu_reductions_match_numba(name, case, ties):
+    lens, inner, dtype, off_dtype, trunc, seed = case
+    if np.dtype(dtype).kind in "iu" and name not in INT_OK:
+        dtype = np.float32
+    x = make_x(lens, inner, dtype, off_dtype, seed, ties=ties)
+    _compare_reduction(name, x, trunc)
+
+
+def _compare_reduction(name, x, trunc):
+    ref = getattr(R, name)(x, max_length=trunc)
+    out = getattr(R, name)(_gpu(x), max_length=trunc)
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    exact = name in ("max", "min", "argmax", "argmin", "any", "all") or x.dtype.kind in "iu"
+    if name == "prod":
+        exact = False
+    assert_close(_np(out), ref, x.dtype, exact=exact and name != "mean")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("regime", range(len(REGIMES)))
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), bfloat16])
+def test_gpu_regimes_every_op(regime, dtype):
+    lens, inner = REGIMES[regime]
+    x = make_x(lens, inner, dtype, np.int32, regime)
+    for name in REDUCTIONS:
+        if name != "prod":
+            _compare_reduction(name, x, None)
+            _compare_reduction(name, x, 1000)
+    xg = _gpu(x)
+    for log in (False, True):
+        f = R.log_softmax if log else R.softmax
+        fb = R.log_softmax_backward if log else R.softmax_backward
+        for trunc in (None, 1000):
+            y, yg = f(x, max_length=trunc), f(xg, max_length=trunc)
+            assert_close(_np(yg), np.asarray(y.values), dtype)
+            g = x._with_values(np.asarray(x.values)[::-1].copy())
+            assert_close(_np(fb(_gpu(g), yg, max_length=trunc)),
+                         np.asarray(fb(g, y, max_length=trunc).values), dtype)
+    for exclusive in (False, True):
+        assert_close(_np(R.cumsum(xg, exclusive=exclusive)),
+                     np.asarray(R.cumsum(x, exclusive=exclusive).values), dtype)
+        assert_close(_np(R.cumsum_backward(xg, exclusive=exclusive)),
+                     np.asarray(R.cumsum_backward(x, exclusive=exclusive).values), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("log", [False, True])
+@given(case=cases(), big=st.booleans())
+def test_gpu_softmax_fwd_bwd_match_numba(log, case, big):
+    lens, inner, dtype, off_dtype, trunc, seed = case
+    x = make_x(lens, inner, dtype, off_dtype, seed, scale=300.0 if big else 1.0)
+    f = R.log_softmax if log else R.softmax
+    fb = R.log_softmax_backward if log else R.softmax_backward
+    y = f(x, max_length=trunc)
+    yg = f(_gpu(x), max_length=trunc)
+    assert not np.isnan(_np(yg).astype(np.float64)).any()
+    assert_close(_np(yg), np.asarray(y.values), dtype)
+    g = make_x(lens, inner, dtype, off_dtype, seed + 1)
+    assert_close(_np(fb(_gpu(g), yg, max_length=trunc)),
+                 np.asarray(fb(g, y, max_length=trunc).values), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["sum", "mean", "max", "min", "logsumexp"])
+@given(case=cases())
+def test_gpu_reduction_backward_match_numba(name, case):
+    lens, inner, dtype, off_dtype, trunc, seed = case
+    x = make_x(lens, inner, dtype, off_dtype, seed)
+    w = np.random.default_rng(seed).standard_normal((x.nrows, *inner)).astype(dtype)
+    import cupy
+
+    fb = getattr(R, f"{name}_backward")
+    ref = fb(w, x, max_length=trunc)
+    out = fb(cupy.asarray(w), _gpu(x), max_length=trunc)
+    assert_close(_np(out), np.asarray(ref.values), dtype)
+
+
+@pytest.mark.gpu
+@given(case=cases(dtypes=[*FLOAT_DTYPES, np.dtype(np.int32)]), exclusive=st.booleans(),
+       reverse=st.booleans())
+def test_gpu_cumsum_match_numba(case, exclusive, reverse):
+    lens, inner, dtype, off_dtype, _, seed = case
+    x = make_x(lens, inner, dtype, off_dtype, seed)
+    ref = R.cumsum(x, exclusive=exclusive, reverse=reverse)
+    out = R.cumsum(_gpu(x), exclusive=exclusive, reverse=reverse)
+    assert out.dtype == ref.dtype
+    assert_close(_np(out), np.asarray(ref.values), dtype)
+
+
+@pytest.mark.gpu
+@given(case=cases(dtypes=[np.dtype(np.float32), bfloat16, np.dtype(np.int64)]),
+       descending=st.booleans(), k=st.integers(0, 6))
+def test_gpu_sort_match_numba(case, descending, k):
+    lens, inner, dtype, off_dtype, _, seed = case
+    x = make_x(lens, inner, dtype, off_dtype, seed, ties=True)
+    xg = _gpu(x)
+    np.testing.assert_array_equal(_np(R.argsort(xg, descending=descending)),
+                                  R.argsort(x, descending=descending).values)
+    np.testing.assert_array_equal(_np(R.sort(xg, descending=descending)),
+                                  R.sort(x, descending=descending).values)
+    tv, ti = R.topk(xg, k, largest=descending)
+    rv, ri = R.topk(x, k, largest=descending)
+    np.testing.assert_array_equal(_np(tv), rv.values)
+    np.testing.assert_array_equal(_np(ti), ri.values)
+    np.testing.assert_array_equal(_np(tv.offsets), rv.offsets)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", ["add", "sub", "rsub", "mul", "div", "rdiv", "maximum", "minimum"])
+@given(case=cases(), kind=st.sampled_from(["jagged", "rows", "padded", "scalar"]))
+def test_gpu_elementwise_match_cpu(op, case, kind):
+    import cupy
+
+    lens, inner, dtype, off_dtype, _, seed = case
+    x = make_x(lens, inner, dtype, off_dtype, seed)
+    rng = np.random.default_rng(seed + 1)
+    if kind == "jagged":
+        other = JaggedArray(rng.standard_normal(x.values.shape).astype(dtype),
+                            np.asarray(x.offsets).copy())
+        other_g = _gpu(other)
+    elif kind == "scalar":
+        other = other_g = 1.5
+    else:
+        shape = (x.nrows, *x.inner_shape) if kind == "rows" else \
+            (x.nrows, x.max_length + 2, *x.inner_shape)
+        other = (rng.standard_normal(shape) + 3).astype(dtype)
+        other_g = cupy.asarray(other)
+    fns = {"add": (lambda a, b: a + b), "sub": (lambda a, b: a - b),
+           "rsub": (lambda a, b: b - a), "mul": (lambda a, b: a * b),
+           "div": (lambda a, b: a / b), "rdiv": (lambda a, b: b / a),
+           "maximum": np.maximum, "minimum": np.minimum}
+    f = fns[op]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ref = f(x, other)
+    out = f(_gpu(x), other_g)
+    assert out.dtype == ref.dtype
+    assert_close(_np(out), np.asarray(ref.values), dtype)
