@@ -31,12 +31,13 @@ _VECS = ((16, "uint4"), (8, "uint2"), (4, "unsigned int"), (2, "unsigned short")
 _OFF_C = {np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}
 _FAM = KernelFamily(
     "layout.cu",
-    [f"{k}<{v}, {o}>" for k in ("to_padded", "gather_rows") for _, v in _VECS
+    [f"{k}<{v}, {o}>" for k in ("to_padded", "gather_rows", "gather_rows_tiled") for _, v in _VECS
      for o in _OFF_C.values()] + [f"row_ids<{o}>" for o in _OFF_C.values()],
 )
 _THREADS = 256
 _GATHER_MAX_ITEMS = 1024  # CJ_GATHER_MAX_ITEMS in layout.cu
 _MAX_GRID = 1 << 30
+_FORCE_GATHER = None  # tests: "tiled" or "search" forces one GPU gather kernel
 _INT32_MAX = 2**31 - 1
 
 
@@ -109,8 +110,14 @@ def offsets_from_lengths(lengths, dtype=np.int64):
 
 
 def _gather(src, src_lead: int, out, out_offsets, total: int, row_base, row_stride: int,
-            item_step: int):
-    """Launch the generic row gather: ``out [total, *inner]`` from items of ``src``."""
+            item_step: int, max_out_len: int):
+    """Launch the row gather: ``out [total, *inner]`` from items of ``src`` (item ``t`` of output
+    row ``b`` is ``row_base[b] + b * row_stride + (t - out_offsets[b]) * item_step``).
+
+    GPU: with ``item_step == 1`` and rows not too uneven, one tile per (row, chunk), no search
+    (``gather_rows_tiled``); otherwise tiles of output items, each item's row found by binary
+    search (``gather_rows``). ``max_out_len``: the longest output row.
+    """
     nrows = out_offsets.shape[0] - 1
     item_bytes = _item_bytes(out)
     if total == 0 or item_bytes == 0 or nrows == 0:
@@ -123,6 +130,20 @@ def _gather(src, src_lead: int, out, out_offsets, total: int, row_base, row_stri
         return out
     width, vname = _vec(item_bytes, src, out)
     row_vecs = item_bytes // width
+    chunk = _THREADS * 8
+    chunks_per_row = -(-max_out_len * row_vecs // chunk)
+    needed = -(-total * row_vecs // chunk)
+    tiled = item_step == 1 and nrows * chunks_per_row <= 4 * needed + 1024
+    if _FORCE_GATHER is not None:
+        tiled = item_step == 1 and _FORCE_GATHER == "tiled"
+    if tiled:
+        kern = _FAM.get(f"gather_rows_tiled<{vname}, {_OFF_C[out_offsets.dtype]}>")
+        with out.device:
+            kern((_launch_grid(nrows * chunks_per_row),), (_THREADS,),
+                 (src, out, out_offsets, np.int64(nrows),
+                  row_base if row_base is not None else np.uint64(0), np.int64(row_stride),
+                  np.int64(row_vecs), np.int32(chunk), np.int64(chunks_per_row)))
+        return out
     items = max(1, min(_GATHER_MAX_ITEMS, (_THREADS * 8) // row_vecs))
     ntiles = -(-total // items)
     kern = _FAM.get(f"gather_rows<{vname}, {_OFF_C[out_offsets.dtype]}>")
@@ -195,7 +216,7 @@ def to_padded(x, max_length=None, padding_value=0, *, return_mask=False):
 
 
 # ---- padded -> jagged ---------------------------------------------------------------------------
-def from_padded(dense, lengths=None, *, offsets=None, mask=None, validate=True):
+def from_padded(dense, lengths=None, *, offsets=None, mask=None):
     """JaggedArray from dense ``[B, N, *inner]``.
 
     Give exactly one of:
@@ -207,8 +228,8 @@ def from_padded(dense, lengths=None, *, offsets=None, mask=None, validate=True):
       (the True items need not be a prefix).
 
     Lengths/offsets may be lists (converted to ``dense``'s device) or int32/int64 arrays on the
-    same device; the offsets of the result are int64 from lengths/mask. One device->host sync
-    learns the total size and the longest row.
+    same device; the offsets of the result are int64 from lengths/mask. Always validated: one
+    device->host sync learns the total size and the longest row (two with a mask).
     """
     from .jagged import _as_offsets
 
@@ -231,7 +252,15 @@ def from_padded(dense, lengths=None, *, offsets=None, mask=None, validate=True):
             raise ValueError(f"mask must have shape [B, N] = {(nrows, n)}, got {tuple(mask.shape)}")
         lens = mask.sum(axis=1, dtype=np.int64)
         off = offsets_from_lengths(lens)
-        values = dense[mask]  # row-major order: row b's True items, in order
+        item_bytes = _item_bytes(dense, 2)
+        items = xp.nonzero(mask.reshape(-1))[0]  # row-major: row b's True items, in order
+        total = int(items.shape[0])
+        if item_bytes:  # a gather of raw item bytes: any dtype, no dtype-specific kernel
+            elems = item_bytes // dense.dtype.itemsize
+            raw = dense.reshape(nrows * n, elems).view(np.uint8)
+            values = raw[items].view(dense.dtype).reshape(total, *dense.shape[2:])
+        else:
+            values = xp.empty((total, *dense.shape[2:]), dense.dtype)
         maxlen = int(lens.max()) if nrows else 0
         return _make(values, off, maxlen)
     if lengths is not None:
@@ -259,7 +288,7 @@ def from_padded(dense, lengths=None, *, offsets=None, mask=None, validate=True):
         raise ValueError(f"{name} give a row of length {lmax} but dense has only N = {n} items "
                          "per row")
     out = xp.empty((total, *dense.shape[2:]), dtype=dense.dtype)
-    _gather(dense, 2, out, off, total, None, n, 1)
+    _gather(dense, 2, out, off, total, None, n, 1, lmax)
     return _make(out, off, lmax)
 
 
@@ -311,7 +340,7 @@ def _gather_rows_out(x, lens, row_base, item_step, total=None, maxlen=None):
         total, maxlen = _host_ints(lens.sum(), lens.max()) if lens.shape[0] else (0, 0)
     off = _out_offsets(lens, total, x.offsets.dtype)
     out = xp.empty((total, *x.inner_shape), dtype=x.dtype)
-    _gather(x.values, 1, out, off, total, row_base, 0, item_step)
+    _gather(x.values, 1, out, off, total, row_base, 0, item_step, maxlen)
     return _make(out, off, maxlen)
 
 

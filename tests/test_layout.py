@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cujagged
-from cujagged import JaggedArray, bfloat16
+from cujagged import JaggedArray, bfloat16, layout
 from cujagged.cpu import layout as cpu
 from tests.strategies import OFFSET_DTYPES, lengths, make_offsets, random_values
 
@@ -114,29 +114,46 @@ def _both(values, off, *, misalign=False):
 
     x = JaggedArray(values, off)
     gv = cupy.asarray(values)
-    if misalign:  # one extra leading item: the view starts one item past a 256-byte boundary
-        big = cupy.empty((values.shape[0] + 1, *values.shape[1:]), values.dtype)
-        big[1:] = gv
-        gv = big[1:]
+    if misalign:
+        gv = _shifted(gv)
     return x, JaggedArray(gv, cupy.asarray(off))
+
+
+def _shifted(a):
+    """A copy of GPU array ``a`` that starts one item past a 256-byte boundary (bytes copied
+    raw, so any dtype works)."""
+    import cupy
+
+    big = cupy.empty((a.shape[0] + 1, *a.shape[1:]), a.dtype)
+    view = big[1:]
+    if a.size:
+        view.reshape(a.size).view(np.uint8)[...] = a.reshape(a.size).view(np.uint8)
+    return view
 
 
 @gpu
 @given(layout_cases(max_rows=40, max_len=70), st.booleans(), st.data())
 def test_gpu_layout_kernels_match_twins(case, misalign, data):
-    import cupy
-
     values, off = case
     x, g = _both(values, off, misalign=misalign)
+    layout._FORCE_GATHER = data.draw(st.sampled_from([None, "tiled", "search"]))
+    try:
+        _check_all_kernels(x, g, off, misalign, data)
+    finally:
+        layout._FORCE_GATHER = None
+
+
+def _check_all_kernels(x, g, off, misalign, data):
+    import cupy
+
+    values = x.values
     for ml in (None, data.draw(st.integers(0, 80))):
         assert bytes_equal(g.to_padded(-1 if values.dtype.kind not in "ub" else 1, ml),
                            x.to_padded(-1 if values.dtype.kind not in "ub" else 1, ml))
     dense = x.to_padded(0, x.max_length + 3)
     gdense = cupy.asarray(dense)
     if misalign:
-        big = cupy.empty((dense.shape[0] + 1, *dense.shape[1:]), dense.dtype)
-        big[1:] = gdense
-        gdense = big[1:]
+        gdense = _shifted(gdense)
     y = cujagged.from_padded(gdense, cupy.asarray(off))
     assert bytes_equal(y.values, x.values) and bytes_equal(y.offsets, x.offsets)
     assert bytes_equal(g.row_ids(), x.row_ids()) and bytes_equal(g.positions(), x.positions())
@@ -153,11 +170,14 @@ def test_gpu_layout_kernels_match_twins(case, misalign, data):
 
 
 @gpu
+@pytest.mark.parametrize("mode", [None, "tiled", "search"])
 @pytest.mark.parametrize("odt", OFFSET_DTYPES)
-def test_gpu_many_rows_tiles_span_many_rows(odt):
+def test_gpu_many_rows_tiles_span_many_rows(odt, mode, monkeypatch):
     """Thousands of rows, most empty or tiny, with a few long ones: gather tiles cross many rows
     and the grid-stride loops run more than one tile per block."""
     import cupy
+
+    monkeypatch.setattr(layout, "_FORCE_GATHER", mode)
 
     rng = np.random.default_rng(0)
     lens = rng.integers(0, 3, 20000)
@@ -175,7 +195,7 @@ def test_gpu_many_rows_tiles_span_many_rows(odt):
 
 
 @gpu
-def test_gpu_huge_64bit_indexing():
+def test_gpu_huge_64bit_indexing(monkeypatch):
     """More than 2**31 items (1 byte each): every kernel indexes past int32."""
     import cupy
 
@@ -194,9 +214,17 @@ def test_gpu_huge_64bit_indexing():
     assert bool((dense[0] == values[:big]).all())
     assert bool((dense[1, :5] == values[big:]).all()) and bool((dense[1, 5:] == 7).all())
     y = cujagged.from_padded(dense, off)
+    assert bool((y.values == values).all())
+    del y
+    monkeypatch.setattr(layout, "_FORCE_GATHER", "search")
+    y = cujagged.from_padded(dense, off)
     del dense
     assert bool((y.values == values).all())
     del y
+    rev = g[:, ::-1]
+    assert int(rev.values[0]) == int(values[big - 1]) and int(rev.values[big - 1]) == int(values[0])
+    assert int(rev.values[big]) == int(values[big + 4])
+    del rev
     tail = g[:, -70:]
     assert tail.lengths.tolist() == [70, 5]
     assert bool((tail.values[:70] == values[big - 70:big]).all())
