@@ -330,11 +330,13 @@ class JaggedArray:
         return cls._from_parts(xp.ascontiguousarray(values), offsets, maxlen)
 
     @classmethod
-    def from_padded(cls, dense, lengths=None, *, offsets=None, mask=None) -> JaggedArray:
+    def from_padded(cls, dense, lengths=None, *, offsets=None, mask=None, total_length=None,
+                    max_length=None) -> JaggedArray:
         """From dense ``[B, N, *inner]`` and one of ``lengths [B]`` (row b = ``dense[b, :L_b]``),
         ``offsets [B+1]``, or a bool ``mask [B, N]`` (row b = the True items of ``dense[b]``, in
         order; they need not be a prefix). See :func:`cujagged.from_padded`."""
-        return _layout().from_padded(dense, lengths, offsets=offsets, mask=mask)
+        return _layout().from_padded(dense, lengths, offsets=offsets, mask=mask,
+                                     total_length=total_length, max_length=max_length)
 
     def to_padded(self, padding_value=0, max_length=None, *, return_mask=False):
         """Dense ``[B, max_length, *inner]`` (``max_length`` defaults to ``self.max_length``):

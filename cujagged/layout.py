@@ -216,7 +216,8 @@ def to_padded(x, max_length=None, padding_value=0, *, return_mask=False):
 
 
 # ---- padded -> jagged ---------------------------------------------------------------------------
-def from_padded(dense, lengths=None, *, offsets=None, mask=None):
+def from_padded(dense, lengths=None, *, offsets=None, mask=None, total_length=None,
+                max_length=None):
     """JaggedArray from dense ``[B, N, *inner]``.
 
     Give exactly one of:
@@ -228,8 +229,10 @@ def from_padded(dense, lengths=None, *, offsets=None, mask=None):
       (the True items need not be a prefix).
 
     Lengths/offsets may be lists (converted to ``dense``'s device) or int32/int64 arrays on the
-    same device; the offsets of the result are int64 from lengths/mask. Always validated: one
-    device->host sync learns the total size and the longest row (two with a mask).
+    same device; the offsets of the result are int64 from lengths/mask. Validated: one
+    device->host sync learns the total size and the longest row (two with a mask) -- unless the
+    caller passes both ``total_length`` (= sum of lengths) and ``max_length`` (the longest row)
+    with lengths/offsets: then nothing is checked or synced (trusted, for hot paths).
     """
     from .jagged import _as_offsets
 
@@ -275,6 +278,13 @@ def from_padded(dense, lengths=None, *, offsets=None, mask=None):
                              f"{tuple(off.shape)}")
         lens = off[1:] - off[:-1]
     name = "lengths" if lengths is not None else "offsets"
+    if total_length is not None and max_length is not None:
+        total, lmax = operator.index(total_length), operator.index(max_length)
+        if not 0 <= lmax <= n:
+            raise ValueError(f"max_length={lmax} must be in [0, N = {n}]")
+        out = xp.empty((total, *dense.shape[2:]), dtype=dense.dtype)
+        _gather(dense, 2, out, off, total, None, n, 1, lmax)
+        return _make(out, off, lmax)
     if nrows:
         total, first, lmin, lmax = _host_ints(off[-1], off[0], lens.min(), lens.max())
     else:
