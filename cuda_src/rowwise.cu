@@ -200,7 +200,7 @@ __device__ __forceinline__ Chunk my_chunk(const int64_t* __restrict__ offsets,
 //         fmode >= 0: then the block rewrites the whole row with apply(fmode, ..., q=result).
 // pass 1: partial states of each chunk into part_a/b/i [chunk_id, C]; reduce_combine finishes.
 template <typename T, int K, int V>
-__global__ void __launch_bounds__(CJ_BLOCK)
+__global__ void __launch_bounds__(CJ_BLOCK, 1)
 reduce_rows(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __restrict__ offsets,
             const int64_t* __restrict__ chunk_off, int64_t nrows, int64_t C, int64_t chunk,
             int64_t trunc, int CT, int mode, int pass, float* __restrict__ part_a,
@@ -334,7 +334,7 @@ reduce_rows(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
 
 // Second pass: thread per (row, col) folds the row's chunk states in order and finalises.
 template <typename T, int K>
-__global__ void __launch_bounds__(CJ_BLOCK)
+__global__ void __launch_bounds__(CJ_BLOCK, 1)
 reduce_combine(const int64_t* __restrict__ offsets, const int64_t* __restrict__ chunk_off,
                int64_t nrows, int64_t C, int64_t trunc, int mode, const float* __restrict__ part_a,
                const float* __restrict__ part_b, const int* __restrict__ part_i,
@@ -362,7 +362,7 @@ reduce_combine(const int64_t* __restrict__ offsets, const int64_t* __restrict__ 
 // out[t, c] = apply(mode, a[t, c], b[t, c], p[row*p_row + pos*p_pos + c], q[row*C + c], ...,
 //                   ix[row*C + c]) over every item of every row (chunks of the untruncated rows).
 template <typename T, int V>
-__global__ void __launch_bounds__(CJ_BLOCK)
+__global__ void __launch_bounds__(CJ_BLOCK, 1)
 rowbcast(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ p,
          int64_t p_row, int64_t p_pos, const float* __restrict__ q,
          const int64_t* __restrict__ ix, const int64_t* __restrict__ offsets,
@@ -399,7 +399,7 @@ rowbcast(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__
 // the partial sums part_a of the row's earlier chunks (a reduce_rows<K_SUM> pass 1), or 0 when the
 // row is one chunk (part_a == nullptr).
 template <typename T, int V>
-__global__ void __launch_bounds__(CJ_BLOCK)
+__global__ void __launch_bounds__(CJ_BLOCK, 1)
 cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ offsets,
             const int64_t* __restrict__ chunk_off, int64_t nrows, int64_t C, int64_t chunk,
             int CT, int exclusive, int reverse, const float* __restrict__ part_a,

@@ -226,7 +226,10 @@ def _chunks(x, chunk: int, trunc: int):
         co = cupy.zeros(x.nrows + 1, dtype=np.int64)
         co[1:] = cupy.cumsum(n)
         c[key] = co
-    return co, x.nrows + x.values.shape[0] // chunk + 1
+    B, T = x.nrows, x.values.shape[0]
+    if chunk >= _builtin_min(x.max_length, trunc):
+        return co, _builtin_max(B, 1)  # one chunk per row
+    return co, B + _builtin_min(T, B * trunc) // chunk + 1
 
 
 def _geom(C: int, dtype, *arrays):
@@ -750,12 +753,10 @@ def _sorted_perm(x, descending):
     if key.dtype in (np.dtype(np.float16), bfloat16):
         key = key.astype(np.float32)
     if descending:
-        if key.dtype.kind == "f":
-            key = -key
-        elif key.dtype == np.bool_:
-            key = ~key
-        else:
-            key = ~key  # order-reversing for signed and unsigned integers alike
+        # -x for floats; ~x reverses the order of signed and unsigned integers and of bools
+        key = -key if key.dtype.kind == "f" else ~key
+    if key.dtype.kind == "f":
+        key = key + key.dtype.type(0)  # -0.0 -> +0.0: radix sorts would order the two zeros
     key = xp.ascontiguousarray(key).ravel()
     rid, _ = _rows_pos(x)
     group = (xp.arange(C, dtype=np.int64)[:, None] * B + rid[None, :]).ravel()
