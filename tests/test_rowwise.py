@@ -3,14 +3,22 @@ loops; GPU kernels vs the Numba twins; backward vs finite differences on the CPU
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from strategies import FLOAT_DTYPES, INNER_SHAPES, OFFSET_DTYPES, TOL, lengths, make_offsets
 
 from cujagged import JaggedArray, bfloat16
 from cujagged import rowwise as R
+
+if os.environ.get("CJ_NO_SHRINK"):  # quick GPU checks: report failures without shrinking
+    settings.register_profile("cj_no_shrink", settings.get_profile(
+        os.environ.get("HYPOTHESIS_PROFILE", "default")),
+        phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    settings.load_profile("cj_no_shrink")
 
 REDUCTIONS = ["sum", "mean", "prod", "max", "min", "argmax", "argmin", "logsumexp", "any", "all"]
 INT_OK = {"sum", "prod", "max", "min", "argmax", "argmin", "any", "all", "mean"}
