@@ -66,17 +66,17 @@ def run(quick: bool = False, reps: int = 7) -> list[dict]:
         lens = lengths_for(B, MAX_LEN, fill, seed=0)
         off = np.zeros(B + 1, dtype=np.int64)
         np.cumsum(lens, out=off[1:])
-        T = int(off[-1])
+        T, maxlen = int(off[-1]), int(lens.max())
         params = {"B": B, "max_len": MAX_LEN, "fill": fill, "D": D, "dtype": dname, "T": T}
         x = cujagged.JaggedArray(rng.standard_normal((T, D), dtype=np.float32).astype(dtype), off,
-                                 max_length=int(lens.max()))
+                                 max_length=maxlen)
         dense = cujagged.to_padded(x, MAX_LEN)
         isz = dtype.itemsize
         jag, pad, offb = T * D * isz, B * MAX_LEN * D * isz, (B + 1) * 8
         cases_ops = {
             "to_padded": (lambda x=x: cujagged.to_padded(x, MAX_LEN), jag + pad + offb),
-            "from_padded": (lambda d=dense, o=off: cujagged.from_padded(d, offsets=o),
-                            2 * jag + offb),
+            "from_padded": (lambda d=dense, o=off, t=T, m=maxlen: cujagged.from_padded(
+                d, offsets=o, total_length=t, max_length=m), 2 * jag + offb),
         }
         for name, (fn, nbytes) in cases_ops.items():
             out.append(entry(name, "cujagged", params, _ms(fn, reps), _peak_mib(fn),

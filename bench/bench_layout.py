@@ -6,7 +6,9 @@ kernels behind nested tensors) and a plain device copy of the same number of byt
 floor). B=1024, max_len=1024, D=128, fill 0.1/0.25/0.5, bf16 and fp32 (quick: fill 0.25 bf16).
 
 Bytes (read + written): to_padded = jagged values read + padded tensor written;
-from_padded = the jagged part of the padded tensor read + jagged values written.
+from_padded = the jagged part of the padded tensor read + jagged values written. cujagged's
+``from_padded`` is timed on its trusted path (``total_length``/``max_length`` given: no host sync,
+as aten is given the total), and once more validated (``from_padded_validated``: one sync).
 """
 
 from __future__ import annotations
@@ -76,12 +78,18 @@ def _case(fill: float, dname: str, rng, torch) -> list[dict]:
     with cupy_peak() as p:
         cujagged.to_padded(xs[0], MAX_LEN)
     out.append(entry("to_padded", "cujagged", params, ms, p.mib, nbytes=nbytes["to_padded"]))
-    ms = _rotated_ms(lambda d: cujagged.from_padded(d, offsets=offsets), denses)
+    # trusted path (total and longest row given, no host sync), as aten is given the total
+    ms = _rotated_ms(lambda d: cujagged.from_padded(d, offsets=offsets, total_length=T,
+                                                    max_length=maxlen), denses)
     with cupy_peak() as p:
-        back = cujagged.from_padded(denses[0], offsets=offsets)
+        back = cujagged.from_padded(denses[0], offsets=offsets, total_length=T, max_length=maxlen)
     if not _same_bits(back.values, xs[0].values):
         print(f"bench_layout: from_padded(to_padded(x)) != x at {params}", file=sys.stderr)
     out.append(entry("from_padded", "cujagged", params, ms, p.mib, nbytes=nbytes["from_padded"]))
+    # validated path: one device->host sync learns the total and the longest row
+    ms = _rotated_ms(lambda d: cujagged.from_padded(d, offsets=offsets), denses)
+    out.append(entry("from_padded_validated", "cujagged", params, ms, p.mib,
+                     nbytes=nbytes["from_padded"]))
 
     # ---- aten (PyTorch's nested-tensor kernels), same inputs through DLPack
     if torch is not None:
