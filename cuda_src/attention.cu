@@ -14,6 +14,9 @@
 
 #define JFA_LOG2E 1.4426950408889634f
 #define JFA_LN2 0.6931471805599453f
+#ifndef JFA_BN
+#define JFA_BN(D) ((D) <= 96 ? 64 : 32)
+#endif
 
 struct TileInfo {
   int64_t row, q_start, k_start, i0;
@@ -49,19 +52,28 @@ __device__ __forceinline__ TileInfo locate_tile(const int64_t* __restrict__ q_of
 }
 
 // ------------------------------------------------------------------------------------------------
-// bf16 / fp16 on tensor cores. BM query rows per block (16 per warp), BN keys per step.
+// bf16 / fp16 on tensor cores. Each warp owns MT x 16 query rows (MT = 2 for D <= 128: every K/V
+// fragment read from shared memory feeds two MMAs); BM query rows per block, BN keys per step.
+template <int D, int BM> struct JfaCfg {
+  static constexpr int MT = D <= 128 ? 2 : 1;
+  static constexpr int NW = BM / (16 * MT);
+  static constexpr int NT = NW * 32;
+  static constexpr int BN = JFA_BN(D);
+  static constexpr bool Q_REG = D <= 64;
+};
+
 template <typename T, int D, int BM, bool HAS_BIAS>
-__global__ void __launch_bounds__(BM * 2, 1)
+__global__ void __launch_bounds__(JfaCfg<D, BM>::NT, 1)
 jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
             T* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
             const int64_t* __restrict__ k_off, const int32_t* __restrict__ perm,
             const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
             float scale_log2, int causal, const T* __restrict__ bias, int64_t bias_sb,
             int64_t bias_sh, int64_t bias_si, int write_lse) {
-  constexpr int NT = BM * 2;
-  constexpr int BN = D <= 128 ? 64 : 32;
+  using C = JfaCfg<D, BM>;
+  constexpr int MT = C::MT, NT = C::NT, BN = C::BN;
+  constexpr bool Q_REG = C::Q_REG;
   constexpr int SD = D + 8;  // padded smem row (elements): ldmatrix rows hit distinct banks
-  constexpr bool Q_REG = D <= 128;
   constexpr int KC = D / 16, NB = BN / 8, DB = D / 8, CPR = D / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -92,11 +104,16 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
     }
   };
 
-  float oacc[DB][4];
+  float oacc[MT][DB][4];
+  float mrow[MT][2], lrow[MT][2];
 #pragma unroll
-  for (int i = 0; i < DB; ++i) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
-  float m0 = -CJ_INF, m1 = -CJ_INF, l0 = 0.f, l1 = 0.f;
-  const int row_g = i0 + warp * 16 + g;  // this thread's two query rows: row_g and row_g + 8
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < DB; ++i) oacc[mt][i][0] = oacc[mt][i][1] = oacc[mt][i][2] = oacc[mt][i][3] = 0.f;
+    mrow[mt][0] = mrow[mt][1] = -CJ_INF;
+    lrow[mt][0] = lrow[mt][1] = 0.f;
+  }
+  const int wr0 = warp * 16 * MT;  // first row of this warp inside the tile
   const int lm = lane >> 3, lr = lane & 7;
 
   if (n_kv > 0) {
@@ -105,101 +122,119 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
     cp_async_commit();
     load_rows(sV, vbase, k_rs, BN, Lk, v);
     cp_async_commit();
-    uint32_t qf[Q_REG ? KC : 1][4];
-    const uint32_t sQw = smem_addr(sQ + (warp * 16 + (lm & 1) * 8 + lr) * SD + (lm >> 1) * 8);
+    uint32_t qf[MT][Q_REG ? KC : 1][4];
+    const uint32_t sQw = smem_addr(sQ + (wr0 + (lm & 1) * 8 + lr) * SD + (lm >> 1) * 8);
     for (int j = 0; j < n_kv; ++j) {
       const int n0 = j * BN;
       cp_async_wait<1>();
       __syncthreads();
-      if (Q_REG && j == 0) {
+      if constexpr (Q_REG) {
+        if (j == 0) {
 #pragma unroll
-        for (int kk = 0; kk < (Q_REG ? KC : 1); ++kk)
-          ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sQw + kk * 32);
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int kk = 0; kk < KC; ++kk)
+              ldsm_x4(qf[mt][kk][0], qf[mt][kk][1], qf[mt][kk][2], qf[mt][kk][3],
+                      sQw + (mt * 16 * SD + kk * 16) * 2);
+        }
       }
       if (j + 1 < n_kv)
         load_rows(sK + ((j + 1) & 1) * BN * SD, kbase + (int64_t)(n0 + BN) * k_rs, k_rs, BN,
                   Lk - n0 - BN, k);
       cp_async_commit();
 
-      // S = Q K^T for this warp's 16 rows x BN keys
-      float s[NB][4];
+      // S = Q K^T for this warp's MT x 16 rows x BN keys
+      float s[MT][NB][4];
 #pragma unroll
-      for (int i = 0; i < NB; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-      const T* sKj = sK + (j & 1) * BN * SD;
-      const uint32_t sKl = smem_addr(sKj + ((lm >> 1) * 8 + lr) * SD + (lm & 1) * 8);
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int i = 0; i < NB; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
+      const uint32_t sKl =
+          smem_addr(sK + (j & 1) * BN * SD + ((lm >> 1) * 8 + lr) * SD + (lm & 1) * 8);
 #pragma unroll
       for (int kk = 0; kk < KC; ++kk) {
-        uint32_t a[4];
-        if constexpr (Q_REG) {
-          a[0] = qf[kk][0]; a[1] = qf[kk][1]; a[2] = qf[kk][2]; a[3] = qf[kk][3];
-        } else {
-          ldsm_x4(a[0], a[1], a[2], a[3], sQw + kk * 32);
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          if constexpr (Q_REG) {
+            a[mt][0] = qf[mt][kk][0]; a[mt][1] = qf[mt][kk][1];
+            a[mt][2] = qf[mt][kk][2]; a[mt][3] = qf[mt][kk][3];
+          } else {
+            ldsm_x4(a[mt][0], a[mt][1], a[mt][2], a[mt][3], sQw + (mt * 16 * SD + kk * 16) * 2);
+          }
         }
 #pragma unroll
         for (int nb = 0; nb < NB / 2; ++nb) {
           uint32_t b0, b1, b2, b3;
           ldsm_x4(b0, b1, b2, b3, sKl + (nb * 16 * SD + kk * 16) * 2);
-          mma16816<T>(s[2 * nb], a, b0, b1);
-          mma16816<T>(s[2 * nb + 1], a, b2, b3);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma16816<T>(s[mt][2 * nb], a[mt], b0, b1);
+            mma16816<T>(s[mt][2 * nb + 1], a[mt], b2, b3);
+          }
         }
       }
 
-      // online softmax (log2 domain, scale folded)
+      // online softmax (log2 domain, scale folded); masks only on boundary tiles
       const bool edge = HAS_BIAS || n0 + BN > Lk || (causal && n0 + BN - 1 > i0 + shift);
-      if (edge) {
 #pragma unroll
-        for (int nb = 0; nb < NB; ++nb)
+      for (int mt = 0; mt < MT; ++mt) {
+        const int row_g = i0 + wr0 + mt * 16 + g;
+        if (edge) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int jj = n0 + nb * 8 + 2 * tq + (e & 1);
-            const int ii = row_g + (e >> 1) * 8;
-            bool ok = jj < Lk && (!causal || jj <= ii + shift);
-            float x = s[nb][e] * scale_log2;
-            if constexpr (HAS_BIAS) {
-              ok = ok && ii < Lq;
-              if (ok)
-                x += to_float(bias[ti.row * bias_sb + ti.h * bias_sh + (int64_t)ii * bias_si + jj]) *
-                     JFA_LOG2E;
+          for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int jj = n0 + nb * 8 + 2 * tq + (e & 1);
+              const int ii = row_g + (e >> 1) * 8;
+              bool ok = jj < Lk && (!causal || jj <= ii + shift);
+              float x = s[mt][nb][e] * scale_log2;
+              if constexpr (HAS_BIAS) {
+                ok = ok && ii < Lq;
+                if (ok)
+                  x += to_float(bias[ti.row * bias_sb + ti.h * bias_sh + (int64_t)ii * bias_si +
+                                     jj]) * JFA_LOG2E;
+              }
+              s[mt][nb][e] = ok ? x : -CJ_INF;
             }
-            s[nb][e] = ok ? x : -CJ_INF;
-          }
-      } else {
+        } else {
 #pragma unroll
-        for (int nb = 0; nb < NB; ++nb)
+          for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[nb][e] *= scale_log2;
-      }
-      float mx0 = -CJ_INF, mx1 = -CJ_INF;
+            for (int e = 0; e < 4; ++e) s[mt][nb][e] *= scale_log2;
+        }
+        float mx0 = -CJ_INF, mx1 = -CJ_INF;
 #pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        mx0 = fmaxf(mx0, fmaxf(s[nb][0], s[nb][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[nb][2], s[nb][3]));
-      }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-      const float mu0 = mn0 == -CJ_INF ? 0.f : mn0, mu1 = mn1 == -CJ_INF ? 0.f : mn1;
-      const float al0 = fast_exp2(m0 - mu0), al1 = fast_exp2(m1 - mu1);
-      m0 = mn0;
-      m1 = mn1;
-      float rs0 = 0.f, rs1 = 0.f;
+        for (int nb = 0; nb < NB; ++nb) {
+          mx0 = fmaxf(mx0, fmaxf(s[mt][nb][0], s[mt][nb][1]));
+          mx1 = fmaxf(mx1, fmaxf(s[mt][nb][2], s[mt][nb][3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float mn0 = fmaxf(mrow[mt][0], mx0), mn1 = fmaxf(mrow[mt][1], mx1);
+        const float mu0 = mn0 == -CJ_INF ? 0.f : mn0, mu1 = mn1 == -CJ_INF ? 0.f : mn1;
+        const float al0 = fast_exp2(mrow[mt][0] - mu0), al1 = fast_exp2(mrow[mt][1] - mu1);
+        mrow[mt][0] = mn0;
+        mrow[mt][1] = mn1;
+        float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        s[nb][0] = fast_exp2(s[nb][0] - mu0);
-        s[nb][1] = fast_exp2(s[nb][1] - mu0);
-        s[nb][2] = fast_exp2(s[nb][2] - mu1);
-        s[nb][3] = fast_exp2(s[nb][3] - mu1);
-        rs0 += s[nb][0] + s[nb][1];
-        rs1 += s[nb][2] + s[nb][3];
-      }
-      l0 = l0 * al0 + rs0;
-      l1 = l1 * al1 + rs1;
+        for (int nb = 0; nb < NB; ++nb) {
+          s[mt][nb][0] = fast_exp2(s[mt][nb][0] - mu0);
+          s[mt][nb][1] = fast_exp2(s[mt][nb][1] - mu0);
+          s[mt][nb][2] = fast_exp2(s[mt][nb][2] - mu1);
+          s[mt][nb][3] = fast_exp2(s[mt][nb][3] - mu1);
+          rs0 += s[mt][nb][0] + s[mt][nb][1];
+          rs1 += s[mt][nb][2] + s[mt][nb][3];
+        }
+        lrow[mt][0] = lrow[mt][0] * al0 + rs0;
+        lrow[mt][1] = lrow[mt][1] * al1 + rs1;
 #pragma unroll
-      for (int i = 0; i < DB; ++i) {
-        oacc[i][0] *= al0; oacc[i][1] *= al0;
-        oacc[i][2] *= al1; oacc[i][3] *= al1;
+        for (int i = 0; i < DB; ++i) {
+          oacc[mt][i][0] *= al0; oacc[mt][i][1] *= al0;
+          oacc[mt][i][2] *= al1; oacc[mt][i][3] *= al1;
+        }
       }
 
       cp_async_wait<1>();
@@ -209,58 +244,71 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
                   Lk - n0 - BN, v);
       cp_async_commit();
 
-      // O += P V
-      const T* sVj = sV + (j & 1) * BN * SD;
-      const uint32_t sVl = smem_addr(sVj + ((lm & 1) * 8 + lr) * SD + (lm >> 1) * 8);
+      // O += P V (P from the S registers, rounded to T)
+      const uint32_t sVl =
+          smem_addr(sV + (j & 1) * BN * SD + ((lm & 1) * 8 + lr) * SD + (lm >> 1) * 8);
 #pragma unroll
       for (int kc = 0; kc < BN / 16; ++kc) {
-        uint32_t a[4];
-        a[0] = pack2<T>(s[2 * kc][0], s[2 * kc][1]);
-        a[1] = pack2<T>(s[2 * kc][2], s[2 * kc][3]);
-        a[2] = pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-        a[3] = pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          a[mt][0] = pack2<T>(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+          a[mt][1] = pack2<T>(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+          a[mt][2] = pack2<T>(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+          a[mt][3] = pack2<T>(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+        }
 #pragma unroll
         for (int db = 0; db < DB / 2; ++db) {
           uint32_t b0, b1, b2, b3;
           ldsm_x4_t(b0, b1, b2, b3, sVl + (kc * 16 * SD + db * 16) * 2);
-          mma16816<T>(oacc[2 * db], a, b0, b1);
-          mma16816<T>(oacc[2 * db + 1], a, b2, b3);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma16816<T>(oacc[mt][2 * db], a[mt], b0, b1);
+            mma16816<T>(oacc[mt][2 * db + 1], a[mt], b2, b3);
+          }
         }
       }
     }
     cp_async_wait<0>();
   }
 
-  // finish: normalise, stage this warp's 16 rows in its own rows of sQ, store coalesced
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const bool v0 = row_g < Lq && l0 > 0.f, v1 = row_g + 8 < Lq && l1 > 0.f;
-  const float inv0 = v0 ? 1.f / l0 : 0.f, inv1 = v1 ? 1.f / l1 : 0.f;
+  // finish: normalise, stage this warp's rows in its own rows of sQ, store coalesced
   if (n_kv > 0) __syncwarp();
-  T* sO = sQ + warp * 16 * SD;
 #pragma unroll
-  for (int i = 0; i < DB; ++i) {
-    const float a0 = v0 ? oacc[i][0] * inv0 : 0.f, a1 = v0 ? oacc[i][1] * inv0 : 0.f;
-    const float a2 = v1 ? oacc[i][2] * inv1 : 0.f, a3 = v1 ? oacc[i][3] * inv1 : 0.f;
-    *reinterpret_cast<uint32_t*>(sO + g * SD + i * 8 + 2 * tq) = pack2<T>(a0, a1);
-    *reinterpret_cast<uint32_t*>(sO + (g + 8) * SD + i * 8 + 2 * tq) = pack2<T>(a2, a3);
-  }
-  if (write_lse && tq == 0) {
-    if (row_g < ti.Lq_full)
-      lse[(ti.q_start + row_g) * H + ti.h] = v0 ? (m0 + __log2f(l0)) * JFA_LN2 : -CJ_INF;
-    if (row_g + 8 < ti.Lq_full)
-      lse[(ti.q_start + row_g + 8) * H + ti.h] = v1 ? (m1 + __log2f(l1)) * JFA_LN2 : -CJ_INF;
+  for (int mt = 0; mt < MT; ++mt) {
+    const int row_g = i0 + wr0 + mt * 16 + g;
+    float l0 = lrow[mt][0], l1 = lrow[mt][1];
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const bool v0 = row_g < Lq && l0 > 0.f, v1 = row_g + 8 < Lq && l1 > 0.f;
+    const float inv0 = v0 ? 1.f / l0 : 0.f, inv1 = v1 ? 1.f / l1 : 0.f;
+    T* sO = sQ + (wr0 + mt * 16) * SD;
+#pragma unroll
+    for (int i = 0; i < DB; ++i) {
+      const float a0 = v0 ? oacc[mt][i][0] * inv0 : 0.f, a1 = v0 ? oacc[mt][i][1] * inv0 : 0.f;
+      const float a2 = v1 ? oacc[mt][i][2] * inv1 : 0.f, a3 = v1 ? oacc[mt][i][3] * inv1 : 0.f;
+      *reinterpret_cast<uint32_t*>(sO + g * SD + i * 8 + 2 * tq) = pack2<T>(a0, a1);
+      *reinterpret_cast<uint32_t*>(sO + (g + 8) * SD + i * 8 + 2 * tq) = pack2<T>(a2, a3);
+    }
+    if (write_lse && tq == 0) {
+      if (row_g < ti.Lq_full)
+        lse[(ti.q_start + row_g) * H + ti.h] = v0 ? (mrow[mt][0] + __log2f(l0)) * JFA_LN2 : -CJ_INF;
+      if (row_g + 8 < ti.Lq_full)
+        lse[(ti.q_start + row_g + 8) * H + ti.h] =
+            v1 ? (mrow[mt][1] + __log2f(l1)) * JFA_LN2 : -CJ_INF;
+    }
   }
   __syncwarp();
-  T* obase = o + (ti.q_start + i0 + warp * 16) * q_rs + (int64_t)ti.h * D;
-  const int nrows = min(16, ti.Lq_full - i0 - warp * 16);
-  for (int c = lane; c < 16 * CPR; c += 32) {
+  T* obase = o + (ti.q_start + i0 + wr0) * q_rs + (int64_t)ti.h * D;
+  const int nrows = min(16 * MT, ti.Lq_full - i0 - wr0);
+  const T* sOw = sQ + wr0 * SD;
+  for (int c = lane; c < 16 * MT * CPR; c += 32) {
     const int r = c / CPR, cc = c % CPR;
     if (r < nrows)
       *reinterpret_cast<uint4*>(obase + r * q_rs + cc * 8) =
-          *reinterpret_cast<const uint4*>(sO + r * SD + cc * 8);
+          *reinterpret_cast<const uint4*>(sOw + r * SD + cc * 8);
   }
 }
 

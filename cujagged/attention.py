@@ -62,9 +62,18 @@ _FAM = KernelFamily("attention.cu", _instantiations())
 _SMEM_SET: set = set()
 
 
+def _mma_bn(d: int) -> int:
+    """Keys per step of the tensor-core kernel (JFA_BN in attention.cu)."""
+    return 64 if d <= 96 else 32
+
+
+def _mma_threads(d: int, bm: int) -> int:
+    """Threads per block: a warp owns 32 query rows for D <= 128, 16 for D = 256."""
+    return bm // (32 if d <= 128 else 16) * 32
+
+
 def _mma_smem(d: int, bm: int) -> int:
-    bn = 64 if d <= 128 else 32
-    return (bm + 4 * bn) * (d + 8) * 2
+    return (bm + 4 * _mma_bn(d)) * (d + 8) * 2
 
 
 def _f32_smem(d: int) -> int:
@@ -239,7 +248,7 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                 bm = _bm or (128 if (D in _BM128_DIMS and not has_bias and T >= 192 * B)
                              else 64)
                 name = _mma_name(_TNAME[dt], D, bm, has_bias)
-                smem, threads = _mma_smem(D, bm), 2 * bm
+                smem, threads = _mma_smem(D, bm), _mma_threads(D, bm)
                 sc = scale * math.log2(math.e)
             kern = _FAM.get(name)
             if smem > 48 * 1024:
