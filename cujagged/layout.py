@@ -13,6 +13,7 @@ output size and its longest row, which depend on the data) in :func:`from_padded
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -38,6 +39,8 @@ _THREADS = 256
 _GATHER_MAX_ITEMS = 1024  # CJ_GATHER_MAX_ITEMS in layout.cu
 _MAX_GRID = 1 << 30
 _FORCE_GATHER = None  # tests: "tiled" or "search" forces one GPU gather kernel
+_TP_CFG = [256, 8]  # to_padded: threads per block (max), vectors per thread and tile
+_GT_CFG = [256, 8]  # gather_rows_tiled: threads per block, vectors per thread and tile
 _INT32_MAX = 2**31 - 1
 
 
@@ -50,7 +53,7 @@ def _check_dtype(dtype, name: str = "values"):
 
 
 def _item_bytes(a, lead: int = 1) -> int:
-    return int(np.prod(a.shape[lead:], dtype=np.int64)) * a.dtype.itemsize
+    return math.prod(a.shape[lead:]) * a.dtype.itemsize
 
 
 def _vec(item_bytes: int, *arrays):
@@ -61,8 +64,25 @@ def _vec(item_bytes: int, *arrays):
     raise AssertionError("unreachable")
 
 
+_PAD_CACHE: dict = {}
+
+
 def _pad_words(padding_value, dtype):
-    """The padding value as one item of ``dtype`` replicated over 16 bytes, as two uint64."""
+    """The padding value as one item of ``dtype`` replicated over 16 bytes, as two uint64
+    (cached per dtype and value: this runs on every launch)."""
+    try:
+        key = (dtype, type(padding_value), padding_value)
+        hit = _PAD_CACHE.get(key)
+    except TypeError:  # unhashable (e.g. a 0-d array)
+        key, hit = None, None
+    if hit is None:
+        hit = _pad_words_uncached(padding_value, dtype)
+        if key is not None and len(_PAD_CACHE) < 256:
+            _PAD_CACHE[key] = hit
+    return hit
+
+
+def _pad_words_uncached(padding_value, dtype):
     dtype = np.dtype(dtype)
     pv = _scalar(padding_value, dtype)
     reps = max(1, 16 // dtype.itemsize)
@@ -130,7 +150,8 @@ def _gather(src, src_lead: int, out, out_offsets, total: int, row_base, row_stri
         return out
     width, vname = _vec(item_bytes, src, out)
     row_vecs = item_bytes // width
-    chunk = _THREADS * 8
+    threads, per_thread = _GT_CFG
+    chunk = threads * per_thread
     chunks_per_row = -(-max_out_len * row_vecs // chunk)
     needed = -(-total * row_vecs // chunk)
     tiled = item_step == 1 and nrows * chunks_per_row <= 4 * needed + 1024
@@ -139,7 +160,7 @@ def _gather(src, src_lead: int, out, out_offsets, total: int, row_base, row_stri
     if tiled:
         kern = _FAM.get(f"gather_rows_tiled<{vname}, {_OFF_C[out_offsets.dtype]}>")
         with out.device:
-            kern((_launch_grid(nrows * chunks_per_row),), (_THREADS,),
+            kern((_launch_grid(nrows * chunks_per_row),), (threads,),
                  (src, out, out_offsets, np.int64(nrows),
                   row_base if row_base is not None else np.uint64(0), np.int64(row_stride),
                   np.int64(row_vecs), np.int32(chunk), np.int64(chunks_per_row)))
@@ -178,13 +199,13 @@ def to_padded(x, max_length=None, padding_value=0, *, return_mask=False):
     ``x.max_length`` (known on the host: no sync). With ``return_mask=True`` also returns a bool
     mask ``[B, max_length]``, True on the copied items.
     """
-    max_length = x.max_length if max_length is None else operator.index(max_length)
+    max_length = x._max_length if max_length is None else operator.index(max_length)
     if max_length < 0:
         raise ValueError(f"max_length must be >= 0, got {max_length}")
-    values, offsets = x.values, x.offsets
+    values, offsets = x._values, x._offsets
     dtype = _check_dtype(values.dtype)
     xp = xp_of(values)
-    nrows = x.nrows
+    nrows = offsets.shape[0] - 1
     pad = _pad_words(padding_value, dtype)
     out = xp.empty((nrows, max_length, *values.shape[1:]), dtype=dtype)
     item_bytes = _item_bytes(values)
@@ -199,8 +220,8 @@ def to_padded(x, max_length=None, padding_value=0, *, return_mask=False):
             width, vname = _vec(item_bytes, values, out)
             row_vecs = item_bytes // width
             row_total = max_length * row_vecs
-            per_thread = 8  # vectors per thread and tile
-            threads = min(_THREADS, max(32, -(-row_total // (32 * per_thread)) * 32))
+            max_threads, per_thread = _TP_CFG
+            threads = min(max_threads, max(32, -(-row_total // (32 * per_thread)) * 32))
             chunk = threads * per_thread
             chunks_per_row = -(-row_total // chunk)
             kern = _FAM.get(f"to_padded<{vname}, {_OFF_C[offsets.dtype]}>")
@@ -231,8 +252,8 @@ def from_padded(dense, lengths=None, *, offsets=None, mask=None, total_length=No
     Lengths/offsets may be lists (converted to ``dense``'s device) or int32/int64 arrays on the
     same device; the offsets of the result are int64 from lengths/mask. Validated: one
     device->host sync learns the total size and the longest row (two with a mask) -- unless the
-    caller passes both ``total_length`` (= sum of lengths) and ``max_length`` (the longest row)
-    with lengths/offsets: then nothing is checked or synced (trusted, for hot paths).
+    caller passes ``offsets`` with both ``total_length`` (= ``offsets[-1]``) and ``max_length``
+    (the longest row): then nothing is checked or synced (trusted, for hot paths).
     """
     from .jagged import _as_offsets
 
@@ -276,15 +297,15 @@ def from_padded(dense, lengths=None, *, offsets=None, mask=None, total_length=No
         if off.shape[0] != nrows + 1:
             raise ValueError(f"offsets must have shape [B+1] = ({nrows + 1},), got "
                              f"{tuple(off.shape)}")
+        if total_length is not None and max_length is not None:  # trusted: no check, no sync
+            total, lmax = operator.index(total_length), operator.index(max_length)
+            if not 0 <= lmax <= n:
+                raise ValueError(f"max_length={lmax} must be in [0, N = {n}]")
+            out = xp.empty((total, *dense.shape[2:]), dtype=dense.dtype)
+            _gather(dense, 2, out, off, total, None, n, 1, lmax)
+            return _make(out, off, lmax)
         lens = off[1:] - off[:-1]
     name = "lengths" if lengths is not None else "offsets"
-    if total_length is not None and max_length is not None:
-        total, lmax = operator.index(total_length), operator.index(max_length)
-        if not 0 <= lmax <= n:
-            raise ValueError(f"max_length={lmax} must be in [0, N = {n}]")
-        out = xp.empty((total, *dense.shape[2:]), dtype=dense.dtype)
-        _gather(dense, 2, out, off, total, None, n, 1, lmax)
-        return _make(out, off, lmax)
     if nrows:
         total, first, lmin, lmax = _host_ints(off[-1], off[0], lens.min(), lens.max())
     else:

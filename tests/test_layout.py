@@ -154,7 +154,7 @@ def _check_all_kernels(x, g, off, misalign, data):
     gdense = cupy.asarray(dense)
     if misalign:
         gdense = _shifted(gdense)
-    y = cujagged.from_padded(gdense, cupy.asarray(off))
+    y = cujagged.from_padded(gdense, offsets=cupy.asarray(off))
     assert bytes_equal(y.values, x.values) and bytes_equal(y.offsets, x.offsets)
     assert bytes_equal(g.row_ids(), x.row_ids()) and bytes_equal(g.positions(), x.positions())
     n = x.nrows
@@ -213,11 +213,11 @@ def test_gpu_huge_64bit_indexing(monkeypatch):
     assert dense.shape == (2, big)
     assert bool((dense[0] == values[:big]).all())
     assert bool((dense[1, :5] == values[big:]).all()) and bool((dense[1, 5:] == 7).all())
-    y = cujagged.from_padded(dense, off)
+    y = cujagged.from_padded(dense, offsets=off)
     assert bool((y.values == values).all())
     del y
     monkeypatch.setattr(layout, "_FORCE_GATHER", "search")
-    y = cujagged.from_padded(dense, off)
+    y = cujagged.from_padded(dense, offsets=off)
     del dense
     assert bool((y.values == values).all())
     del y
