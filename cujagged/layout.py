@@ -39,8 +39,8 @@ _THREADS = 256
 _GATHER_MAX_ITEMS = 1024  # CJ_GATHER_MAX_ITEMS in layout.cu
 _MAX_GRID = 1 << 30
 _FORCE_GATHER = None  # tests: "tiled" or "search" forces one GPU gather kernel
-_TP_CFG = [256, 8]  # to_padded: threads per block (max), vectors per thread and tile
-_GT_CFG = [256, 8]  # gather_rows_tiled: threads per block, vectors per thread and tile
+_TP_CFG = [256, 4]  # to_padded: threads per block (max), vectors per thread and tile (H200 sweep)
+_GT_CFG = [128, 8]  # gather_rows_tiled: threads per block, vectors per thread and tile
 _INT32_MAX = 2**31 - 1
 
 
