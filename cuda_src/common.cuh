@@ -54,16 +54,22 @@ template <> __device__ __forceinline__ uint32_t pack2<f16_t>(float lo, float hi)
 }
 
 // ---- jagged indexing ---------------------------------------------------------------------------
-// The row b of item t: the last b in [0, nrows) with offsets[b] <= t (so empty rows are skipped).
-// Requires 0 <= t < offsets[nrows].
+// The last b in [lo, hi) with offsets[b] <= t, given offsets[lo] <= t < offsets[hi]: the row of
+// item t (empty rows are skipped), searched in the rows [lo, hi) known to hold it.
 template <typename Off>
-__device__ __forceinline__ int64_t find_row(const Off* __restrict__ offsets, int64_t nrows, int64_t t) {
-  int64_t lo = 0, hi = nrows;  // invariant: offsets[lo] <= t < offsets[hi]
+__device__ __forceinline__ int64_t find_row_in(const Off* __restrict__ offsets, int64_t lo,
+                                               int64_t hi, int64_t t) {
   while (hi - lo > 1) {
     const int64_t mid = (lo + hi) >> 1;
     if ((int64_t)__ldg(offsets + mid) <= t) lo = mid; else hi = mid;
   }
   return lo;
+}
+
+// The row b in [0, nrows) of item t; requires 0 <= t < offsets[nrows].
+template <typename Off>
+__device__ __forceinline__ int64_t find_row(const Off* __restrict__ offsets, int64_t nrows, int64_t t) {
+  return find_row_in(offsets, 0, nrows, t);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -22,17 +22,6 @@ __device__ __forceinline__ Vec make_pad(uint64_t lo, uint64_t hi) {
   return p.v;
 }
 
-// The last b in [lo, hi) with offsets[b] <= t, given offsets[lo] <= t < offsets[hi].
-template <typename Off>
-__device__ __forceinline__ int64_t find_row_in(const Off* __restrict__ offsets, int64_t lo,
-                                               int64_t hi, int64_t t) {
-  while (hi - lo > 1) {
-    const int64_t mid = (lo + hi) >> 1;
-    if ((int64_t)__ldg(offsets + mid) <= t) lo = mid; else hi = mid;
-  }
-  return lo;
-}
-
 // ---- jagged -> padded ---------------------------------------------------------------------------
 // out[b, j] = src[offsets[b] + j] for j < min(len_b, max_len), else the padding pattern.
 // A padded batch row b is max_len * row_vecs vectors; the grid walks tiles (b, chunk) of
