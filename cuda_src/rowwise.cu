@@ -3,15 +3,17 @@
 // and per-row cumsum.
 //
 // Data layout: values [T, C] (C = prod(inner), contiguous); row r is the [L_r, C] slab starting at
-// offsets[r]. Work is scheduled over a *chunk list* built on the host side without a sync:
-// chunk_off[r] .. chunk_off[r+1] are the chunks of row r (at least one per row, so empty rows are
-// written), each covering `chunk` consecutive items. A grid of gridDim.x >= chunk_off[B] blocks
-// binary-searches its row (extra blocks exit). blockIdx.y tiles the columns.
+// offsets[r]. Work is a list of *units* built on the host without a sync (cached per structure):
+// chunk_off[r] .. chunk_off[r+1] are the units of row r (at least one per row, so empty rows are
+// written), each covering `chunk` consecutive items; chunk_row[u] is the row of unit u (>= nrows
+// for the spare units of a grid sized by an upper bound).
 //
 // Inside a block (256 threads): CT column threads (each owning V consecutive columns, 16-byte
-// vector loads when V > 1) times R = 256 / CT row lanes walking the chunk's items.
-// Accumulation is fp32 for every dtype. Multi-chunk rows are combined by a second, deterministic
-// pass (reduce_combine) over per-chunk partial states, in chunk order.
+// vector loads when V > 1) times R = 256 / CT lanes. Lanes form groups of LPR lanes, one unit per
+// group: short rows put several rows in a block, long rows give a whole block (LPR = R) to a
+// chunk. Every lane keeps U independent 16-byte loads in flight. Accumulation is fp32.
+// Rows split over several blocks are combined deterministically by the last block of the row to
+// finish (per-row counters, reset by that block): it folds the chunk states in a fixed order.
 #include "common.cuh"
 
 #define CJ_BLOCK 256
@@ -34,10 +36,8 @@ enum { OUT_T = 0, OUT_BOOL = 1, OUT_I64 = 2, OUT_F32 = 3 };
 template <typename T, int V> struct __align__(sizeof(T) * V) VecT { T v[V]; };
 
 template <typename T, int V>
-__device__ __forceinline__ void loadv(const T* __restrict__ p, float (&f)[V]) {
-  const VecT<T, V> w = *reinterpret_cast<const VecT<T, V>*>(p);
-#pragma unroll
-  for (int j = 0; j < V; ++j) f[j] = to_float(w.v[j]);
+__device__ __forceinline__ VecT<T, V> ldv(const T* __restrict__ p) {
+  return *reinterpret_cast<const VecT<T, V>*>(p);
 }
 template <typename T, int V>
 __device__ __forceinline__ void storev(T* __restrict__ p, const float (&f)[V]) {
@@ -142,7 +142,7 @@ __device__ __forceinline__ void write_out(void* out, int kind, int64_t i, float 
 // a, b: jagged operands at (item, col); p: per-row/padded operand; q: per-row fp32 (lse, dot...);
 // pos: position in the row; n: row length (untruncated), trunc: truncation length; ix: index
 __device__ __forceinline__ float apply(int mode, float a, float b, float p, float q, int64_t pos,
-                                       int64_t n, int64_t trunc, int64_t ix) {
+                                       int64_t n, int64_t trunc, int ix) {
   if (mode >= E_BCAST && pos >= trunc) return 0.f;
   switch (mode) {
     case E_ADD: return a + p;
@@ -165,101 +165,37 @@ __device__ __forceinline__ float apply(int mode, float a, float b, float p, floa
   return 0.f;
 }
 
-template <typename T, int V>
-__device__ __forceinline__ void load_or_zero(const T* __restrict__ base, int64_t i, int64_t C,
-                                             int64_t col, float (&f)[V]) {
-  if (base) {
-    loadv<T, V>(base + i * C + col, f);
-  } else {
-#pragma unroll
-    for (int j = 0; j < V; ++j) f[j] = 0.f;
-  }
+
+struct Unit { int64_t row, start, end, rbeg, len, id; };
+
+// Unit `id`: row, item range [start, end) within the row (end limited by `limit`), row begin and
+// (untruncated) length; row < 0 for a spare unit.
+__device__ __forceinline__ Unit get_unit(const int64_t* __restrict__ offsets,
+                                         const int64_t* __restrict__ chunk_off,
+                                         const int64_t* __restrict__ chunk_row, int64_t nunits,
+                                         int64_t nrows, int64_t chunk, int64_t limit, int64_t id) {
+  Unit u;
+  u.row = -1;
+  u.id = id;
+  u.start = u.end = u.rbeg = u.len = 0;
+  if (id >= nunits) return u;
+  const int64_t r = chunk_row[id];
+  if (r < 0 || r >= nrows) return u;
+  u.row = r;
+  u.rbeg = offsets[r];
+  u.len = offsets[r + 1] - u.rbeg;
+  const int64_t le = u.len < limit ? u.len : limit;
+  u.start = (id - chunk_off[r]) * chunk;
+  u.end = u.start + chunk < le ? u.start + chunk : le;
+  return u;
 }
 
-struct Chunk { int64_t row, start, end, rbeg, len; };
-
-// The chunk of this block (row, [start, end) within the row), or row < 0 for a spare block.
-__device__ __forceinline__ Chunk my_chunk(const int64_t* __restrict__ offsets,
-                                          const int64_t* __restrict__ chunk_off, int64_t nrows,
-                                          int64_t chunk, int64_t limit) {
-  Chunk c;
-  const int64_t g = blockIdx.x;
-  c.row = -1;
-  if (nrows == 0 || g >= chunk_off[nrows]) return c;
-  c.row = find_row(chunk_off, nrows, g);
-  c.rbeg = offsets[c.row];
-  c.len = offsets[c.row + 1] - c.rbeg;
-  const int64_t le = c.len < limit ? c.len : limit;
-  c.start = (g - chunk_off[c.row]) * chunk;
-  c.end = c.start + chunk < le ? c.start + chunk : le;
-  return c;
-}
-
-// ---- reduction (optionally fused with an elementwise write over the same row) -------------------
-// pass 0: one chunk per row; lane 0 finalises and writes out[row, col] (kind out_kind), unless
-//         fmode >= 0: then the block rewrites the whole row with apply(fmode, ..., q=result).
-// pass 1: partial states of each chunk into part_a/b/i [chunk_id, C]; reduce_combine finishes.
-template <typename T, int K, int V>
-__global__ void __launch_bounds__(CJ_BLOCK, 1)
-reduce_rows(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __restrict__ offsets,
-            const int64_t* __restrict__ chunk_off, int64_t nrows, int64_t C, int64_t chunk,
-            int64_t trunc, int CT, int mode, int pass, float* __restrict__ part_a,
-            float* __restrict__ part_b, int* __restrict__ part_i, void* __restrict__ out,
-            int out_kind, int has_init, float init, int fmode, T* __restrict__ fout) {
-  __shared__ float sa[CJ_BLOCK * V];
-  __shared__ float sb[(K == K_LSE) ? CJ_BLOCK * V : 1];
-  __shared__ int si[(K == K_MAX) ? CJ_BLOCK * V : 1];
-  const Chunk ch = my_chunk(offsets, chunk_off, nrows, chunk, trunc);
-  if (ch.row < 0) return;
-  const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
-  const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
-  const bool active = col < C;
-  const bool neg = (K == K_MAX) && (mode & 1);
-  const int tmode = (K == K_SUM) ? (mode == 2 ? 1 : (mode == 3 ? 2 : 0)) : 0;
-  const T* ar = a + ch.rbeg * C;
-  const T* br = b ? b + ch.rbeg * C : b;
-
-  St s[V];
-#pragma unroll
-  for (int j = 0; j < V; ++j) s[j] = st_init<K>();
-  if (active) {
-    int64_t i = ch.start + lane;
-    for (; i + R < ch.end; i += 2 * R) {  // two loads in flight per lane
-      float x0[V], x1[V], y0[V], y1[V];
-      loadv<T, V>(ar + i * C + col, x0);
-      loadv<T, V>(ar + (i + R) * C + col, x1);
-      if (K == K_DOT) {
-        loadv<T, V>(br + i * C + col, y0);
-        loadv<T, V>(br + (i + R) * C + col, y1);
-      }
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        float u = x0[j], w = x1[j];
-        if (neg) { u = -u; w = -w; }
-        if (tmode == 1) { u = u != 0.f; w = w != 0.f; }
-        if (tmode == 2) { u = u == 0.f; w = w == 0.f; }
-        st_push<K>(s[j], u, K == K_DOT ? y0[j] : 0.f, (int)i);
-        st_push<K>(s[j], w, K == K_DOT ? y1[j] : 0.f, (int)(i + R));
-      }
-    }
-    if (i < ch.end) {
-      float x0[V], y0[V];
-      loadv<T, V>(ar + i * C + col, x0);
-      if (K == K_DOT) loadv<T, V>(br + i * C + col, y0);
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        float u = x0[j];
-        if (neg) u = -u;
-        if (tmode == 1) u = u != 0.f;
-        if (tmode == 2) u = u == 0.f;
-        st_push<K>(s[j], u, K == K_DOT ? y0[j] : 0.f, (int)i);
-      }
-    }
-  }
-  // tree combine over the R lanes (lane l merges lane l + h: items of l + h are "after" l only
-  // for ordered ops by index, which K_MAX handles through the index tie-break)
-  for (int h = R >> 1; h > 0; h >>= 1) {
-    if (lane >= h && lane < 2 * h) {
+// Merge the states of the LPR lanes of each group through shared memory (tree, fixed order).
+template <int K, int V>
+__device__ __forceinline__ void group_merge(St (&s)[V], float* sa, float* sb, int* si, int lane,
+                                            int l, int ct, int CT, int LPR) {
+  for (int h = LPR >> 1; h > 0; h >>= 1) {
+    if (l >= h && l < 2 * h) {
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         const int k = ((lane - h) * CT + ct) * V + j;
@@ -269,7 +205,7 @@ reduce_rows(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
       }
     }
     __syncthreads();
-    if (lane < h) {
+    if (l < h) {
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         const int k = (lane * CT + ct) * V + j;
@@ -282,10 +218,121 @@ reduce_rows(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
     }
     __syncthreads();
   }
-  const int64_t n = ch.len < trunc ? ch.len : trunc;
-  if (pass == 1) {
-    if (lane == 0 && active) {
-      const int64_t g = blockIdx.x;
+}
+
+template <typename T, int K, int V>
+__device__ __forceinline__ void write_final(const St (&s)[V], int mode, int64_t n, int has_init,
+                                            float init, void* out, int out_kind, int64_t base) {
+  const bool neg = (K == K_MAX) && (mode & 1);
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    float v = st_final<K>(s[j], mode, n, has_init, neg ? -init : init);
+    if (neg && !(mode & 2)) v = -v;
+    write_out<T>(out, out_kind, base + j, v);
+  }
+}
+
+// The rewrite of a whole row after its reduction q (softmax forward / backward), mode FM.
+template <typename T, int V, int FM>
+__device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* __restrict__ br,
+                                            const float (&q)[V], const Unit& un, int64_t C,
+                                            int64_t trunc, int l, int LPR, T* __restrict__ fout,
+                                            int64_t col) {
+  T* orow = fout + un.rbeg * C + col;
+  constexpr int UW = 4;
+  for (int64_t i0 = l; i0 < un.len; i0 += (int64_t)UW * LPR) {
+    VecT<T, V> x[UW], y[UW];
+#pragma unroll
+    for (int u = 0; u < UW; ++u) {
+      const int64_t i = i0 + (int64_t)u * LPR;
+      if (i < un.len && i < trunc) {
+        x[u] = ldv<T, V>(ar + i * C);
+        if (br) y[u] = ldv<T, V>(br + i * C);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < UW; ++u) {
+      const int64_t i = i0 + (int64_t)u * LPR;
+      if (i < un.len) {
+        float o[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j)
+          o[j] = (i < trunc) ? apply(FM, to_float(x[u].v[j]), br ? to_float(y[u].v[j]) : 0.f,
+                                     0.f, q[j], i, un.len, trunc, 0)
+                             : 0.f;
+        storev<T, V>(orow + i * C, o);
+      }
+    }
+  }
+}
+
+// ---- reduction (optionally fused with an elementwise rewrite of the same row) -------------------
+// pass 0: every unit is a whole row: lane 0 of each group finalises and writes out[row, col]
+//         (kind out_kind), unless fmode >= 0: then the group rewrites its whole row with
+//         apply(fmode, a, b, q = result) into fout (items past trunc get 0).
+// pass 1: one unit per block (LPR == R); partial states go to part_* [unit, C]; the last block of
+//         each row (counters [nrows, gridDim.y], zero between launches) combines and writes out.
+// pass 2: as pass 1 but only the partial states (the carries of a chunked cumsum).
+template <typename T, int K, int V>
+__global__ void __launch_bounds__(CJ_BLOCK, 2)
+reduce_rows(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __restrict__ offsets,
+            const int64_t* __restrict__ chunk_off, const int64_t* __restrict__ chunk_row,
+            int64_t nunits, int64_t nrows, int64_t C, int64_t chunk, int64_t trunc, int CT,
+            int LPR, int mode, int pass, float* __restrict__ part_a, float* __restrict__ part_b,
+            int* __restrict__ part_i, int* __restrict__ counters, void* __restrict__ out,
+            int out_kind, int has_init, float init, int fmode, T* __restrict__ fout) {
+  constexpr int U = (K == K_DOT) ? 4 : 8;
+  __shared__ float sa[CJ_BLOCK * V];
+  __shared__ float sb[(K == K_LSE) ? CJ_BLOCK * V : 1];
+  __shared__ int si[(K == K_MAX) ? CJ_BLOCK * V : 1];
+  __shared__ int s_last;
+  const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
+  const int l = lane % LPR, sub = lane / LPR;
+  const Unit un = get_unit(offsets, chunk_off, chunk_row, nunits, nrows, chunk, trunc,
+                           (int64_t)blockIdx.x * (R / LPR) + sub);
+  const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
+  const bool active = col < C && un.row >= 0;
+  const bool neg = (K == K_MAX) && (mode & 1);
+  const int tmode = (K == K_SUM) ? (mode == 2 ? 1 : (mode == 3 ? 2 : 0)) : 0;
+  const T* ar = a + un.rbeg * C + col;
+  const T* br = b ? b + un.rbeg * C + col : b;
+
+  St s[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) s[j] = st_init<K>();
+  if (active) {
+    for (int64_t i0 = un.start + l; i0 < un.end; i0 += (int64_t)U * LPR) {
+      VecT<T, V> w[U], z[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t i = i0 + (int64_t)u * LPR;
+        if (i < un.end) {
+          w[u] = ldv<T, V>(ar + i * C);
+          if (K == K_DOT) z[u] = ldv<T, V>(br + i * C);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t i = i0 + (int64_t)u * LPR;
+        if (i < un.end) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            float x = to_float(w[u].v[j]);
+            if (neg) x = -x;
+            if (tmode == 1) x = x != 0.f;
+            if (tmode == 2) x = x == 0.f;
+            st_push<K>(s[j], x, K == K_DOT ? to_float(z[u].v[j]) : 0.f, (int)i);
+          }
+        }
+      }
+    }
+  }
+  group_merge<K, V>(s, sa, sb, si, lane, l, ct, CT, LPR);
+  const int64_t n = un.len < trunc ? un.len : trunc;
+
+  if (pass != 0) {
+    if (l == 0 && active) {
+      const int64_t g = un.id;
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         part_a[g * C + col + j] = s[j].a;
@@ -293,120 +340,168 @@ reduce_rows(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
         if (K == K_MAX) part_i[g * C + col + j] = s[j].i;
       }
     }
+    if (pass == 2) return;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int last = 0;
+      if (un.row >= 0) {
+        const int cnt = (int)(chunk_off[un.row + 1] - chunk_off[un.row]);
+        int* ctr = counters + un.row * gridDim.y + blockIdx.y;
+        last = atomicAdd(ctr, 1) == cnt - 1;
+        if (last) *ctr = 0;  // every block of the row has arrived: ready for the next launch
+      }
+      s_last = last;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    // the last block folds the row's unit states: lane k takes units g0 + k, g0 + k + R, ...
+    const int64_t g0 = chunk_off[un.row], g1 = chunk_off[un.row + 1];
+    St t[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) t[j] = st_init<K>();
+    if (col < C) {
+      const volatile float* va = part_a;
+      const volatile float* vb = part_b;
+      const volatile int* vi = part_i;
+      for (int64_t g = g0 + lane; g < g1; g += R) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          St u;
+          u.a = va[g * C + col + j];
+          u.b = (K == K_LSE) ? vb[g * C + col + j] : 0.f;
+          u.i = (K == K_MAX) ? vi[g * C + col + j] : CJ_NOIDX;
+          st_merge<K>(t[j], u);
+        }
+      }
+    }
+    group_merge<K, V>(t, sa, sb, si, lane, lane, ct, CT, R);
+    if (lane == 0 && col < C) write_final<T, K, V>(t, mode, n, has_init, init, out, out_kind,
+                                                   un.row * C + col);
     return;
   }
   if (fmode < 0) {
-    if (lane == 0 && active) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        float v = st_final<K>(s[j], mode, n, has_init, neg ? -init : init);
-        if (neg && !(mode & 2)) v = -v;
-        write_out<T>(out, out_kind, ch.row * C + col + j, v);
-      }
-    }
+    if (l == 0 && active) write_final<T, K, V>(s, mode, n, has_init, init, out, out_kind,
+                                               un.row * C + col);
     return;
   }
-  // fused elementwise rewrite of the whole row (pass 0 means the chunk is the whole row)
-  if (lane == 0) {
+  // fused elementwise rewrite of the whole row
+  if (l == 0 && active) {
 #pragma unroll
-    for (int j = 0; j < V; ++j) sa[ct * V + j] = st_final<K>(s[j], mode, n, 0, 0.f);
+    for (int j = 0; j < V; ++j) sa[(sub * CT + ct) * V + j] = st_final<K>(s[j], mode, n, 0, 0.f);
   }
   __syncthreads();
   if (!active) return;
   float q[V];
 #pragma unroll
-  for (int j = 0; j < V; ++j) q[j] = sa[ct * V + j];
-  T* orow = fout + ch.rbeg * C;
-  for (int64_t i = lane; i < ch.len; i += R) {
-    float x[V], y[V], o[V];
-    if (i < trunc) {
-      loadv<T, V>(ar + i * C + col, x);
-      load_or_zero<T, V>(br, i, C, col, y);
-#pragma unroll
-      for (int j = 0; j < V; ++j) o[j] = apply(fmode, x[j], y[j], 0.f, q[j], i, ch.len, trunc, 0);
-    } else {
-#pragma unroll
-      for (int j = 0; j < V; ++j) o[j] = 0.f;
-    }
-    storev<T, V>(orow + i * C + col, o);
+  for (int j = 0; j < V; ++j) q[j] = sa[(sub * CT + ct) * V + j];
+  switch (fmode) {
+    case E_SOFTMAX: fused_write<T, V, E_SOFTMAX>(ar, br, q, un, C, trunc, l, LPR, fout, col); break;
+    case E_LOGSOFTMAX:
+      fused_write<T, V, E_LOGSOFTMAX>(ar, br, q, un, C, trunc, l, LPR, fout, col);
+      break;
+    case E_SOFTMAX_BWD:
+      fused_write<T, V, E_SOFTMAX_BWD>(ar, br, q, un, C, trunc, l, LPR, fout, col);
+      break;
+    case E_LOGSOFTMAX_BWD:
+      fused_write<T, V, E_LOGSOFTMAX_BWD>(ar, br, q, un, C, trunc, l, LPR, fout, col);
+      break;
+    default: break;
   }
-}
-
-// Second pass: thread per (row, col) folds the row's chunk states in order and finalises.
-template <typename T, int K>
-__global__ void __launch_bounds__(CJ_BLOCK, 1)
-reduce_combine(const int64_t* __restrict__ offsets, const int64_t* __restrict__ chunk_off,
-               int64_t nrows, int64_t C, int64_t trunc, int mode, const float* __restrict__ part_a,
-               const float* __restrict__ part_b, const int* __restrict__ part_i,
-               void* __restrict__ out, int out_kind, int has_init, float init) {
-  const int64_t t = (int64_t)blockIdx.x * CJ_BLOCK + threadIdx.x;
-  if (t >= nrows * C) return;
-  const int64_t r = t / C, c = t % C;
-  const bool neg = (K == K_MAX) && (mode & 1);
-  St s = st_init<K>();
-  for (int64_t g = chunk_off[r]; g < chunk_off[r + 1]; ++g) {
-    St u;
-    u.a = part_a[g * C + c];
-    u.b = (K == K_LSE) ? part_b[g * C + c] : 0.f;
-    u.i = (K == K_MAX) ? part_i[g * C + c] : CJ_NOIDX;
-    st_merge<K>(s, u);
-  }
-  const int64_t len = offsets[r + 1] - offsets[r];
-  const int64_t n = len < trunc ? len : trunc;
-  float v = st_final<K>(s, mode, n, has_init, neg ? -init : init);
-  if (neg && !(mode & 2)) v = -v;
-  write_out<T>(out, out_kind, t, v);
 }
 
 // ---- row-broadcast elementwise -----------------------------------------------------------------
 // out[t, c] = apply(mode, a[t, c], b[t, c], p[row*p_row + pos*p_pos + c], q[row*C + c], ...,
-//                   ix[row*C + c]) over every item of every row (chunks of the untruncated rows).
+//                   ix[row*C + c]) over every item of every row (units of the untruncated rows).
+// The mode is dispatched once per thread (bcast_body<MODE>), not per element.
+template <typename T, int V, int MODE>
+__device__ __forceinline__ void bcast_body(const T* __restrict__ a, const T* __restrict__ b,
+                                           const T* __restrict__ p, int64_t p_row, int64_t p_pos,
+                                           const float* __restrict__ q,
+                                           const int64_t* __restrict__ ix, const Unit& un,
+                                           int64_t C, int64_t col, int64_t trunc, int l, int LPR,
+                                           T* __restrict__ out) {
+  float pr[V], qr[V];
+  int xr[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    pr[j] = (p && p_pos == 0) ? to_float(p[un.row * p_row + col + j]) : 0.f;
+    qr[j] = q ? q[un.row * C + col + j] : 0.f;
+    xr[j] = ix ? (int)ix[un.row * C + col + j] : -1;
+  }
+  const T* pp = p ? p + un.row * p_row + col : p;
+  constexpr int UW = 4;
+  for (int64_t i0 = un.start + l; i0 < un.end; i0 += (int64_t)UW * LPR) {
+    VecT<T, V> xa[UW], xb[UW], xp[UW];
+#pragma unroll
+    for (int u = 0; u < UW; ++u) {
+      const int64_t i = i0 + (int64_t)u * LPR;
+      if (i < un.end) {
+        if (a) xa[u] = ldv<T, V>(a + (un.rbeg + i) * C + col);
+        if (b) xb[u] = ldv<T, V>(b + (un.rbeg + i) * C + col);
+        if (p && p_pos != 0) xp[u] = ldv<T, V>(pp + i * p_pos);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < UW; ++u) {
+      const int64_t i = i0 + (int64_t)u * LPR;
+      if (i < un.end) {
+        float o[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const float av = a ? to_float(xa[u].v[j]) : 0.f;
+          const float bv = b ? to_float(xb[u].v[j]) : 0.f;
+          const float pv = (p && p_pos != 0) ? to_float(xp[u].v[j]) : pr[j];
+          o[j] = apply(MODE, av, bv, pv, qr[j], i, un.len, trunc, xr[j]);
+        }
+        storev<T, V>(out + (un.rbeg + i) * C + col, o);
+      }
+    }
+  }
+}
+
 template <typename T, int V>
-__global__ void __launch_bounds__(CJ_BLOCK, 1)
+__global__ void __launch_bounds__(CJ_BLOCK, 2)
 rowbcast(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ p,
          int64_t p_row, int64_t p_pos, const float* __restrict__ q,
          const int64_t* __restrict__ ix, const int64_t* __restrict__ offsets,
-         const int64_t* __restrict__ chunk_off, int64_t nrows, int64_t C, int64_t chunk,
-         int64_t trunc, int CT, int mode, T* __restrict__ out) {
-  const Chunk ch = my_chunk(offsets, chunk_off, nrows, chunk, (int64_t)1 << 62);
-  if (ch.row < 0) return;
+         const int64_t* __restrict__ chunk_off, const int64_t* __restrict__ chunk_row,
+         int64_t nunits, int64_t nrows, int64_t C, int64_t chunk, int64_t trunc, int CT, int LPR,
+         int mode, T* __restrict__ out) {
   const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
+  const int l = lane % LPR, sub = lane / LPR;
+  const Unit un = get_unit(offsets, chunk_off, chunk_row, nunits, nrows, chunk, (int64_t)1 << 62,
+                           (int64_t)blockIdx.x * (R / LPR) + sub);
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
-  if (col >= C) return;
-  float pr[V], qr[V];
-  int64_t xr[V];
-#pragma unroll
-  for (int j = 0; j < V; ++j) {
-    pr[j] = (p && p_pos == 0) ? to_float(p[ch.row * p_row + col + j]) : 0.f;
-    qr[j] = q ? q[ch.row * C + col + j] : 0.f;
-    xr[j] = ix ? ix[ch.row * C + col + j] : -1;
+  if (un.row < 0 || col >= C) return;
+#define CJ_BCAST(M) \
+  case M: bcast_body<T, V, M>(a, b, p, p_row, p_pos, q, ix, un, C, col, trunc, l, LPR, out); break;
+  switch (mode) {
+    CJ_BCAST(E_ADD) CJ_BCAST(E_SUB) CJ_BCAST(E_RSUB) CJ_BCAST(E_MUL) CJ_BCAST(E_DIV)
+    CJ_BCAST(E_RDIV) CJ_BCAST(E_MAXIMUM) CJ_BCAST(E_MINIMUM) CJ_BCAST(E_BCAST)
+    CJ_BCAST(E_BCAST_MEAN) CJ_BCAST(E_SELECT) CJ_BCAST(E_LSE_BWD) CJ_BCAST(E_SOFTMAX)
+    CJ_BCAST(E_LOGSOFTMAX) CJ_BCAST(E_SOFTMAX_BWD) CJ_BCAST(E_LOGSOFTMAX_BWD)
+    default: break;
   }
-  for (int64_t i = ch.start + lane; i < ch.end; i += R) {
-    const int64_t t = ch.rbeg + i;
-    float x[V], y[V], o[V];
-    load_or_zero<T, V>(a, t, C, col, x);
-    load_or_zero<T, V>(b, t, C, col, y);
-    if (p && p_pos != 0) loadv<T, V>(p + ch.row * p_row + i * p_pos + col, pr);
-#pragma unroll
-    for (int j = 0; j < V; ++j) o[j] = apply(mode, x[j], y[j], pr[j], qr[j], i, ch.len, trunc, xr[j]);
-    storev<T, V>(out + t * C + col, o);
-  }
+#undef CJ_BCAST
 }
 
 // ---- cumsum ------------------------------------------------------------------------------------
 // Inclusive (exclusive=0) or exclusive scan of each column along each row; reverse=1 scans from
-// the row's end (the backward of the forward scan). Chunked: the carry-in of chunk k is the sum of
-// the partial sums part_a of the row's earlier chunks (a reduce_rows<K_SUM> pass 1), or 0 when the
-// row is one chunk (part_a == nullptr).
+// the row's end (the backward of the forward scan). One unit per block; the carry-in of a unit is
+// the sum of the partial sums part_a of the row's earlier units in scan order (a reduce_rows
+// pass 2), or 0 when every row is one unit (part_a == nullptr).
 template <typename T, int V>
-__global__ void __launch_bounds__(CJ_BLOCK, 1)
+__global__ void __launch_bounds__(CJ_BLOCK, 2)
 cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ offsets,
-            const int64_t* __restrict__ chunk_off, int64_t nrows, int64_t C, int64_t chunk,
-            int CT, int exclusive, int reverse, const float* __restrict__ part_a,
-            T* __restrict__ out) {
+            const int64_t* __restrict__ chunk_off, const int64_t* __restrict__ chunk_row,
+            int64_t nunits, int64_t nrows, int64_t C, int64_t chunk, int CT, int exclusive,
+            int reverse, const float* __restrict__ part_a, T* __restrict__ out) {
   __shared__ float sm[CJ_BLOCK * V];
-  const Chunk ch = my_chunk(offsets, chunk_off, nrows, chunk, (int64_t)1 << 62);
-  if (ch.row < 0) return;
+  const Unit un = get_unit(offsets, chunk_off, chunk_row, nunits, nrows, chunk, (int64_t)1 << 62,
+                           blockIdx.x);
+  if (un.row < 0) return;
   const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
   const bool active = col < C;
@@ -414,20 +509,22 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ offsets,
 #pragma unroll
   for (int j = 0; j < V; ++j) carry[j] = 0.f;
   if (part_a && active) {
-    // chunk order along the scan direction: chunks before this one (forward) or after (reverse)
-    const int64_t g0 = chunk_off[ch.row], g1 = chunk_off[ch.row + 1], g = blockIdx.x;
+    const int64_t g0 = chunk_off[un.row], g1 = chunk_off[un.row + 1], g = un.id;
     for (int64_t h = reverse ? g + 1 : g0; h < (reverse ? g1 : g); ++h) {
 #pragma unroll
       for (int j = 0; j < V; ++j) carry[j] += part_a[h * C + col + j];
     }
   }
-  const int64_t n = ch.end - ch.start;
+  const int64_t n = un.end - un.start;
   for (int64_t base = 0; base < n; base += R) {
-    const int64_t k = base + lane;  // k-th item of the chunk in scan order
-    const int64_t i = reverse ? ch.end - 1 - k : ch.start + k;
+    const int64_t k = base + lane;  // k-th item of the unit in scan order
+    const int64_t i = reverse ? un.end - 1 - k : un.start + k;
     float x[V];
-    if (active && k < n) loadv<T, V>(a + (ch.rbeg + i) * C + col, x);
-    else {
+    if (active && k < n) {
+      const VecT<T, V> w = ldv<T, V>(a + (un.rbeg + i) * C + col);
+#pragma unroll
+      for (int j = 0; j < V; ++j) x[j] = to_float(w.v[j]);
+    } else {
 #pragma unroll
       for (int j = 0; j < V; ++j) x[j] = 0.f;
     }
@@ -450,7 +547,7 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ offsets,
       o[j] = carry[j] + (exclusive ? v[j] - x[j] : v[j]);
       tot[j] = sm[((R - 1) * CT + ct) * V + j];
     }
-    if (active && k < n) storev<T, V>(out + (ch.rbeg + i) * C + col, o);
+    if (active && k < n) storev<T, V>(out + (un.rbeg + i) * C + col, o);
 #pragma unroll
     for (int j = 0; j < V; ++j) carry[j] += tot[j];
     __syncthreads();

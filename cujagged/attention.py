@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from ._backend import bfloat16, is_gpu_array, xp_of
+from ._backend import cupy as _cupy
 from ._kernels import KernelFamily
 from .jagged import JaggedArray
 
@@ -116,6 +117,24 @@ def _tile_list(xp, q_off, k_off, bm: int, msl: int, cache):
     return out
 
 
+def _plan_key(q, k, v, max_seq_len, scale, causal, return_lse, bm):
+    qv, kv, vv = q._values, k._values, v._values
+    return ("jfa_plan", qv.shape, qv.dtype, kv.shape, kv.dtype, vv.shape, vv.dtype,
+            qv.device.id, max_seq_len, scale, bool(causal), bool(return_lse), bm)
+
+
+def _launch_plan(plan, q, k, v, return_lse):
+    """Launch a cached, already validated configuration (see the end of the slow path)."""
+    _, kern, grid, threads, smem, tail = plan
+    qv = q._values
+    T, H, _ = qv.shape
+    out = _cupy.empty(qv.shape, dtype=qv.dtype)
+    lse = _cupy.empty((T, H), dtype=np.float32) if return_lse else out
+    kern((grid,), (threads,), (qv, k._values, v._values, out, lse) + tail, shared_mem=smem)
+    o = q._with_values(out)
+    return (o, lse) if return_lse else o
+
+
 def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_len=None,
                            scale=None, causal=False, bias=None, return_lse=False, _bm=None):
     """Softmax attention within each row of a jagged batch (forward).
@@ -153,6 +172,11 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
     host synchronisation happens when ``q``/``k`` are JaggedArrays (their tile list is cached);
     plain arrays with offsets are validated once (one small transfer).
     """
+    if (bias is None and offsets is None and kv_offsets is None and type(q) is JaggedArray
+            and type(k) is JaggedArray and type(v) is JaggedArray and is_gpu_array(q._values)):
+        plan = q._cache.get(_plan_key(q, k, v, max_seq_len, scale, causal, return_lse, _bm))
+        if plan is not None and plan[0] is k._offsets:
+            return _launch_plan(plan, q, k, v, return_lse)
     qj = _as_jagged(q, offsets, "q", "offsets")
     if isinstance(k, JaggedArray) or kv_offsets is not None:
         kj = _as_jagged(k, kv_offsets, "k", "kv_offsets")
@@ -260,12 +284,20 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
             grid = ((T + bm - 1) // bm + B) * H
             if grid >= 2**31:
                 raise ValueError("batch too large for one launch (tile count * heads >= 2**31)")
+            tail = (qo, ko, perm, tile_off, np.int64(B), np.int32(H), np.int32(Hk),
+                    np.int64(msl), np.float32(sc), np.int32(bool(causal)))
             kern((grid,), (threads,),
-                 (qv, kv, vv, out, lse, qo, ko, perm, tile_off, np.int64(B), np.int32(H),
-                  np.int32(Hk), np.int64(msl), np.float32(sc), np.int32(bool(causal)),
-                  bias if has_bias else qv, np.int64(sb), np.int64(sh), np.int64(si),
-                  np.int32(bool(return_lse))),
+                 (qv, kv, vv, out, lse, *tail, bias if has_bias else qv, np.int64(sb),
+                  np.int64(sh), np.int64(si), np.int32(bool(return_lse))),
                  shared_mem=smem)
+            if (not has_bias and isinstance(q, JaggedArray) and isinstance(k, JaggedArray)
+                    and isinstance(v, JaggedArray) and vv is v.values):
+                # every check above passed for these shapes/dtypes/options: later calls with the
+                # same arrays' structure skip straight to the launch
+                q._cache[_plan_key(q, k, v, max_seq_len, scale, causal, return_lse, _bm)] = (
+                    k._offsets, kern, grid, threads, smem,
+                    tail + (tile_off, np.int64(0), np.int64(0), np.int64(0),
+                            np.int32(bool(return_lse))))
         elif return_lse:
             lse = xp.full((T, H), -np.inf, dtype=np.float32)
             out[...] = 0

@@ -57,7 +57,6 @@ def _instantiations():
         for v in (1, vec):
             names += [f"reduce_rows<{tn}, {k}, {v}>" for k in range(5)]
             names += [f"rowbcast<{tn}, {v}>", f"cumsum_rows<{tn}, {v}>"]
-        names += [f"reduce_combine<{tn}, {k}>" for k in range(5)]
     return names
 
 
@@ -198,38 +197,8 @@ def _sm_count(dev: int) -> int:
     return int(cupy.cuda.Device(dev).attributes["MultiProcessorCount"])
 
 
-def _plan(x, item_bytes: int, trunc: int, limit: int = 512 * _KB):
-    """(chunk items, single pass?): a whole row per block when rows are short enough, else rows
-    split in chunks of about 32 KB .. ``limit`` bytes, sized to give every SM several blocks."""
-    B, T = x.nrows, x.values.shape[0]
-    L = _builtin_min(x.max_length, trunc)
-    sm = _sm_count(x.values.device.id)
-    row_bytes = L * item_bytes
-    if row_bytes <= limit and (B >= 2 * sm or row_bytes <= 32 * _KB):
-        return _builtin_max(L, 1), True
-    cb = _builtin_min(limit, _builtin_max(32 * _KB, (T * item_bytes) // (4 * sm)))
-    return _builtin_max(1, cb // _builtin_max(item_bytes, 1)), False
-
-
-def _chunks(x, chunk: int, trunc: int):
-    """Chunk offsets ``[B+1]`` (int64, cached) and a grid size bounding the chunk count."""
-    trunc_key = trunc if trunc < x.max_length else None
-    key = ("rowwise.chunks", chunk, trunc_key)
-    c = x._cache
-    co = c.get(key)
-    if co is None:
-        off = _off64(x)
-        lens = off[1:] - off[:-1]
-        if trunc_key is not None:
-            lens = cupy.minimum(lens, trunc)
-        n = cupy.maximum((lens + (chunk - 1)) // chunk, 1)
-        co = cupy.zeros(x.nrows + 1, dtype=np.int64)
-        co[1:] = cupy.cumsum(n)
-        c[key] = co
-    B, T = x.nrows, x.values.shape[0]
-    if chunk >= _builtin_min(x.max_length, trunc):
-        return co, _builtin_max(B, 1)  # one chunk per row
-    return co, B + _builtin_min(T, B * trunc) // chunk + 1
+def _pow2_at_least(n: int) -> int:
+    return 1 << _builtin_max(int(n) - 1, 0).bit_length()
 
 
 def _geom(C: int, dtype, *arrays):
@@ -239,8 +208,70 @@ def _geom(C: int, dtype, *arrays):
     ok = C % vec == 0 and _builtin_all(a.data.ptr % 16 == 0 for a in arrays if a is not None)
     V = vec if ok else 1
     cv = C // V
-    CT = _builtin_min(_BLOCK, 1 << _builtin_max(cv - 1, 0).bit_length())
+    CT = _builtin_min(_BLOCK, _pow2_at_least(cv))
     return V, CT, -(-cv // CT)
+
+
+def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
+    """Work split of x's rows (cached per structure): (chunk, nunits, LPR, split, blocks,
+    chunk_off, chunk_row).
+
+    ``kind``: "reduce" (a block may own a whole row up to 256 KB, longer rows are split in
+    chunks of 64 KB .. 1 MB combined by the last block), "bcast" (chunks of at most 64 KB, no
+    combine) or "scan" (whole rows up to 128 KB, else 64 KB chunks with carries). LPR lanes per
+    unit, R / LPR units per block: several short rows share a block."""
+    key = ("rowwise.sched", kind, item_bytes, trunc if trunc < x.max_length else None, CT)
+    c = x._cache
+    hit = c.get(key)
+    if hit is not None:
+        return hit
+    B, T = x.nrows, x.values.shape[0]
+    L = _builtin_min(x.max_length, trunc)
+    sm = _sm_count(x.values.device.id)
+    R = _BLOCK // CT
+    ib = _builtin_max(item_bytes, 1)
+    row_bytes = L * ib
+    mean = _builtin_min(T / B if B else 0.0, L)
+    if kind == "bcast":
+        chunk, split = _builtin_max(1, _builtin_min(_builtin_max(L, 1), (64 * _KB) // ib)), False
+    else:
+        whole = (256 if kind == "reduce" else 128) * _KB
+        if row_bytes <= whole and (B >= 2 * sm or row_bytes <= 32 * _KB):
+            chunk, split = _builtin_max(L, 1), False
+        else:
+            cb = 64 * _KB if kind == "scan" else _builtin_min(
+                1024 * _KB, _builtin_max(64 * _KB, (T * ib) // (4 * sm)))
+            chunk, split = _builtin_max(1, cb // ib), True
+    if chunk >= L:
+        nunits = _builtin_max(B, 1)
+    else:
+        nunits = B + _builtin_min(T, B * trunc) // chunk + 1
+    if split or kind == "scan":
+        LPR = R
+    else:
+        LPR = _builtin_max(1, _builtin_min(R, _pow2_at_least(-(-_builtin_min(mean, chunk) // 4))))
+    blocks = -(-nunits // (R // LPR))
+    off = _off64(x)
+    lens = off[1:] - off[:-1]
+    if trunc < x.max_length:
+        lens = cupy.minimum(lens, trunc)
+    n = cupy.maximum((lens + (chunk - 1)) // chunk, 1)
+    co = cupy.zeros(B + 1, dtype=np.int64)
+    co[1:] = cupy.cumsum(n)
+    crow = cupy.searchsorted(co[1:], cupy.arange(nunits, dtype=np.int64), side="right")
+    crow = crow.astype(np.int64, copy=False)
+    hit = (chunk, nunits, LPR, split, blocks, co, crow)
+    c[key] = hit
+    return hit
+
+
+def _counters(x, n: int):
+    """Per-row arrival counters of split reductions: int32, zero between launches (cached)."""
+    ctr = x._cache.get("rowwise.counters")
+    if ctr is None or ctr.shape[0] < n:
+        ctr = cupy.zeros(_builtin_max(n, 1), dtype=np.int32)
+        x._cache["rowwise.counters"] = ctr
+    return ctr
 
 
 def _ptr(a):
@@ -248,38 +279,42 @@ def _ptr(a):
 
 
 # ---- GPU launches ----------------------------------------------------------------------------
-def _gpu_reduce(x, K, mode, out_dtype, out_kind, trunc, *, has_init=0, init=0.0, b=None):
-    """Reduction of every column over every (truncated) row: ``[B, C]`` array of ``out_dtype``."""
+def _i64(v):
+    return np.int64(v)
+
+
+def _i32(v):
+    return np.int32(v)
+
+
+def _gpu_reduce(x, K, mode, out_dtype, out_kind, trunc, *, has_init=0, init=0.0, b=None,
+                pass_=None, part=None):
+    """Reduction of every column over every (truncated) row: ``[B, C]`` array of ``out_dtype``.
+    ``pass_=2`` only writes the per-unit partial sums into ``part`` (chunked cumsum)."""
     vals = _flat(x)
     B, C = x.nrows, vals.shape[1]
-    out = cupy.empty((B, C), dtype=out_dtype)
+    out = cupy.empty((B, C), dtype=out_dtype) if pass_ != 2 else None
     if B == 0 or C == 0:
         return out
     bv = None if b is None else _flat(b)
     tn = _TNAME[x.dtype][0]
     V, CT, yt = _geom(C, x.dtype, vals, bv)
     ib = C * x.dtype.itemsize * (2 if K == K_DOT else 1)
-    chunk, single = _plan(x, ib, trunc)
-    co, gx = _chunks(x, chunk, trunc)
-    off = _off64(x)
+    kind = "scan" if pass_ == 2 else "reduce"
+    chunk, nunits, LPR, split, blocks, co, crow = _schedule(x, kind, ib, trunc, CT)
     kern = _FAM.get(f"reduce_rows<{tn}, {K}, {V}>")
-    common = (vals, _ptr(bv), off, co, np.int64(B), np.int64(C), np.int64(chunk),
-              np.int64(trunc), np.int32(CT), np.int32(mode))
-    if single:
-        kern((gx, yt), (_BLOCK,), common + (np.int32(0), _NULL, _NULL, _NULL, out,
-                                            np.int32(out_kind), np.int32(has_init),
-                                            np.float32(init), np.int32(-1), _NULL))
-        return out
-    pa = cupy.empty((gx, C), dtype=np.float32)
-    pb = cupy.empty((gx, C), dtype=np.float32) if K == K_LSE else None
-    pi = cupy.empty((gx, C), dtype=np.int32) if K == K_MAX else None
-    kern((gx, yt), (_BLOCK,), common + (np.int32(1), pa, _ptr(pb), _ptr(pi), _NULL,
-                                        np.int32(out_kind), np.int32(has_init),
-                                        np.float32(init), np.int32(-1), _NULL))
-    comb = _FAM.get(f"reduce_combine<{tn}, {K}>")
-    comb((-(-(B * C) // _BLOCK),), (_BLOCK,),
-         (off, co, np.int64(B), np.int64(C), np.int64(trunc), np.int32(mode), pa, _ptr(pb),
-          _ptr(pi), out, np.int32(out_kind), np.int32(has_init), np.float32(init)))
+    pa = pb = pi = ctr = None
+    if split:
+        pa = part if part is not None else cupy.empty((nunits, C), dtype=np.float32)
+        pb = cupy.empty((nunits, C), dtype=np.float32) if K == K_LSE else None
+        pi = cupy.empty((nunits, C), dtype=np.int32) if K == K_MAX else None
+        ctr = _counters(x, B * yt) if pass_ != 2 else None
+    p = pass_ if pass_ is not None else (1 if split else 0)
+    kern((blocks, yt), (_BLOCK,),
+         (vals, _ptr(bv), _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk),
+          _i64(trunc), _i32(CT), _i32(LPR), _i32(mode), _i32(p), _ptr(pa), _ptr(pb), _ptr(pi),
+          _ptr(ctr), _ptr(out), _i32(out_kind), _i32(has_init), np.float32(init), _i32(-1),
+          _NULL))
     return out
 
 
@@ -295,8 +330,8 @@ def _gpu_rowbcast(x, mode, *, a=None, b=None, p=None, padded=False, q=None, ix=N
         return out
     tn = _TNAME[x.dtype][0]
     V, CT, yt = _geom(C, x.dtype, a, b, out, p if padded else None)
-    chunk, _ = _plan(x, C * x.dtype.itemsize, _NOTRUNC, limit=256 * _KB)
-    co, gx = _chunks(x, chunk, _NOTRUNC)
+    chunk, nunits, LPR, _, blocks, co, crow = _schedule(x, "bcast", C * x.dtype.itemsize,
+                                                        _NOTRUNC, CT)
     if p is None:
         p_row = p_pos = 0
     elif padded:
@@ -304,10 +339,10 @@ def _gpu_rowbcast(x, mode, *, a=None, b=None, p=None, padded=False, q=None, ix=N
     else:
         p_row, p_pos = C, 0
     kern = _FAM.get(f"rowbcast<{tn}, {V}>")
-    kern((gx, yt), (_BLOCK,),
-         (_ptr(a), _ptr(b), _ptr(p), np.int64(p_row), np.int64(p_pos), _ptr(q), _ptr(ix),
-          _off64(x), co, np.int64(B), np.int64(C), np.int64(chunk), np.int64(trunc),
-          np.int32(CT), np.int32(mode), out))
+    kern((blocks, yt), (_BLOCK,),
+         (_ptr(a), _ptr(b), _ptr(p), _i64(p_row), _i64(p_pos), _ptr(q), _ptr(ix), _off64(x), co,
+          crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i64(trunc), _i32(CT), _i32(LPR),
+          _i32(mode), out))
     return out
 
 
@@ -321,18 +356,17 @@ def _gpu_fused(x, K, mode, fmode, trunc, b=None):
         return out
     bv = None if b is None else _flat(b)
     V, CT, yt = _geom(C, x.dtype, vals, bv, out)
-    ib = C * x.dtype.itemsize * (2 if b is not None else 1)
-    chunk, single = _plan(x, ib, trunc)
-    if not single:
+    ib = C * x.dtype.itemsize * (2 if K == K_DOT else 1)
+    chunk, nunits, LPR, split, blocks, co, crow = _schedule(x, "reduce", ib, trunc, CT)
+    if split:
         q = _gpu_reduce(x, K, mode, np.float32, OUT_F32, trunc, b=b)
         return _gpu_rowbcast(x, fmode, a=vals, b=bv, q=q, trunc=trunc, out=out)
-    co, gx = _chunks(x, chunk, trunc)
     tn = _TNAME[x.dtype][0]
     kern = _FAM.get(f"reduce_rows<{tn}, {K}, {V}>")
-    kern((gx, yt), (_BLOCK,),
-         (vals, _ptr(bv), _off64(x), co, np.int64(B), np.int64(C), np.int64(chunk),
-          np.int64(trunc), np.int32(CT), np.int32(mode), np.int32(0), _NULL, _NULL, _NULL,
-          _NULL, np.int32(OUT_T), np.int32(0), np.float32(0), np.int32(fmode), out))
+    kern((blocks, yt), (_BLOCK,),
+         (vals, _ptr(bv), _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk),
+          _i64(trunc), _i32(CT), _i32(LPR), _i32(mode), _i32(0), _NULL, _NULL, _NULL, _NULL,
+          _NULL, _i32(OUT_T), _i32(0), np.float32(0), _i32(fmode), out))
     return out
 
 
@@ -725,21 +759,16 @@ def _gpu_cumsum(x, exclusive, reverse):
         return out
     tn = _TNAME[x.dtype][0]
     V, CT, yt = _geom(C, x.dtype, vals, out)
-    chunk, single = _plan(x, C * x.dtype.itemsize, _NOTRUNC, limit=128 * _KB)
-    co, gx = _chunks(x, chunk, _NOTRUNC)
-    off = _off64(x)
+    chunk, nunits, _, split, _, co, crow = _schedule(x, "scan", C * x.dtype.itemsize, _NOTRUNC,
+                                                     CT)
     pa = None
-    if not single:
-        pa = cupy.empty((gx, C), dtype=np.float32)
-        kern = _FAM.get(f"reduce_rows<{tn}, {K_SUM}, {V}>")
-        kern((gx, yt), (_BLOCK,),
-             (vals, _NULL, off, co, np.int64(B), np.int64(C), np.int64(chunk),
-              np.int64(_NOTRUNC), np.int32(CT), np.int32(0), np.int32(1), pa, _NULL, _NULL,
-              _NULL, np.int32(OUT_F32), np.int32(0), np.float32(0), np.int32(-1), _NULL))
+    if split:
+        pa = cupy.empty((nunits, C), dtype=np.float32)
+        _gpu_reduce(x, K_SUM, 0, np.float32, OUT_F32, _NOTRUNC, pass_=2, part=pa)
     kern = _FAM.get(f"cumsum_rows<{tn}, {V}>")
-    kern((gx, yt), (_BLOCK,),
-         (vals, off, co, np.int64(B), np.int64(C), np.int64(chunk), np.int32(CT),
-          np.int32(exclusive), np.int32(reverse), _ptr(pa), out))
+    kern((nunits, yt), (_BLOCK,),
+         (vals, _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i32(CT),
+          _i32(exclusive), _i32(reverse), _ptr(pa), out))
     return out
 
 

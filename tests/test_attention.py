@@ -230,6 +230,12 @@ def test_gpu_jagged_input_caches_tile_list():
     o2 = jagged_flash_attention(qj, qj, qj, causal=True)
     assert isinstance(o1, JaggedArray)
     assert cupy.array_equal(o1.values, o2.values)
+    assert any(isinstance(key, tuple) and key[0] == "jfa_plan" for key in qj._cache)
+    # cached launch plans are per option set
+    o3, lse3 = jagged_flash_attention(qj, qj, qj, return_lse=True)
+    o4, lse4 = jagged_flash_attention(qj, qj, qj, return_lse=True)
+    assert cupy.array_equal(o3.values, o4.values) and cupy.array_equal(lse3, lse4)
+    assert not cupy.array_equal(o1.values, o3.values)
     cpu = jagged_flash_attention(JaggedArray(cupy.asnumpy(x), lengths=lq),
                                  cupy.asnumpy(x), cupy.asnumpy(x), causal=True)
     assert rel_error(cupy.asnumpy(o1.values), cpu.values) < 1e-2
