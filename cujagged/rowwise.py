@@ -68,10 +68,27 @@ _KB = 1024
 
 
 # ---- validation helpers --------------------------------------------------------------------
-def _jagged_cls():
-    from .jagged import JaggedArray
+_JCLS = []
 
-    return JaggedArray
+
+def _jagged_cls():
+    if not _JCLS:
+        from .jagged import JaggedArray
+
+        _JCLS.append(JaggedArray)
+    return _JCLS[0]
+
+
+_KERNELS: dict = {}
+
+
+def _kern(name: str):
+    """``_FAM.get(name)`` memoised per device (the launch path stays cheap)."""
+    key = (name, cupy.cuda.runtime.getDevice())
+    k = _KERNELS.get(key)
+    if k is None:
+        k = _KERNELS[key] = _FAM.get(name)
+    return k
 
 
 def _check_jagged(x, name="x"):
@@ -291,18 +308,18 @@ def _gpu_reduce(x, K, mode, out_dtype, out_kind, trunc, *, has_init=0, init=0.0,
                 pass_=None, part=None):
     """Reduction of every column over every (truncated) row: ``[B, C]`` array of ``out_dtype``.
     ``pass_=2`` only writes the per-unit partial sums into ``part`` (chunked cumsum)."""
-    vals = _flat(x)
-    B, C = x.nrows, vals.shape[1]
-    out = cupy.empty((B, C), dtype=out_dtype) if pass_ != 2 else None
+    vals = x.values
+    B, C = x.nrows, _ncols(x)
+    out = cupy.empty((B, *x.inner_shape), dtype=out_dtype) if pass_ != 2 else None
     if B == 0 or C == 0:
         return out
-    bv = None if b is None else _flat(b)
+    bv = None if b is None else b.values
     tn = _TNAME[x.dtype][0]
     V, CT, yt = _geom(C, x.dtype, vals, bv)
     ib = C * x.dtype.itemsize * (2 if K == K_DOT else 1)
     kind = "scan" if pass_ == 2 else "reduce"
     chunk, nunits, LPR, split, blocks, co, crow = _schedule(x, kind, ib, trunc, CT)
-    kern = _FAM.get(f"reduce_rows<{tn}, {K}, {V}>")
+    kern = _kern(f"reduce_rows<{tn}, {K}, {V}>")
     pa = pb = pi = ctr = None
     if split:
         pa = part if part is not None else cupy.empty((nunits, C), dtype=np.float32)
@@ -325,7 +342,7 @@ def _gpu_rowbcast(x, mode, *, a=None, b=None, p=None, padded=False, q=None, ix=N
     ``[B, Lp, C]`` of x's dtype; ``q``: ``[B, C]`` float32; ``ix``: ``[B, C]`` int64."""
     T, C, B = x.values.shape[0], _ncols(x), x.nrows
     if out is None:
-        out = cupy.empty((T, C), dtype=x.dtype)
+        out = cupy.empty(x.values.shape, dtype=x.dtype)
     if T == 0 or C == 0:
         return out
     tn = _TNAME[x.dtype][0]
@@ -338,7 +355,7 @@ def _gpu_rowbcast(x, mode, *, a=None, b=None, p=None, padded=False, q=None, ix=N
         p_row, p_pos = p.shape[1] * C, C
     else:
         p_row, p_pos = C, 0
-    kern = _FAM.get(f"rowbcast<{tn}, {V}>")
+    kern = _kern(f"rowbcast<{tn}, {V}>")
     kern((blocks, yt), (_BLOCK,),
          (_ptr(a), _ptr(b), _ptr(p), _i64(p_row), _i64(p_pos), _ptr(q), _ptr(ix), _off64(x), co,
           crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i64(trunc), _i32(CT), _i32(LPR),
@@ -349,12 +366,12 @@ def _gpu_rowbcast(x, mode, *, a=None, b=None, p=None, padded=False, q=None, ix=N
 def _gpu_fused(x, K, mode, fmode, trunc, b=None):
     """Reduce each row (kind K) then rewrite it with ``apply(fmode, x, b, q=reduced)``: one
     kernel when a block can own a whole row, else a split reduction plus ``rowbcast``."""
-    vals = _flat(x)
-    T, C, B = vals.shape[0], vals.shape[1], x.nrows
-    out = cupy.empty((T, C), dtype=x.dtype)
+    vals = x.values
+    T, C, B = vals.shape[0], _ncols(x), x.nrows
+    out = cupy.empty(vals.shape, dtype=x.dtype)
     if T == 0 or C == 0:
         return out
-    bv = None if b is None else _flat(b)
+    bv = None if b is None else b.values
     V, CT, yt = _geom(C, x.dtype, vals, bv, out)
     ib = C * x.dtype.itemsize * (2 if K == K_DOT else 1)
     chunk, nunits, LPR, split, blocks, co, crow = _schedule(x, "reduce", ib, trunc, CT)
@@ -362,7 +379,7 @@ def _gpu_fused(x, K, mode, fmode, trunc, b=None):
         q = _gpu_reduce(x, K, mode, np.float32, OUT_F32, trunc, b=b)
         return _gpu_rowbcast(x, fmode, a=vals, b=bv, q=q, trunc=trunc, out=out)
     tn = _TNAME[x.dtype][0]
-    kern = _FAM.get(f"reduce_rows<{tn}, {K}, {V}>")
+    kern = _kern(f"reduce_rows<{tn}, {K}, {V}>")
     kern((blocks, yt), (_BLOCK,),
          (vals, _ptr(bv), _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk),
           _i64(trunc), _i32(CT), _i32(LPR), _i32(mode), _i32(0), _NULL, _NULL, _NULL, _NULL,
@@ -400,11 +417,15 @@ def _is_float(dtype) -> bool:
 
 
 def _shape_out(x, out):
-    return out.reshape((x.nrows, *x.inner_shape))
+    shape = (x.nrows, *x.inner_shape)
+    return out if out.shape == shape else out.reshape(shape)
 
 
 def _jagged_like(x, values):
-    return x._with_values(values.reshape((values.shape[0], *x.inner_shape)))
+    inner = x.inner_shape
+    if values.shape[1:] != inner:
+        values = values.reshape((values.shape[0], *inner))
+    return x._with_values(values)
 
 
 # ---- reductions --------------------------------------------------------------------------------
@@ -665,7 +686,7 @@ def logsumexp_backward(grad, x, result=None, *, max_length=None):
         if not _kernel_ok(x):
             return _to_dev(logsumexp_backward(cupy.asnumpy(grad), _to_host(x),
                                               cupy.asnumpy(result), max_length=max_length), x)
-        return _jagged_like(x, _gpu_rowbcast(x, E_LSE_BWD, a=_flat(x), p=g, q=q, trunc=trunc))
+        return _jagged_like(x, _gpu_rowbcast(x, E_LSE_BWD, a=x.values, p=g, q=q, trunc=trunc))
     return _jagged_like(x, _cpu_bcast(x, g, trunc, lse=q).astype(x.dtype))
 
 
@@ -752,9 +773,9 @@ def cumsum_backward(grad, *, exclusive=False, reverse=False):
 
 
 def _gpu_cumsum(x, exclusive, reverse):
-    vals = _flat(x)
-    T, C, B = vals.shape[0], vals.shape[1], x.nrows
-    out = cupy.empty((T, C), dtype=x.dtype)
+    vals = x.values
+    T, C, B = vals.shape[0], _ncols(x), x.nrows
+    out = cupy.empty(vals.shape, dtype=x.dtype)
     if T == 0 or C == 0:
         return out
     tn = _TNAME[x.dtype][0]
@@ -765,7 +786,7 @@ def _gpu_cumsum(x, exclusive, reverse):
     if split:
         pa = cupy.empty((nunits, C), dtype=np.float32)
         _gpu_reduce(x, K_SUM, 0, np.float32, OUT_F32, _NOTRUNC, pass_=2, part=pa)
-    kern = _FAM.get(f"cumsum_rows<{tn}, {V}>")
+    kern = _kern(f"cumsum_rows<{tn}, {V}>")
     kern((nunits, yt), (_BLOCK,),
          (vals, _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i32(CT),
           _i32(exclusive), _i32(reverse), _ptr(pa), out))
@@ -911,7 +932,7 @@ def elementwise(ufunc, *inputs, **kwargs):
             padded = kinds[1 - ji] == "padded"
             p = cupy.ascontiguousarray(other).reshape(
                 (x.nrows, other.shape[1], _ncols(x)) if padded else (x.nrows, _ncols(x)))
-            return _jagged_like(x, _gpu_rowbcast(j, mode, a=_flat(j), p=p, padded=padded))
+            return _jagged_like(x, _gpu_rowbcast(j, mode, a=j.values, p=p, padded=padded))
     ops = []
     for a, kind in zip(inputs, kinds):
         if kind == "jagged":
