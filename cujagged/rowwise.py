@@ -229,6 +229,12 @@ def _geom(C: int, dtype, *arrays):
     return V, CT, -(-cv // CT)
 
 
+# Scheduling thresholds in bytes (tests shrink them to exercise the split paths on small data).
+_SCHED = {"whole_reduce": 256 * _KB, "whole_scan": 128 * _KB, "small_row": 32 * _KB,
+          "split_min": 64 * _KB, "split_max": 1024 * _KB, "bcast_chunk": 64 * _KB,
+          "scan_chunk": 64 * _KB}
+
+
 def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     """Work split of x's rows (cached per structure): (chunk, nunits, LPR, split, blocks,
     chunk_off, chunk_row).
@@ -237,7 +243,8 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     chunks of 64 KB .. 1 MB combined by the last block), "bcast" (chunks of at most 64 KB, no
     combine) or "scan" (whole rows up to 128 KB, else 64 KB chunks with carries). LPR lanes per
     unit, R / LPR units per block: several short rows share a block."""
-    key = ("rowwise.sched", kind, item_bytes, trunc if trunc < x.max_length else None, CT)
+    key = ("rowwise.sched", kind, item_bytes, trunc if trunc < x.max_length else None, CT,
+           tuple(_SCHED.values()))
     c = x._cache
     hit = c.get(key)
     if hit is not None:
@@ -249,15 +256,17 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     ib = _builtin_max(item_bytes, 1)
     row_bytes = L * ib
     mean = _builtin_min(T / B if B else 0.0, L)
+    S = _SCHED
     if kind == "bcast":
-        chunk, split = _builtin_max(1, _builtin_min(_builtin_max(L, 1), (64 * _KB) // ib)), False
+        chunk = _builtin_max(1, _builtin_min(_builtin_max(L, 1), S["bcast_chunk"] // ib))
+        split = False
     else:
-        whole = (256 if kind == "reduce" else 128) * _KB
-        if row_bytes <= whole and (B >= 2 * sm or row_bytes <= 32 * _KB):
+        whole = S["whole_reduce"] if kind == "reduce" else S["whole_scan"]
+        if row_bytes <= whole and (B >= 2 * sm or row_bytes <= S["small_row"]):
             chunk, split = _builtin_max(L, 1), False
         else:
-            cb = 64 * _KB if kind == "scan" else _builtin_min(
-                1024 * _KB, _builtin_max(64 * _KB, (T * ib) // (4 * sm)))
+            cb = S["scan_chunk"] if kind == "scan" else _builtin_min(
+                S["split_max"], _builtin_max(S["split_min"], (T * ib) // (4 * sm)))
             chunk, split = _builtin_max(1, cb // ib), True
     if chunk >= L:
         nunits = _builtin_max(B, 1)
@@ -494,14 +503,16 @@ def _extremum(x, is_min, want_index, initial, trunc):
         info = np.iinfo(v.dtype)
         fill = info.max if is_min else info.min
     outv = np.full((B, C), fill, dtype=v.dtype)
-    outi = np.full((B, C), -1, dtype=np.int64)
-    _cpu.reduce_max(v, x.offsets, trunc, is_min, outv, outi)
     if want_index:
+        outi = np.full((B, C), -1, dtype=np.int64)
+        _cpu.reduce_max(v, x.offsets, trunc, is_min, outv, outi)
         return _shape_out(x, outi)
+    _cpu.reduce_maxval(v, x.offsets, trunc, is_min, outv)
     if initial is not None:
+        empty = (np.minimum(np.diff(x.offsets), trunc) == 0)[:, None]
         outv = np.minimum(outv, initial) if is_min else np.maximum(outv, initial)
-        outv = np.where(outi < 0, initial, outv)
-    return _shape_out(x, outv.astype(x.dtype))
+        outv = np.where(empty, initial, outv)
+    return _shape_out(x, outv.astype(x.dtype, copy=False))
 
 
 def max(x, axis=1, *, dim=None, initial=None, max_length=None):  # noqa: A001

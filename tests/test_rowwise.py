@@ -25,7 +25,8 @@ INT_OK = {"sum", "prod", "max", "min", "argmax", "argmin", "any", "all", "mean"}
 
 
 # ---- helpers -------------------------------------------------------------------------------
-def make_x(lens, inner, dtype, off_dtype, seed, scale=1.0, ties=False):
+def make_x(lens, inner, dtype, off_dtype, seed, scale=1.0, ties=False, special=False):
+    """Random jagged batch; ``ties``: many equal values; ``special``: some NaN / +-inf."""
     rng = np.random.default_rng(seed)
     T = int(sum(lens))
     dtype = np.dtype(dtype)
@@ -35,6 +36,11 @@ def make_x(lens, inner, dtype, off_dtype, seed, scale=1.0, ties=False):
         vals = rng.standard_normal((T, *inner)) * scale
         if ties:
             vals = np.round(vals)
+        if special and vals.size:
+            flat = vals.reshape(-1)
+            k = rng.integers(1, 4)
+            flat[rng.choice(flat.size, size=min(k, flat.size), replace=False)] = rng.choice(
+                [np.nan, np.inf, -np.inf], size=min(k, flat.size))
     vals = vals.astype(np.float32).astype(dtype) if dtype.kind == "f" or dtype == bfloat16 \
         else vals.astype(dtype)
     return JaggedArray(vals, make_offsets(lens, off_dtype))
@@ -120,12 +126,12 @@ def cases(draw, dtypes=None, max_len=40):
 
 # ---- CPU (Numba) against float64 NumPy loops -------------------------------------------------
 @pytest.mark.parametrize("name", REDUCTIONS)
-@given(case=cases(dtypes=ALL_DTYPES), ties=st.booleans())
-def test_cpu_reductions_match_numpy(name, case, ties):
+@given(case=cases(dtypes=ALL_DTYPES), ties=st.booleans(), special=st.booleans())
+def test_cpu_reductions_match_numpy(name, case, ties, special):
     lens, inner, dtype, off_dtype, trunc, seed = case
     if np.dtype(dtype).kind in "iu" and name not in INT_OK:
         dtype = np.float32
-    x = make_x(lens, inner, dtype, off_dtype, seed, ties=ties)
+    x = make_x(lens, inner, dtype, off_dtype, seed, ties=ties, special=special)
     if name == "prod" and x.dtype.kind in "iu":  # keep integer products exact
         x = x._with_values(x.values % 3 - 1)
     out = getattr(R, name)(x, max_length=trunc)
@@ -410,12 +416,12 @@ REGIMES = [
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", REDUCTIONS)
-@given(case=cases(dtypes=ALL_DTYPES), ties=st.booleans())
-def test_gpu_reductions_match_numba(name, case, ties):
+@given(case=cases(dtypes=ALL_DTYPES), ties=st.booleans(), special=st.booleans())
+def test_gpu_reductions_match_numba(name, case, ties, special):
     lens, inner, dtype, off_dtype, trunc, seed = case
     if np.dtype(dtype).kind in "iu" and name not in INT_OK:
         dtype = np.float32
-    x = make_x(lens, inner, dtype, off_dtype, seed, ties=ties)
+    x = make_x(lens, inner, dtype, off_dtype, seed, ties=ties, special=special)
     _compare_reduction(name, x, trunc)
 
 
@@ -548,3 +554,50 @@ def test_gpu_elementwise_match_cpu(op, case, kind):
     out = f(_gpu(x), other_g)
     assert out.dtype == ref.dtype
     assert_close(_np(out), np.asarray(ref.values), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunk_bytes", [1, 300, 5000])
+@given(case=cases(dtypes=[np.dtype(np.float32), bfloat16, np.dtype(np.float16)]),
+       special=st.booleans())
+def test_gpu_split_paths_match_numba(chunk_bytes, case, special):
+    """Tiny scheduling thresholds: every row split in many chunks (last-block combine, split
+    softmax, chunked cumsum carries, chunked elementwise)."""
+    saved = dict(R._SCHED)
+    R._SCHED.update(whole_reduce=0, whole_scan=0, small_row=-1, split_min=chunk_bytes,
+                    split_max=chunk_bytes, bcast_chunk=chunk_bytes, scan_chunk=chunk_bytes)
+    try:
+        _split_paths(case, special)
+    finally:
+        R._SCHED.clear()
+        R._SCHED.update(saved)
+
+
+def _split_paths(case, special):
+    lens, inner, dtype, off_dtype, trunc, seed = case
+    x = make_x(lens, inner, dtype, off_dtype, seed, special=special)
+    for name in REDUCTIONS:
+        _compare_reduction(name, x, trunc)
+    xs = make_x(lens, inner, dtype, off_dtype, seed)
+    xg = _gpu(xs)
+    for log in (False, True):
+        f = R.log_softmax if log else R.softmax
+        fb = R.log_softmax_backward if log else R.softmax_backward
+        y, yg = f(xs, max_length=trunc), f(xg, max_length=trunc)
+        assert_close(_np(yg), np.asarray(y.values), dtype)
+        g = make_x(lens, inner, dtype, off_dtype, seed + 1)
+        assert_close(_np(fb(_gpu(g), yg, max_length=trunc)),
+                     np.asarray(fb(g, y, max_length=trunc).values), dtype)
+    for exclusive in (False, True):
+        for reverse in (False, True):
+            assert_close(_np(R.cumsum(xg, exclusive=exclusive, reverse=reverse)),
+                         np.asarray(R.cumsum(xs, exclusive=exclusive, reverse=reverse).values),
+                         dtype)
+    w = np.random.default_rng(seed).standard_normal((xs.nrows, *inner)).astype(dtype)
+    import cupy
+
+    for name in ["sum", "mean", "max", "min", "logsumexp"]:
+        fbk = getattr(R, f"{name}_backward")
+        assert_close(_np(fbk(cupy.asarray(w), xg, max_length=trunc)),
+                     np.asarray(fbk(w, xs, max_length=trunc).values), dtype)
+    assert_close(_np(xg + cupy.asarray(w)), np.asarray((xs + w).values), dtype)

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 from numba import prange
 
-__all__ = ["reduce_sum", "reduce_prod", "reduce_max", "reduce_lse", "softmax_rows",
+__all__ = ["reduce_sum", "reduce_prod", "reduce_max", "reduce_maxval", "reduce_lse", "softmax_rows",
            "softmax_backward_rows", "cumsum_rows"]
 
 _JIT = dict(cache=True, nogil=True)
@@ -26,11 +26,24 @@ def reduce_sum(v, off, trunc, out):
     for b in prange(B):
         s = off[b]
         e = min(off[b + 1], s + trunc)
-        if C == 1:
-            acc = out[b, 0]
-            for i in range(s, e):
-                acc += v[i, 0]
-            out[b, 0] = acc
+        if C == 1:  # eight independent chains (fixed order: deterministic)
+            a0 = out[b, 0]
+            a1 = a2 = a3 = a4 = a5 = a6 = a7 = a0 - a0
+            i = s
+            while i + 8 <= e:
+                a0 += v[i, 0]
+                a1 += v[i + 1, 0]
+                a2 += v[i + 2, 0]
+                a3 += v[i + 3, 0]
+                a4 += v[i + 4, 0]
+                a5 += v[i + 5, 0]
+                a6 += v[i + 6, 0]
+                a7 += v[i + 7, 0]
+                i += 8
+            while i < e:
+                a0 += v[i, 0]
+                i += 1
+            out[b, 0] = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
         else:
             for i in range(s, e):
                 for c in range(C):
@@ -83,6 +96,58 @@ def reduce_max(v, off, trunc, is_min, outv, outi):
                     ):
                         outv[b, c] = x
                         outi[b, c] = i - s
+
+
+@numba.njit(**_JIT)
+def _better(x, m, is_min):
+    return x != x or (x < m if is_min else x > m)
+
+
+@numba.njit(parallel=True, **_JIT)
+def reduce_maxval(v, off, trunc, is_min, outv):
+    """Max (or min) value of each (truncated) row; NaN propagates. ``outv`` holds the empty-row
+    fill (-inf / +inf, or the integer dtype's min / max) and is updated in place."""
+    B = off.shape[0] - 1
+    C = v.shape[1]
+    for b in prange(B):
+        s = off[b]
+        e = min(off[b + 1], s + trunc)
+        if C == 1:  # four independent chains; a NaN sticks to its chain
+            m0 = outv[b, 0]
+            m1 = m2 = m3 = m0
+            i = s
+            if is_min:
+                while i + 4 <= e:
+                    x0, x1, x2, x3 = v[i, 0], v[i + 1, 0], v[i + 2, 0], v[i + 3, 0]
+                    m0 = x0 if (x0 < m0 or x0 != x0) else m0
+                    m1 = x1 if (x1 < m1 or x1 != x1) else m1
+                    m2 = x2 if (x2 < m2 or x2 != x2) else m2
+                    m3 = x3 if (x3 < m3 or x3 != x3) else m3
+                    i += 4
+            else:
+                while i + 4 <= e:
+                    x0, x1, x2, x3 = v[i, 0], v[i + 1, 0], v[i + 2, 0], v[i + 3, 0]
+                    m0 = x0 if (x0 > m0 or x0 != x0) else m0
+                    m1 = x1 if (x1 > m1 or x1 != x1) else m1
+                    m2 = x2 if (x2 > m2 or x2 != x2) else m2
+                    m3 = x3 if (x3 > m3 or x3 != x3) else m3
+                    i += 4
+            while i < e:
+                x = v[i, 0]
+                if m0 == m0 and _better(x, m0, is_min):
+                    m0 = x
+                i += 1
+            for m in (m1, m2, m3):
+                if m0 == m0 and _better(m, m0, is_min):
+                    m0 = m
+            outv[b, 0] = m0
+        else:
+            for i in range(s, e):
+                for c in range(C):
+                    x = v[i, c]
+                    m = outv[b, c]
+                    if m == m and _better(x, m, is_min):
+                        outv[b, c] = x
 
 
 @numba.njit(parallel=True, **_JIT)
