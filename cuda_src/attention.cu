@@ -1,9 +1,10 @@
 // Jagged Flash Attention, forward.
 //
 // Work is a list of real tiles (row, query tile), built on the device from the offsets, rows of most
-// work first: perm[p] is the p-th row in that order and tile_off[p] (cumulative, [B+1]) its first
-// tile. Block x handles head x % H of tile x / H; blocks past tile_off[B] * H exit at once, so the
-// grid only needs a host-side upper bound (ceil(T/BM) + B tiles).
+// work first: perm[p] is the p-th row in that order, tile_off[p] (cumulative, [B+1]) its first tile
+// and tile_info[t] = (row, query tile) of tile t. Block x handles head x % H of tile x / H; blocks
+// past tile_off[B] * H exit at once, so the grid only needs a host-side upper bound
+// (ceil(T/BM) + B tiles).
 //
 // Row b: queries q[q_off[b] + i], keys/values k,v[k_off[b] + j], with Lq = min(len_q, max_seq_len),
 // Lk = min(len_k, max_seq_len); query rows i >= Lq are written as zeros (lse = -inf). Causal: key j
@@ -24,21 +25,35 @@ struct TileInfo {
   bool live;
 };
 
+// tile_info[t] = (row, query tile) of tile t, filled once per batch by jfa_tile_info.
+__global__ void jfa_tile_info(const int32_t* __restrict__ perm,
+                              const int32_t* __restrict__ tile_off, int64_t B,
+                              int32_t* __restrict__ tile_info) {
+  for (int64_t p = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; p < B;
+       p += (int64_t)gridDim.x * blockDim.x) {
+    const int32_t t0 = tile_off[p], t1 = tile_off[p + 1], row = perm[p];
+    for (int32_t t = t0; t < t1; ++t) {
+      tile_info[2 * (int64_t)t] = row;
+      tile_info[2 * (int64_t)t + 1] = t1 - 1 - t;  // last query tile first (most causal work)
+    }
+  }
+}
+
 template <int BM>
 __device__ __forceinline__ TileInfo locate_tile(const int64_t* __restrict__ q_off,
                                                 const int64_t* __restrict__ k_off,
-                                                const int32_t* __restrict__ perm,
+                                                const int32_t* __restrict__ tile_info,
                                                 const int32_t* __restrict__ tile_off, int64_t B,
                                                 int H, int Hk, int64_t max_seq_len) {
   TileInfo ti;
   const int64_t lin = blockIdx.x;
   ti.h = (int)(lin % H);
   const int64_t tile = lin / H;
+  const int2 info = __ldg(reinterpret_cast<const int2*>(tile_info) + tile);  // < grid bound
   ti.live = tile < (int64_t)__ldg(tile_off + B);
   if (!ti.live) return ti;
-  const int64_t p = find_row(tile_off, B, tile);
-  ti.row = __ldg(perm + p);
-  const int64_t qt = (int64_t)__ldg(tile_off + p + 1) - 1 - tile;  // last query tile first
+  ti.row = info.x;
+  const int64_t qt = info.y;
   ti.q_start = __ldg(q_off + ti.row);
   const int64_t lq = __ldg(q_off + ti.row + 1) - ti.q_start;
   ti.k_start = __ldg(k_off + ti.row);
@@ -66,7 +81,7 @@ template <typename T, int D, int BM, bool HAS_BIAS>
 __global__ void __launch_bounds__(JfaCfg<D, BM>::NT, 1)
 jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
             T* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
-            const int64_t* __restrict__ k_off, const int32_t* __restrict__ perm,
+            const int64_t* __restrict__ k_off, const int32_t* __restrict__ tile_info,
             const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
             float scale_log2, int causal, const T* __restrict__ bias, int64_t bias_sb,
             int64_t bias_sh, int64_t bias_si, int write_lse) {
@@ -80,7 +95,7 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
   T* sK = sQ + BM * SD;
   T* sV = sK + 2 * BN * SD;
 
-  const TileInfo ti = locate_tile<BM>(q_off, k_off, perm, tile_off, B, H, Hk, max_seq_len);
+  const TileInfo ti = locate_tile<BM>(q_off, k_off, tile_info, tile_off, B, H, Hk, max_seq_len);
   if (!ti.live) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, tq = lane & 3;
@@ -213,11 +228,16 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
         mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        // lazy rescaling: the running max only moves when it grows by more than 8 (log2 units),
+        // so most steps skip rescaling O; P = 2^(x - m) <= 2^8 stays well inside fp32 / bf16
         const float mn0 = fmaxf(mrow[mt][0], mx0), mn1 = fmaxf(mrow[mt][1], mx1);
-        const float mu0 = mn0 == -CJ_INF ? 0.f : mn0, mu1 = mn1 == -CJ_INF ? 0.f : mn1;
-        const float al0 = fast_exp2(mrow[mt][0] - mu0), al1 = fast_exp2(mrow[mt][1] - mu1);
-        mrow[mt][0] = mn0;
-        mrow[mt][1] = mn1;
+        const bool up0 = mn0 > mrow[mt][0] + 8.f, up1 = mn1 > mrow[mt][1] + 8.f;
+        const float mnew0 = up0 ? mn0 : mrow[mt][0], mnew1 = up1 ? mn1 : mrow[mt][1];
+        const float mu0 = mnew0 == -CJ_INF ? 0.f : mnew0, mu1 = mnew1 == -CJ_INF ? 0.f : mnew1;
+        const float al0 = up0 ? fast_exp2(mrow[mt][0] - mu0) : 1.f;
+        const float al1 = up1 ? fast_exp2(mrow[mt][1] - mu1) : 1.f;
+        mrow[mt][0] = mnew0;
+        mrow[mt][1] = mnew1;
         float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb) {
@@ -230,10 +250,12 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
         }
         lrow[mt][0] = lrow[mt][0] * al0 + rs0;
         lrow[mt][1] = lrow[mt][1] * al1 + rs1;
+        if (__any_sync(0xffffffffu, up0 || up1)) {
 #pragma unroll
-        for (int i = 0; i < DB; ++i) {
-          oacc[mt][i][0] *= al0; oacc[mt][i][1] *= al0;
-          oacc[mt][i][2] *= al1; oacc[mt][i][3] *= al1;
+          for (int i = 0; i < DB; ++i) {
+            oacc[mt][i][0] *= al0; oacc[mt][i][1] *= al0;
+            oacc[mt][i][2] *= al1; oacc[mt][i][3] *= al1;
+          }
         }
       }
 
@@ -319,7 +341,7 @@ template <int D, bool HAS_BIAS>
 __global__ void __launch_bounds__(128, 1)
 jfa_fwd_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
             float* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
-            const int64_t* __restrict__ k_off, const int32_t* __restrict__ perm,
+            const int64_t* __restrict__ k_off, const int32_t* __restrict__ tile_info,
             const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
             float scale, int causal, const float* __restrict__ bias, int64_t bias_sb,
             int64_t bias_sh, int64_t bias_si, int write_lse) {
@@ -329,7 +351,7 @@ jfa_fwd_f32(const float* __restrict__ q, const float* __restrict__ k, const floa
   float* sK = sQ + BM * D;                          // BN x (D+1)
   float* sV = sK + BN * (D + 1);                    // BN x D
 
-  const TileInfo ti = locate_tile<BM>(q_off, k_off, perm, tile_off, B, H, Hk, max_seq_len);
+  const TileInfo ti = locate_tile<BM>(q_off, k_off, tile_info, tile_off, B, H, Hk, max_seq_len);
   if (!ti.live) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int Lq = ti.Lq, Lk = ti.Lk;

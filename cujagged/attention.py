@@ -46,7 +46,7 @@ def _f32_name(d: int, has_bias: bool) -> str:
 
 
 def _instantiations():
-    names = []
+    names = ["jfa_tile_info"]
     for t in ("bf16_t", "f16_t"):
         for d in HEAD_DIMS:
             for hb in (False, True):
@@ -95,11 +95,13 @@ def _as_jagged(x, offsets, name: str, off_name: str) -> JaggedArray:
     return JaggedArray(x, offsets)
 
 
-def _tile_list(xp, q_off, k_off, bm: int, msl: int, cache):
-    """(q_off int64, k_off int64, perm int32 [B], tile_off int32 [B+1]) — rows of most work first.
+def _tile_list(xp, q_off, k_off, bm: int, msl: int, cache, bound: int):
+    """(q_off int64, k_off int64, tile_info int32 [bound, 2], tile_off int32 [B+1]).
 
-    Built on the device without a host sync; cached in the JaggedArray's ``_cache``."""
-    key = ("jfa_tiles", bm, msl)
+    Rows sorted by work (most first); ``tile_off`` counts their query tiles cumulatively and
+    ``tile_info[t] = (row, query tile)``; ``bound`` (host-known) >= the tile count. Built on the
+    device without a host sync; cached in the JaggedArray's ``_cache``."""
+    key = ("jfa_tiles", bm, msl, bound)
     if cache is not None:
         hit = cache.get(key)
         if hit is not None and hit[0] is k_off:
@@ -111,7 +113,11 @@ def _tile_list(xp, q_off, k_off, bm: int, msl: int, cache):
     perm = xp.argsort(-work).astype(np.int32)
     tile_off = xp.zeros(nt.shape[0] + 1, dtype=np.int32)
     tile_off[1:] = xp.cumsum(nt[perm])
-    out = (qo, ko, perm, tile_off)
+    info = xp.empty((bound, 2), dtype=np.int32)
+    B = nt.shape[0]
+    _FAM.get("jfa_tile_info")((min((B + 127) // 128, 1024),), (128,),
+                              (perm, tile_off, np.int64(B), info))
+    out = (qo, ko, info, tile_off)
     if cache is not None:
         cache[key] = (k_off, out)
     return out
@@ -269,8 +275,10 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                 bm, name, smem, threads = 16, _f32_name(D, has_bias), _f32_smem(D), 128
                 sc = scale
             else:
-                bm = _bm or (128 if (D in _BM128_DIMS and not has_bias and T >= 192 * B)
-                             else 64)
+                # 128-row tiles pay off when long rows carry the work (measured on H200)
+                mq = min(qj.max_length, msl)
+                bm = _bm or (128 if (D in _BM128_DIMS and not has_bias
+                                     and (mq >= 1024 or (mq >= 512 and not causal))) else 64)
                 name = _mma_name(_TNAME[dt], D, bm, has_bias)
                 smem, threads = _mma_smem(D, bm), _mma_threads(D, bm)
                 sc = scale * math.log2(math.e)
@@ -280,11 +288,13 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                 if kid not in _SMEM_SET:
                     kern.max_dynamic_shared_size_bytes = smem
                     _SMEM_SET.add(kid)
-            qo, ko, perm, tile_off = _tile_list(xp, qj.offsets, kj.offsets, bm, msl, qj._cache)
-            grid = ((T + bm - 1) // bm + B) * H
+            bound = (T + bm - 1) // bm + B
+            qo, ko, info, tile_off = _tile_list(xp, qj.offsets, kj.offsets, bm, msl, qj._cache,
+                                                bound)
+            grid = bound * H
             if grid >= 2**31:
                 raise ValueError("batch too large for one launch (tile count * heads >= 2**31)")
-            tail = (qo, ko, perm, tile_off, np.int64(B), np.int32(H), np.int32(Hk),
+            tail = (qo, ko, info, tile_off, np.int64(B), np.int32(H), np.int32(Hk),
                     np.int64(msl), np.float32(sc), np.int32(bool(causal)))
             kern((grid,), (threads,),
                  (qv, kv, vv, out, lse, *tail, bias if has_bias else qv, np.int64(sb),
