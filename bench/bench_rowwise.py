@@ -219,22 +219,27 @@ def _peers(label, sets, lens, B, max_len, D, dtype, params, T, isz, quick, out):
     add("softmax_fwd", "padded_roundtrip", padded_softmax, 2 * tv)
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, verbose: bool = False) -> list[dict]:
     from cujagged import bfloat16
 
     out = [copy_entry()]
+    if verbose:
+        print(_table(out), flush=True)
     regimes = REGIMES
     for label, B, max_len, fill in regimes:
         for dtype in (bfloat16, np.float32):
             if quick and label != "ref" and dtype != bfloat16:
                 continue
+            n0 = len(out)
             _bench_regime(label, B, max_len, fill, 128, dtype, quick, out)
+            if verbose:
+                print(_table(out[:1] + out[n0:], header=False), flush=True)
     return out
 
 
-def _table(res):
+def _table(res, header=True):
     copy = next(e for e in res if e["name"] == "copy")["gbps"]
-    lines = [f"copy bandwidth: {copy} GB/s"]
+    lines = [f"copy bandwidth: {copy} GB/s"] if header else []
     for e in res:
         if e["name"] == "copy":
             continue
@@ -272,8 +277,7 @@ if __name__ == "__main__":
         precompile()
         sys.exit(0)
     quick = "--quick" in sys.argv
-    res = run(quick=quick)
-    print(_table(res))
+    res = run(quick=quick, verbose=True)
     if "--json" in sys.argv:
         with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
             json.dump(res, f, indent=1)
