@@ -57,7 +57,7 @@ def run(quick: bool = False) -> list[dict]:
                   "threads": numba.get_num_threads()}
         nbytes = vals.nbytes + B * D * 4
         for name, fn in (("sum", R.sum), ("max", R.max)):
-            ms = _wall_ms(lambda fn=fn: fn(x))
+            ms = _wall_ms(lambda fn=fn, x=x: fn(x))
             out.append(entry(f"cpu_{name}", "cujagged_numba", params, ms, nbytes=nbytes))
         if ak is not None:
             content = ak.contents.NumpyArray(vals)
@@ -68,7 +68,7 @@ def run(quick: bool = False) -> list[dict]:
             mx = ak.to_numpy(ak.fill_none(ref_max, -np.inf))
             np.testing.assert_array_equal(np.asarray(mx), R.max(x))
             for name, fn in (("sum", ak.sum), ("max", ak.max)):
-                ms = _wall_ms(lambda fn=fn: fn(arr, axis=1))
+                ms = _wall_ms(lambda fn=fn, arr=arr: fn(arr, axis=1))
                 out.append(entry(f"cpu_{name}", "awkward", params, ms, nbytes=nbytes))
     return out
 
