@@ -489,9 +489,9 @@ rowbcast(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__
 
 // ---- cumsum ------------------------------------------------------------------------------------
 // Inclusive (exclusive=0) or exclusive scan of each column along each row; reverse=1 scans from
-// the row's end (the backward of the forward scan). One unit per block; the carry-in of a unit is
-// the sum of the partial sums part_a of the row's earlier units in scan order (a reduce_rows
-// pass 2), or 0 when every row is one unit (part_a == nullptr).
+// the row's end (the backward of the forward scan). One unit per block; part_a [unit, C] holds
+// the carry-in of each unit (the sum of the row's earlier units in scan order), or is nullptr
+// when every row is one unit.
 template <typename T, int V>
 __global__ void __launch_bounds__(CJ_BLOCK, 2)
 cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ offsets,
@@ -509,11 +509,8 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ offsets,
 #pragma unroll
   for (int j = 0; j < V; ++j) carry[j] = 0.f;
   if (part_a && active) {
-    const int64_t g0 = chunk_off[un.row], g1 = chunk_off[un.row + 1], g = un.id;
-    for (int64_t h = reverse ? g + 1 : g0; h < (reverse ? g1 : g); ++h) {
 #pragma unroll
-      for (int j = 0; j < V; ++j) carry[j] += part_a[h * C + col + j];
-    }
+    for (int j = 0; j < V; ++j) carry[j] = part_a[un.id * C + col + j];
   }
   const int64_t n = un.end - un.start;
   for (int64_t base = 0; base < n; base += R) {

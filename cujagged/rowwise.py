@@ -783,6 +783,22 @@ def cumsum_backward(grad, *, exclusive=False, reverse=False):
     return cumsum(grad, exclusive=exclusive, reverse=not reverse)
 
 
+def _unit_carries(part, co, crow, B, reverse):
+    """Carry-in of every unit of a chunked scan from the units' sums ``part [nunits, C]``: the
+    sum of the row's earlier (``reverse``: later) units, through a float64 prefix sum. Units past
+    the last real one (spare, never written) only pollute entries nobody reads."""
+    p64 = part.astype(np.float64)
+    cs = cupy.cumsum(p64, axis=0)
+    row = cupy.minimum(crow, B - 1)
+    if reverse:
+        row_end = cs[co[1:] - 1]  # inclusive sum at the row's last unit
+        carry = row_end[row] - cs
+    else:
+        excl = cs - p64
+        carry = excl - excl[co[:-1]][row]
+    return carry.astype(np.float32)
+
+
 def _gpu_cumsum(x, exclusive, reverse):
     vals = x.values
     T, C, B = vals.shape[0], _ncols(x), x.nrows
@@ -795,8 +811,9 @@ def _gpu_cumsum(x, exclusive, reverse):
                                                      CT)
     pa = None
     if split:
-        pa = cupy.empty((nunits, C), dtype=np.float32)
-        _gpu_reduce(x, K_SUM, 0, np.float32, OUT_F32, _NOTRUNC, pass_=2, part=pa)
+        part = cupy.empty((nunits, C), dtype=np.float32)
+        _gpu_reduce(x, K_SUM, 0, np.float32, OUT_F32, _NOTRUNC, pass_=2, part=part)
+        pa = _unit_carries(part, co, crow, B, reverse)
     kern = _kern(f"cumsum_rows<{tn}, {V}>")
     kern((nunits, yt), (_BLOCK,),
          (vals, _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i32(CT),
