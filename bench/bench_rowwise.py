@@ -1,7 +1,8 @@
 """Row-wise ops on the GPU: reductions, softmax, cumsum, elementwise, backward.
 
 Reference shape: B=1024, max_len=1024, fill 0.25, inner D=128, bf16 and fp32. Regimes: mean row
-length 8 (B=16384, max_len=32) and mean 4000 (B=256, max_len=16000). Bytes = inputs read once +
+length 8 (B=16384, max_len=32), mean 4000 (B=256, max_len=16000) and one row of 10**6 items among
+1023 rows of mean length 8 ("row1e6"). Bytes = inputs read once +
 outputs written once. Peers (same process, same inputs): ``torch.segment_reduce(..., lengths=)``
 for sum/max, NJT ``torch.softmax(njt, dim=1)``, and the padded round trip
 (``_jagged_to_padded_dense_forward`` -> softmax -> ``_padded_dense_to_jagged_forward``).
@@ -22,6 +23,7 @@ REGIMES = [  # (label, B, max_len, fill)
     ("ref", 1024, 1024, 0.25),
     ("mean8", 16384, 32, 0.25),
     ("mean4000", 256, 16000, 0.25),
+    ("row1e6", 1024, 32, 0.25),  # mean-8 rows plus one row of 10**6 items
 ]
 
 
@@ -31,6 +33,8 @@ def _inputs(B, max_len, fill, D, dtype, n_sets=2, seed=0):
     from cujagged import JaggedArray
 
     lens = lengths_for(B, max_len, fill, seed=seed)
+    if max_len == 32 and B == 1024:  # the "row1e6" regime
+        lens[B // 2] = 10**6
     off = np.zeros(B + 1, np.int64)
     np.cumsum(lens, out=off[1:])
     T = int(off[-1])
@@ -209,6 +213,8 @@ def _peers(label, sets, lens, B, max_len, D, dtype, params, T, isz, quick, out):
         nt = torch.nested.nested_tensor_from_jagged(v, toff)
         return torch.softmax(nt, dim=1)
 
+    if label == "row1e6":  # the padded forms would need B * 10**6 items
+        return
     add("softmax_fwd", "njt", njt_softmax, 2 * tv)
 
     def padded_softmax(v):
