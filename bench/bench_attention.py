@@ -217,6 +217,6 @@ if __name__ == "__main__":
 
     res = run(quick="--quick" in sys.argv)
     print(table(res))
-    if len(sys.argv) > 2 and sys.argv[-1].endswith(".json"):
+    if len(sys.argv) > 1 and sys.argv[-1].endswith(".json"):
         with open(sys.argv[-1], "w") as f:
             json.dump(res, f, indent=1)

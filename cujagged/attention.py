@@ -173,8 +173,13 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
         ``O`` with the layout of ``q`` (a JaggedArray when ``q`` is one, else values
         ``[Tq, H, D]``), and ``lse`` (float32 ``[Tq, H]``) when ``return_lse``.
 
-    Head dims 32, 64, 96, 128, 256. dtypes: bfloat16, float16 (tensor cores, fp32 accumulation),
-    float32 (exact fp32 FFMA), float64 (CPU backend only). Empty rows are fine. On the GPU no
+    Head dims 32, 64, 96, 128, 256. dtypes: bfloat16, float16 (tensor cores ``mma.sync``
+    m16n8k16, fp32 accumulation, P rounded to the input dtype for P·V), float32 (exact fp32 FFMA
+    kernel; there is no TF32 path yet), float64 (CPU backend only). Tiles: 64 query rows per
+    block (128 when the longest row is >= 512, or >= 1024 with ``causal``; head dims 64/128 only,
+    no bias), 64 keys per step (32 for D >= 128); only real tiles are launched work, longest
+    rows first. Extra device memory: the output, the LSE when asked, and a cached tile list of
+    ``8 * (T/BM + B)`` bytes. Empty rows are fine. On the GPU no
     host synchronisation happens when ``q``/``k`` are JaggedArrays (their tile list is cached);
     plain arrays with offsets are validated once (one small transfer).
     """
