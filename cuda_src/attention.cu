@@ -15,8 +15,16 @@
 
 #define JFA_LOG2E 1.4426950408889634f
 #define JFA_LN2 0.6931471805599453f
+// Tile knobs (overridable with -D for tuning sweeps; cujagged/attention.py mirrors them):
+// JFA_BN keys per step, JFA_MT 16-row MMA tiles per warp, JFA_MINB blocks per SM to plan for.
 #ifndef JFA_BN
 #define JFA_BN(D) ((D) <= 96 ? 64 : 32)
+#endif
+#ifndef JFA_MT
+#define JFA_MT(D) ((D) <= 128 ? 2 : 1)
+#endif
+#ifndef JFA_MINB
+#define JFA_MINB 1
 #endif
 
 struct TileInfo {
@@ -70,7 +78,7 @@ __device__ __forceinline__ TileInfo locate_tile(const int64_t* __restrict__ q_of
 // bf16 / fp16 on tensor cores. Each warp owns MT x 16 query rows (MT = 2 for D <= 128: every K/V
 // fragment read from shared memory feeds two MMAs); BM query rows per block, BN keys per step.
 template <int D, int BM> struct JfaCfg {
-  static constexpr int MT = D <= 128 ? 2 : 1;
+  static constexpr int MT = JFA_MT(D);
   static constexpr int NW = BM / (16 * MT);
   static constexpr int NT = NW * 32;
   static constexpr int BN = JFA_BN(D);
@@ -78,7 +86,7 @@ template <int D, int BM> struct JfaCfg {
 };
 
 template <typename T, int D, int BM, bool HAS_BIAS>
-__global__ void __launch_bounds__(JfaCfg<D, BM>::NT, 1)
+__global__ void __launch_bounds__(JfaCfg<D, BM>::NT, JFA_MINB)
 jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
             T* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
             const int64_t* __restrict__ k_off, const int32_t* __restrict__ tile_info,
