@@ -230,7 +230,10 @@ def _geom(C: int, dtype, *arrays):
 
 
 # Scheduling thresholds in bytes (tests shrink them to exercise the split paths on small data).
-_SCHED = {"whole_reduce": 256 * _KB, "whole_scan": 128 * _KB, "small_row": 32 * _KB,
+# A block owns whole rows only when they are short (balanced work); fused softmax keeps whole rows
+# up to 256 KB (one read of x from DRAM, the second from L2).
+_SCHED = {"whole_reduce": 32 * _KB, "whole_fused": 256 * _KB, "whole_scan": 128 * _KB,
+          "small_row": 32 * _KB,
           "split_min": 64 * _KB, "split_max": 1024 * _KB, "bcast_chunk": 64 * _KB,
           "scan_chunk": 64 * _KB}
 
@@ -239,10 +242,11 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     """Work split of x's rows (cached per structure): (chunk, nunits, LPR, split, blocks,
     chunk_off, chunk_row).
 
-    ``kind``: "reduce" (a block may own a whole row up to 256 KB, longer rows are split in
-    chunks of 64 KB .. 1 MB combined by the last block), "bcast" (chunks of at most 64 KB, no
-    combine) or "scan" (whole rows up to 128 KB, else 64 KB chunks with carries). LPR lanes per
-    unit, R / LPR units per block: several short rows share a block."""
+    ``kind``: "reduce" (a block may own whole rows up to 32 KB, longer rows are split in
+    chunks of 64 KB .. 1 MB combined by the last block), "fused" (the same with whole rows up to
+    256 KB: softmax in one kernel), "bcast" (chunks of at most 64 KB, no combine) or "scan"
+    (whole rows up to 128 KB, else 64 KB chunks with carries). LPR lanes per unit, R / LPR units
+    per block: several short rows share a block."""
     key = ("rowwise.sched", kind, item_bytes, trunc if trunc < x.max_length else None, CT,
            tuple(_SCHED.values()))
     c = x._cache
@@ -261,7 +265,7 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
         chunk = _builtin_max(1, _builtin_min(_builtin_max(L, 1), S["bcast_chunk"] // ib))
         split = False
     else:
-        whole = S["whole_reduce"] if kind == "reduce" else S["whole_scan"]
+        whole = S["whole_" + kind]
         if row_bytes <= whole and (B >= 2 * sm or row_bytes <= S["small_row"]):
             chunk, split = _builtin_max(L, 1), False
         else:
@@ -383,7 +387,7 @@ def _gpu_fused(x, K, mode, fmode, trunc, b=None):
     bv = None if b is None else b.values
     V, CT, yt = _geom(C, x.dtype, vals, bv, out)
     ib = C * x.dtype.itemsize * (2 if K == K_DOT else 1)
-    chunk, nunits, LPR, split, blocks, co, crow = _schedule(x, "reduce", ib, trunc, CT)
+    chunk, nunits, LPR, split, blocks, co, crow = _schedule(x, "fused", ib, trunc, CT)
     if split:
         q = _gpu_reduce(x, K, mode, np.float32, OUT_F32, trunc, b=b)
         return _gpu_rowbcast(x, fmode, a=vals, b=bv, q=q, trunc=trunc, out=out)
