@@ -36,6 +36,7 @@ __all__ = [
     "sum_backward", "mean_backward", "max_backward", "min_backward", "logsumexp_backward",
     "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
     "cumsum", "cumsum_backward", "sort", "argsort", "topk", "elementwise", "array_ufunc",
+    "jagged_dense_elementwise_add", "jagged_dense_elementwise_mul",
 ]
 
 _builtin_any, _builtin_all, _builtin_max, _builtin_min = any, all, max, min
@@ -981,6 +982,21 @@ def elementwise(ufunc, *inputs, **kwargs):
     if isinstance(res, tuple):
         return tuple(_jagged_like(x, r.reshape(r.shape[0], -1)) for r in res)
     return x._with_values(res)
+
+
+def jagged_dense_elementwise_add(x, dense):
+    """FBGEMM's ``jagged_dense_elementwise_add``: ``x + dense`` where ``dense`` is padded
+    ``[B, max_len >= x.max_length, *inner]`` (item j of row b meets ``dense[b, j]``) or per-row
+    ``[B, *inner]``; JaggedArray like ``x``."""
+    _check_jagged(x)
+    return elementwise(np.add, x, dense)
+
+
+def jagged_dense_elementwise_mul(x, dense):
+    """FBGEMM's ``jagged_dense_elementwise_mul``: ``x * dense`` (see
+    :func:`jagged_dense_elementwise_add`)."""
+    _check_jagged(x)
+    return elementwise(np.multiply, x, dense)
 
 
 def array_ufunc(x, ufunc, method, *inputs, **kwargs):

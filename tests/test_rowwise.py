@@ -321,6 +321,11 @@ def test_elementwise_ufuncs_and_errors():
     np.testing.assert_array_equal((x > 2).values, x.values > 2)
     np.testing.assert_allclose(np.add(np.array([1, 2], np.float32), x).values,
                                x.values + np.array([1, 1, 2, 2, 2, 2]))
+    dense = np.arange(2 * 5, dtype=np.float32).reshape(2, 5)
+    np.testing.assert_allclose(R.jagged_dense_elementwise_add(x, dense).values,
+                               x.values + np.array([0, 1, 5, 6, 7, 8]))
+    np.testing.assert_allclose(R.jagged_dense_elementwise_mul(x, dense).values,
+                               x.values * np.array([0, 1, 5, 6, 7, 8]))
     z = JaggedArray(np.ones(6, np.float32), [0, 3, 6])
     with pytest.raises(ValueError, match="same structure"):
         x + z
