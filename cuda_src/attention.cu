@@ -74,6 +74,35 @@ __device__ __forceinline__ TileInfo locate_tile(const int64_t* __restrict__ q_of
   return ti;
 }
 
+// cp.async a ROWS x D tile (global row stride rs; rows >= nvalid are zero-filled, reading `safe`)
+// into smem rows of SD elements, with NT threads. Strength-reduced: thread tid owns the 16-byte
+// column tid % CPR of rows tid / CPR + i * RSTEP, so each copy costs one pointer add; the generic
+// loop serves shapes where NT % CPR != 0 (D = 96).
+template <int ROWS, int NT, int D, int SD, typename T>
+__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t rs, int nvalid,
+                                          const T* safe, int tid) {
+  constexpr int CPR = D / 8;
+  if constexpr (NT % CPR == 0 && ROWS % (NT / CPR) == 0) {
+    constexpr int RSTEP = NT / CPR;
+    const int r0 = tid / CPR, c0 = tid % CPR;
+    const T* p = src + r0 * rs + c0 * 8;
+    const int64_t step = RSTEP * rs;
+    const uint32_t d = smem_addr(dst + r0 * SD + c0 * 8);
+#pragma unroll
+    for (int i = 0; i < ROWS / RSTEP; ++i) {
+      const bool ok = r0 + i * RSTEP < nvalid;
+      cp_async16(d + i * RSTEP * SD * (int)sizeof(T), ok ? p : safe, ok);
+      p += step;
+    }
+  } else {
+    for (int c = tid; c < ROWS * CPR; c += NT) {
+      const int r = c / CPR, cc = c % CPR;
+      const bool ok = r < nvalid;
+      cp_async16(smem_addr(dst + r * SD + cc * 8), ok ? src + r * rs + cc * 8 : safe, ok);
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // bf16 / fp16 on tensor cores. Each warp owns MT x 16 query rows (MT = 2 for D <= 128: every K/V
 // fragment read from shared memory feeds two MMAs); BM query rows per block, BN keys per step.
@@ -119,14 +148,6 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
   const T* kbase = k + ti.k_start * k_rs + (int64_t)ti.hk * D;
   const T* vbase = v + ti.k_start * k_rs + (int64_t)ti.hk * D;
 
-  auto load_rows = [&](T* dst, const T* src, int64_t rs, int rows, int nvalid, const T* safe) {
-    for (int c = tid; c < rows * CPR; c += NT) {
-      const int r = c / CPR, cc = c % CPR;
-      const bool ok = r < nvalid;
-      cp_async16(smem_addr(dst + r * SD + cc * 8), ok ? src + r * rs + cc * 8 : safe, ok);
-    }
-  };
-
   float oacc[MT][DB][4];
   float mrow[MT][2], lrow[MT][2];
 #pragma unroll
@@ -140,10 +161,10 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
   const int lm = lane >> 3, lr = lane & 7;
 
   if (n_kv > 0) {
-    load_rows(sQ, qbase, q_rs, BM, Lq - i0, q);
-    load_rows(sK, kbase, k_rs, BN, Lk, k);
+    load_tile<BM, NT, D, SD>(sQ, qbase, q_rs, Lq - i0, q, tid);
+    load_tile<BN, NT, D, SD>(sK, kbase, k_rs, Lk, k, tid);
     cp_async_commit();
-    load_rows(sV, vbase, k_rs, BN, Lk, v);
+    load_tile<BN, NT, D, SD>(sV, vbase, k_rs, Lk, v, tid);
     cp_async_commit();
     uint32_t qf[MT][Q_REG ? KC : 1][4];
     const uint32_t sQw = smem_addr(sQ + (wr0 + (lm & 1) * 8 + lr) * SD + (lm >> 1) * 8);
@@ -162,8 +183,8 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
         }
       }
       if (j + 1 < n_kv)
-        load_rows(sK + ((j + 1) & 1) * BN * SD, kbase + (int64_t)(n0 + BN) * k_rs, k_rs, BN,
-                  Lk - n0 - BN, k);
+        load_tile<BN, NT, D, SD>(sK + ((j + 1) & 1) * BN * SD, kbase + (int64_t)(n0 + BN) * k_rs,
+                                 k_rs, Lk - n0 - BN, k, tid);
       cp_async_commit();
 
       // S = Q K^T for this warp's MT x 16 rows x BN keys
@@ -270,8 +291,8 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
       cp_async_wait<1>();
       __syncthreads();
       if (j + 1 < n_kv)
-        load_rows(sV + ((j + 1) & 1) * BN * SD, vbase + (int64_t)(n0 + BN) * k_rs, k_rs, BN,
-                  Lk - n0 - BN, v);
+        load_tile<BN, NT, D, SD>(sV + ((j + 1) & 1) * BN * SD, vbase + (int64_t)(n0 + BN) * k_rs,
+                                 k_rs, Lk - n0 - BN, v, tid);
       cp_async_commit();
 
       // O += P V (P from the S registers, rounded to T)
