@@ -60,7 +60,7 @@ def main():
             else:
                 if bm < 16 * mt or (D == 256 and mt == 2):
                     continue
-                opts = [f"-DJFA_MT(D)={mt}", f"-DJFA_BN(D)={bn}", f"-DJFA_MINB={minb}"]
+                opts = [f"-DJFA_MT(D)={mt}", f"-DJFA_BN(D)={bn}", f"-DJFA_MINB(D)={minb}"]
                 names = [A._mma_name("bf16_t", D, bm, False), "jfa_tile_info"]
                 A._FAM = KernelFamily("attention.cu", names, options=opts, register=False)
                 A._mma_bn = lambda d, bn=bn: bn

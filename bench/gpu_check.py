@@ -84,24 +84,33 @@ def run_tests(out: Path, extra: list[str]) -> dict:
     return counts
 
 
-def run_sanitizer(out: Path, extra: list[str]) -> dict:
+SANITIZER_DEFAULT = ["-k", "not huge and not torch and not jax"]
+
+
+def run_sanitizer(out: Path, extra: list[str], timeout: float) -> dict:
+    """memcheck over the GPU tests (Hypothesis profile "sanitizer": 4 examples a test)."""
     tool = shutil.which("compute-sanitizer")
     if tool is None:
         return {"errors": None, "note": "compute-sanitizer not found"}
     cmd = [tool, "--tool", "memcheck", "--error-exitcode", "0", sys.executable, "-m", "pytest",
-           "-m", "gpu", "-q", "-x", "-p", "no:cacheprovider", *extra]
+           "-m", "gpu", "-q", "-p", "no:cacheprovider", *(extra or SANITIZER_DEFAULT)]
     env = {**os.environ, "HYPOTHESIS_PROFILE": "sanitizer"}
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    log = proc.stdout + proc.stderr
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        log = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as e:
+        log = ((e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(
+            errors="replace") + f"\nTIMEOUT after {timeout} s")
     (out / "sanitizer.log").write_text(log)
     m = re.findall(r"ERROR SUMMARY: (\d+) error", log)
     summary = log.strip().splitlines()[-3:] if log.strip() else []
     print("sanitizer:", *summary, sep="\n  ", flush=True)
     errors = int(m[-1]) if m else None
-    tests = re.findall(r"(\d+) (passed|failed)", log)
-    return {"errors": errors, "pytest": dict((k, int(v)) for v, k in tests),
-            "seconds": round(time.time() - t0, 1)}
+    tests = re.findall(r"(\d+) (passed|failed|skipped|deselected)", log)
+    return {"errors": errors, "pytest": {k: int(v) for v, k in tests},
+            "seconds": round(time.time() - t0, 1), "args": extra or SANITIZER_DEFAULT}
 
 
 def run_benchmarks(quick: bool, only: set[str] | None) -> list[dict]:
@@ -174,6 +183,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-bench", action="store_true")
     ap.add_argument("--pytest-args", default="", help="extra pytest arguments (tests + sanitizer)")
     ap.add_argument("--sanitizer-args", default="", help="pytest arguments for the sanitizer run")
+    ap.add_argument("--sanitizer-timeout", type=float, default=300.0)
+    ap.add_argument("--merge", default="", help="an earlier results file of the same commit: "
+                    "sections this run skips are taken from it")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,10 +196,17 @@ def main(argv=None) -> int:
     extra = args.pytest_args.split()
     result["tests"] = {} if args.no_tests else run_tests(out, extra)
     result["sanitizer"] = ({} if args.no_sanitizer else
-                           run_sanitizer(out, args.sanitizer_args.split() or extra))
+                           run_sanitizer(out, args.sanitizer_args.split(), args.sanitizer_timeout))
     only = {s for s in args.only.split(",") if s} or None
     result["benchmarks"] = [] if args.no_bench else run_benchmarks(args.quick, only)
 
+    if args.merge:
+        old = json.loads(Path(args.merge).read_text())
+        if old.get("commit") != result["commit"]:
+            print(f"--merge: {args.merge} is of commit {old.get('commit')}, not this one")
+        for sec in ("tests", "sanitizer", "benchmarks"):
+            if not result[sec] and old.get(sec):
+                result[sec] = old[sec]
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", result["gpu"]).strip("-").lower()
     path = out / f"{datetime.date.today().isoformat()}-{gpu}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")

@@ -17,14 +17,16 @@
 #define JFA_LN2 0.6931471805599453f
 // Tile knobs (overridable with -D for tuning sweeps; cujagged/attention.py mirrors them):
 // JFA_BN keys per step, JFA_MT 16-row MMA tiles per warp, JFA_MINB blocks per SM to plan for.
+// Defaults from bench/attention_sweep.py on an H200 (bench/NOTES.md): D = 32 runs best with one
+// 16-row tile per warp, 32 keys per step and two blocks per SM.
 #ifndef JFA_BN
-#define JFA_BN(D) ((D) <= 96 ? 64 : 32)
+#define JFA_BN(D) ((D) == 64 || (D) == 96 ? 64 : 32)
 #endif
 #ifndef JFA_MT
-#define JFA_MT(D) ((D) <= 128 ? 2 : 1)
+#define JFA_MT(D) ((D) >= 64 && (D) <= 128 ? 2 : 1)
 #endif
 #ifndef JFA_MINB
-#define JFA_MINB 1
+#define JFA_MINB(D) ((D) == 32 ? 2 : 1)
 #endif
 
 struct TileInfo {
@@ -115,7 +117,7 @@ template <int D, int BM> struct JfaCfg {
 };
 
 template <typename T, int D, int BM, bool HAS_BIAS>
-__global__ void __launch_bounds__(JfaCfg<D, BM>::NT, JFA_MINB)
+__global__ void __launch_bounds__(JfaCfg<D, BM>::NT, JFA_MINB(D))
 jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
             T* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
             const int64_t* __restrict__ k_off, const int32_t* __restrict__ tile_info,

@@ -65,12 +65,13 @@ _SMEM_SET: set = set()
 
 def _mma_bn(d: int) -> int:
     """Keys per step of the tensor-core kernel (JFA_BN in attention.cu)."""
-    return 64 if d <= 96 else 32
+    return 64 if d in (64, 96) else 32
 
 
 def _mma_threads(d: int, bm: int) -> int:
-    """Threads per block: a warp owns 32 query rows for D <= 128, 16 for D = 256."""
-    return bm // (32 if d <= 128 else 16) * 32
+    """Threads per block (JFA_MT in attention.cu): a warp owns 32 query rows for D = 64..128,
+    16 for D = 32 and D = 256."""
+    return bm // (32 if 64 <= d <= 128 else 16) * 32
 
 
 def _mma_smem(d: int, bm: int) -> int:

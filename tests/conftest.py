@@ -1,7 +1,7 @@
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from cujagged._backend import gpu_available
 
@@ -9,12 +9,14 @@ settings.register_profile(
     "default", deadline=None, max_examples=40,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+# The GPU check (bench/gpu_check.py): fresh examples, reported without shrinking (device time
+# is scarce; a failing example is printed as found).
 settings.register_profile(
-    "gpu", deadline=None, max_examples=60,
+    "gpu", deadline=None, max_examples=30, phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
-    "sanitizer", deadline=None, max_examples=4,
+    "sanitizer", deadline=None, max_examples=4, phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
