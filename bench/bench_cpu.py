@@ -18,10 +18,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -31,16 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 B, MAX_LEN, D = 1024, 1024, 128
 FILLS = (0.1, 0.25, 0.5)
 DTYPES = ("bfloat16", "float32")
-
-
-def _ms(fn, reps: int) -> float:
-    fn()  # warm-up (JIT compile on the first case)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def _peak_mib(fn) -> float:
@@ -56,7 +43,7 @@ def _peak_mib(fn) -> float:
 def run(quick: bool = False, reps: int = 7) -> list[dict]:
     """Benchmark entries (DESIGN.md schema) of the Numba to_padded / from_padded and a copy."""
     import cujagged
-    from bench.harness import entry, lengths_for
+    from bench.harness import entry, lengths_for, wall_ms
 
     cases = [(0.25, "bfloat16")] if quick else [(f, d) for d in DTYPES for f in FILLS]
     rng = np.random.default_rng(0)
@@ -79,11 +66,11 @@ def run(quick: bool = False, reps: int = 7) -> list[dict]:
                 d, offsets=o, total_length=t, max_length=m), 2 * jag + offb),
         }
         for name, (fn, nbytes) in cases_ops.items():
-            out.append(entry(name, "cujagged", params, _ms(fn, reps), _peak_mib(fn),
+            out.append(entry(name, "cujagged", params, wall_ms(fn, reps), _peak_mib(fn),
                              nbytes=nbytes))
             src = np.ones(nbytes // 2, dtype=np.uint8)
             copy = src.copy
-            out.append(entry(name, "copy", params, _ms(copy, reps), _peak_mib(copy),
+            out.append(entry(name, "copy", params, wall_ms(copy, reps), _peak_mib(copy),
                              nbytes=2 * src.nbytes))
             del src
         back = cujagged.from_padded(dense, offsets=off)
@@ -91,14 +78,6 @@ def run(quick: bool = False, reps: int = 7) -> list[dict]:
             print(f"bench_cpu: from_padded(to_padded(x)) != x at {params}", file=sys.stderr)
         del x, dense, back
     return out
-
-
-def _git(*args) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return ""
 
 
 def _cpu_name() -> str:
@@ -136,10 +115,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     import numba
 
+    from bench.harness import git
+
     entries = run(quick=a.quick, reps=a.reps)
     result = {
-        "commit": _git("rev-parse", "HEAD") or "unknown",
-        "dirty": bool(_git("status", "--porcelain")),
+        "commit": git("rev-parse", "HEAD") or "unknown",
+        "dirty": bool(git("status", "--porcelain")),
         "gpu": "cpu",
         "versions": {"cupy": None, "cuda_runtime": None, "driver": None, "torch": None,
                      "numpy": np.__version__, "numba": numba.__version__,

@@ -9,29 +9,17 @@ shape ``()`` and ``(16,)``. Median wall time of several runs after a warm-up (Nu
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 
 import numpy as np
 
-from bench.harness import entry, lengths_for
+from bench.harness import entry, lengths_for, wall_ms
 
 CASES = [  # (B, max_len, fill, D)
     (65536, 1024, 0.25, 1),
     (1 << 20, 32, 0.25, 1),
     (4096, 1024, 0.25, 16),
 ]
-
-
-def _wall_ms(fn, reps=7):
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -57,7 +45,7 @@ def run(quick: bool = False) -> list[dict]:
                   "threads": numba.get_num_threads()}
         nbytes = vals.nbytes + B * D * 4
         for name, fn in (("sum", R.sum), ("max", R.max)):
-            ms = _wall_ms(lambda fn=fn, x=x: fn(x))
+            ms = wall_ms(lambda fn=fn, x=x: fn(x))
             out.append(entry(f"cpu_{name}", "cujagged_numba", params, ms, nbytes=nbytes))
         if ak is not None:
             content = ak.contents.NumpyArray(vals)
@@ -68,7 +56,7 @@ def run(quick: bool = False) -> list[dict]:
             mx = ak.to_numpy(ak.fill_none(ref_max, -np.inf))
             np.testing.assert_array_equal(np.asarray(mx), R.max(x))
             for name, fn in (("sum", ak.sum), ("max", ak.max)):
-                ms = _wall_ms(lambda fn=fn, arr=arr: fn(arr, axis=1))
+                ms = wall_ms(lambda fn=fn, arr=arr: fn(arr, axis=1))
                 out.append(entry(f"cpu_{name}", "awkward", params, ms, nbytes=nbytes))
     return out
 

@@ -27,15 +27,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return ""
+from bench.harness import ROOT, git
 
 
 def environment() -> dict:
@@ -55,9 +47,9 @@ def environment() -> dict:
             versions[mod] = importlib.import_module(mod).__version__
         except Exception:
             versions[mod] = None
-    commit = os.environ.get("CUJAGGED_COMMIT") or _git("rev-parse", "HEAD") or "unknown"
+    commit = os.environ.get("CUJAGGED_COMMIT") or git("rev-parse", "HEAD") or "unknown"
     dirty_env = os.environ.get("CUJAGGED_DIRTY")
-    dirty = (dirty_env == "1") if dirty_env is not None else bool(_git("status", "--porcelain"))
+    dirty = (dirty_env == "1") if dirty_env is not None else bool(git("status", "--porcelain"))
     return {"commit": commit, "dirty": dirty, "gpu": name, "versions": versions}
 
 

@@ -9,10 +9,36 @@ from __future__ import annotations
 import contextlib
 import itertools
 import statistics
+import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["time_ms", "rotate", "entry", "cupy_peak", "torch_peak", "copy_entry", "lengths_for"]
+__all__ = ["time_ms", "wall_ms", "rotate", "entry", "cupy_peak", "torch_peak", "copy_entry",
+           "lengths_for", "git"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git(*args: str) -> str:
+    """Output of ``git <args>`` in the repository ('' where git or the repository is missing)."""
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return ""
+
+
+def wall_ms(fn, reps: int = 7) -> float:
+    """Median host milliseconds of ``fn()`` after one warm-up call (CPU backend benchmarks)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 def time_ms(fn, *, warmup: int = 5, reps: int = 30, inner: int = 10) -> float:
