@@ -11,14 +11,14 @@ import math
 
 import numpy as np
 
-# name: (JFA_MT, JFA_BN, JFA_MINB, BM)  (None: the default of attention.cu)
+# name: (JFA_MT, JFA_BN, JFA_MINB, BM, JFA_STAGES)  (None: the default of attention.cu)
 VARIANTS = {
-    "default": (None, None, None, None),
-    "mt1_bn32_b2_bm64": (1, 32, 2, 64),
-    "mt1_bn64_b2_bm64": (1, 64, 2, 64),
-    "mt1_bn32_b3_bm64": (1, 32, 3, 64),
-    "mt2_bn32_b1_bm128": (2, 32, 1, 128),
-    "mt1_bn32_b2_bm32": (1, 32, 2, 32),
+    "default": (None, None, None, None, None),
+    "mt2_bn32_b1_bm64_s3": (2, 32, 1, 64, 3),
+    "mt2_bn32_b1_bm64_s4": (2, 32, 1, 64, 4),
+    "mt2_bn32_b1_bm128_s3": (2, 32, 1, 128, 3),
+    "mt1_bn32_b2_bm64_s3": (1, 32, 2, 64, 3),
+    "mt1_bn64_b2_bm64_s3": (1, 64, 2, 64, 3),
 }
 SHAPES = [(1024, 256, 0.5, 1, 128), (1024, 512, 0.25, 1, 128), (1024, 1024, 0.1, 1, 128),
           (1024, 1024, 0.25, 2, 64), (2048, 128, 0.5, 4, 32), (256, 4096, 0.25, 1, 128)]
@@ -35,7 +35,7 @@ def main():
     from cujagged import attention as A
     from cujagged._kernels import KernelFamily
 
-    default = (A._FAM, A._mma_bn, A._mma_threads)
+    default = (A._FAM, A._mma_bn, A._mma_threads, A._mma_stages)
     rows = []
     for B, L, fill, H, D in SHAPES:
         lens = lengths_for(B, L, fill)
@@ -54,17 +54,19 @@ def main():
         fa2 = gpu_time_ms(lambda: _fa2(torch, *next(it), cu, L, sc, False))[0]  # noqa: B023
         ref = None
         line = {"shape": f"B={B} L={L} f={fill} {H}x{D}", "fa2": fa2}
-        for vname, (mt, bn, minb, bm) in VARIANTS.items():
+        for vname, (mt, bn, minb, bm, st) in VARIANTS.items():
             if mt is None:
-                A._FAM, A._mma_bn, A._mma_threads = default
+                A._FAM, A._mma_bn, A._mma_threads, A._mma_stages = default
             else:
                 if bm < 16 * mt or (D == 256 and mt == 2):
                     continue
-                opts = [f"-DJFA_MT(D)={mt}", f"-DJFA_BN(D)={bn}", f"-DJFA_MINB(D)={minb}"]
+                opts = [f"-DJFA_MT(D)={mt}", f"-DJFA_BN(D)={bn}", f"-DJFA_MINB(D)={minb}",
+                        f"-DJFA_STAGES(D)={st}"]
                 names = [A._mma_name("bf16_t", D, bm, False), "jfa_tile_info"]
                 A._FAM = KernelFamily("attention.cu", names, options=opts, register=False)
                 A._mma_bn = lambda d, bn=bn: bn
                 A._mma_threads = lambda d, b, mt=mt: b // (16 * mt) * 32
+                A._mma_stages = lambda d, st=st: st
                 A._BM128_DIMS = (32, 64, 96, 128, 256)
             A._SMEM_SET.clear()
             for s in js:
@@ -85,7 +87,7 @@ def main():
                 line[vname] = f"{ms:.4f} ({ms / fa2:.2f}x, {flops / ms / 1e9:.0f} TF)"
             except Exception as e:  # a variant that fails must not stop the sweep
                 line[vname] = f"ERR {type(e).__name__}: {str(e)[:80]}"
-        A._FAM, A._mma_bn, A._mma_threads = default
+        A._FAM, A._mma_bn, A._mma_threads, A._mma_stages = default
         rows.append(line)
         print(line, flush=True)
     print()

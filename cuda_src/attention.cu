@@ -28,6 +28,9 @@
 #ifndef JFA_MINB
 #define JFA_MINB(D) ((D) == 32 ? 2 : 1)
 #endif
+#ifndef JFA_STAGES
+#define JFA_STAGES(D) 2
+#endif
 
 struct TileInfo {
   int64_t row, q_start, k_start, i0;
@@ -114,6 +117,7 @@ template <int D, int BM> struct JfaCfg {
   static constexpr int NT = NW * 32;
   static constexpr int BN = JFA_BN(D);
   static constexpr bool Q_REG = D <= 64;
+  static constexpr int STAGES = JFA_STAGES(D);  // K/V tiles in flight: ring of STAGES slots
 };
 
 template <typename T, int D, int BM, bool HAS_BIAS>
@@ -131,8 +135,9 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
   constexpr int KC = D / 16, NB = BN / 8, DB = D / 8, CPR = D / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + BM * SD;
-  T* sV = sK + 2 * BN * SD;
+  constexpr int ST = C::STAGES;
+  T* sK = sQ + BM * SD;     // ST slots of BN x SD keys
+  T* sV = sK + ST * BN * SD;  // ST slots of BN x SD values
 
   const TileInfo ti = locate_tile<BM>(q_off, k_off, tile_info, tile_off, B, H, Hk, max_seq_len);
   if (!ti.live) return;
@@ -163,17 +168,30 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
   const int lm = lane >> 3, lr = lane & 7;
 
   if (n_kv > 0) {
+    // Key tile t (keys and values) is one cp.async group, in ring slot t % ST; tiles
+    // 0 .. ST-2 are issued now (Q joins tile 0's group), tile j + ST - 1 at the top of step j,
+    // into the slot that step j - 1 read (free once every warp passed step j's barrier).
+    auto load_kv = [&](int t) {
+      if (t < n_kv) {
+        const int slot = t % ST;
+        load_tile<BN, NT, D, SD>(sK + slot * BN * SD, kbase + (int64_t)t * BN * k_rs, k_rs,
+                                 Lk - t * BN, k, tid);
+        load_tile<BN, NT, D, SD>(sV + slot * BN * SD, vbase + (int64_t)t * BN * k_rs, k_rs,
+                                 Lk - t * BN, v, tid);
+      }
+      cp_async_commit();  // always: group t is tile t, empty past the end
+    };
     load_tile<BM, NT, D, SD>(sQ, qbase, q_rs, Lq - i0, q, tid);
-    load_tile<BN, NT, D, SD>(sK, kbase, k_rs, Lk, k, tid);
-    cp_async_commit();
-    load_tile<BN, NT, D, SD>(sV, vbase, k_rs, Lk, v, tid);
-    cp_async_commit();
+#pragma unroll
+    for (int t = 0; t < ST - 1; ++t) load_kv(t);
     uint32_t qf[MT][Q_REG ? KC : 1][4];
     const uint32_t sQw = smem_addr(sQ + (wr0 + (lm & 1) * 8 + lr) * SD + (lm >> 1) * 8);
     for (int j = 0; j < n_kv; ++j) {
       const int n0 = j * BN;
-      cp_async_wait<1>();
-      __syncthreads();
+      const int slot = j % ST;
+      cp_async_wait<ST - 2>();  // tile j has landed (for this thread) ...
+      __syncthreads();          // ... for every thread; slot (j - 1) % ST is free
+      load_kv(j + ST - 1);
       if constexpr (Q_REG) {
         if (j == 0) {
 #pragma unroll
@@ -184,10 +202,6 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
                       sQw + (mt * 16 * SD + kk * 16) * 2);
         }
       }
-      if (j + 1 < n_kv)
-        load_tile<BN, NT, D, SD>(sK + ((j + 1) & 1) * BN * SD, kbase + (int64_t)(n0 + BN) * k_rs,
-                                 k_rs, Lk - n0 - BN, k, tid);
-      cp_async_commit();
 
       // S = Q K^T for this warp's MT x 16 rows x BN keys
       float s[MT][NB][4];
@@ -196,7 +210,7 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
 #pragma unroll
         for (int i = 0; i < NB; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
       const uint32_t sKl =
-          smem_addr(sK + (j & 1) * BN * SD + ((lm >> 1) * 8 + lr) * SD + (lm & 1) * 8);
+          smem_addr(sK + slot * BN * SD + ((lm >> 1) * 8 + lr) * SD + (lm & 1) * 8);
 #pragma unroll
       for (int kk = 0; kk < KC; ++kk) {
         uint32_t a[MT][4];
@@ -290,16 +304,10 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
         }
       }
 
-      cp_async_wait<1>();
-      __syncthreads();
-      if (j + 1 < n_kv)
-        load_tile<BN, NT, D, SD>(sV + ((j + 1) & 1) * BN * SD, vbase + (int64_t)(n0 + BN) * k_rs,
-                                 k_rs, Lk - n0 - BN, v, tid);
-      cp_async_commit();
 
       // O += P V (P from the S registers, rounded to T)
       const uint32_t sVl =
-          smem_addr(sV + (j & 1) * BN * SD + ((lm & 1) * 8 + lr) * SD + (lm >> 1) * 8);
+          smem_addr(sV + slot * BN * SD + ((lm & 1) * 8 + lr) * SD + (lm >> 1) * 8);
 #pragma unroll
       for (int kc = 0; kc < BN / 16; ++kc) {
         uint32_t a[MT][4];

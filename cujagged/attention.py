@@ -74,8 +74,14 @@ def _mma_threads(d: int, bm: int) -> int:
     return bm // (32 if 64 <= d <= 128 else 16) * 32
 
 
+def _mma_stages(d: int) -> int:
+    """K/V tiles in the shared-memory ring (JFA_STAGES in attention.cu)."""
+    return 2
+
+
 def _mma_smem(d: int, bm: int) -> int:
-    return (bm + 4 * _mma_bn(d)) * (d + 8) * 2
+    """Dynamic shared memory: Q tile + a ring of K and V tiles, rows padded to d + 8."""
+    return (bm + 2 * _mma_stages(d) * _mma_bn(d)) * (d + 8) * 2
 
 
 def _f32_smem(d: int) -> int:
