@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import INNER_SHAPES, OFFSET_DTYPES, lengths, make_offsets, random_values
 
 import cujagged
 from cujagged import JaggedArray, bfloat16
-from tests.strategies import INNER_SHAPES, OFFSET_DTYPES, lengths, make_offsets, random_values
 
 LAYOUT_DTYPES = [np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int8, np.uint8,
                                        np.int16, np.int32, np.int64, np.bool_, np.complex64)]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import OFFSET_DTYPES, lengths, make_offsets, random_values
 
 import cujagged
 from cujagged import JaggedArray, bfloat16, layout
 from cujagged.cpu import layout as cpu
-from tests.strategies import OFFSET_DTYPES, lengths, make_offsets, random_values
 
 # (dtype, inner) pairs whose item sizes pick every word / vector width: 1, 2, 3, 4, 6, 8, 12,
 # 16, 24, 256 bytes
