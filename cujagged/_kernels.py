@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -84,13 +86,23 @@ class KernelFamily:
         register: list it for :func:`compile_all` (tests of the loader itself pass False).
     """
 
-    def __init__(self, source: str, name_expressions, options=(), *, register: bool = True):
+    def __init__(self, source: str, name_expressions, options=(), *, arch: str | None = None,
+                 register: bool = True):
         self.source = source
         self.name_expressions = tuple(dict.fromkeys(name_expressions))
         self.options = _BASE_OPTIONS + tuple(options)
+        self.arch = arch
         self._cache: dict[tuple[str, int], object] = {}
         if register:
             _FAMILIES[source] = self
+
+    def supported(self) -> bool:
+        """Whether the current device can run this family (an arch-specific family such as
+        ``arch="sm_90a"`` runs only on that compute capability)."""
+        if self.arch is None:
+            return True
+        cc = cupy.cuda.Device().compute_capability
+        return self.arch.removeprefix("sm_").rstrip("a") == cc
 
     def get(self, name: str):
         """The ``cupy.RawKernel`` of instantiation ``name`` on the current device, compiled once."""
@@ -99,29 +111,52 @@ class KernelFamily:
         key = (name, cupy.cuda.Device().id)
         kernel = self._cache.get(key)
         if kernel is None:
-            try:
-                module = cupy.RawModule(
-                    code=_read_source(self.source),
-                    options=self.options,
-                    name_expressions=(name,),
-                )
-                kernel = module.get_function(name)
-            except cupy.cuda.compiler.CompileException as e:
-                raise KernelCompileError(
-                    f"NVRTC failed on cuda_src/{self.source} ({name}):\n{e.get_message()}"
-                ) from None
+            kernel = self._load_arch_specific(name) if self.arch else self._load(name)
             self._cache[key] = kernel
         return kernel
 
-    def compile_report(self, arch: str = "sm_90") -> list[KernelReport]:
-        """Compile every instantiation for ``arch`` (no GPU needed); ptxas report per kernel."""
+    def _load(self, name: str):
+        try:
+            module = cupy.RawModule(code=_read_source(self.source), options=self.options,
+                                    name_expressions=(name,))
+            return module.get_function(name)
+        except cupy.cuda.compiler.CompileException as e:
+            raise KernelCompileError(
+                f"NVRTC failed on cuda_src/{self.source} ({name}):\n{e.get_message()}"
+            ) from None
+
+    def _load_arch_specific(self, name: str):
+        """CuPy always compiles for the device's plain arch (sm_90, never sm_90a): compile the
+        cubin here and keep it in a content-addressed file that CuPy loads."""
+        if not self.supported():
+            raise RuntimeError(f"cuda_src/{self.source} needs {self.arch}, the device is "
+                               f"sm_{cupy.cuda.Device().compute_capability}")
+        from cupy.cuda import nvrtc
+
+        text = _read_source(self.source)
+        tag = "\0".join([text, name, self.arch, *self.options, str(nvrtc.getVersion())])
+        cache = Path(os.environ.get("CUJAGGED_CACHE_DIR", Path.home() / ".cache" / "cujagged"))
+        path = cache / (hashlib.sha256(tag.encode()).hexdigest() + ".cubin")
+        lowered_path = path.with_suffix(".name")
+        if not (path.exists() and lowered_path.exists()):
+            cubin, _, lowered = self._nvrtc(self.arch, (name,), verbose=False)
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(cubin)
+            tmp.replace(path)
+            lowered_path.write_text(next(iter(lowered)))
+        return cupy.RawModule(path=str(path)).get_function(lowered_path.read_text())
+
+    def _nvrtc(self, arch: str, names, verbose: bool):
+        """(cubin, log, {lowered name: name expression}) of ``names`` compiled for ``arch``."""
         from cupy.cuda import nvrtc
 
         prog = nvrtc.createProgram(_read_source(self.source), self.source, [], [])
         try:
-            for ne in self.name_expressions:
+            for ne in names:
                 nvrtc.addNameExpression(prog, ne)
-            opts = [*self.options, f"--gpu-architecture={arch}", "-Xptxas=-v"]
+            opts = [*self.options, f"--gpu-architecture={arch}"] + (["-Xptxas=-v"] if verbose
+                                                                     else [])
             try:
                 nvrtc.compileProgram(prog, opts)
             except nvrtc.NVRTCError:
@@ -130,10 +165,21 @@ class KernelFamily:
                     f"{nvrtc.getProgramLog(prog)}"
                 ) from None
             log = nvrtc.getProgramLog(prog)
-            mangled = {nvrtc.getLoweredName(prog, ne): ne for ne in self.name_expressions}
+            lowered = {nvrtc.getLoweredName(prog, ne): ne for ne in names}
+            return nvrtc.getCUBIN(prog), log, lowered
         finally:
             nvrtc.destroyProgram(prog)
-        return _parse_ptxas(log, self.source, arch, mangled)
+
+    def compile_report(self, arch: str = "sm_90") -> list[KernelReport]:
+        """Compile every instantiation for ``arch`` (no GPU needed); ptxas report per kernel.
+        An arch-specific family compiles for its own arch when ``arch`` is its base (sm_90a
+        for sm_90) and reports nothing for other archs."""
+        if self.arch is not None:
+            if self.arch.rstrip("a") != arch:
+                return []
+            arch = self.arch
+        _, log, lowered = self._nvrtc(arch, self.name_expressions, verbose=True)
+        return _parse_ptxas(log, self.source, arch, lowered)
 
 
 _ENTRY = re.compile(r"Compiling entry function '(\S+)' for '(\w+)'")

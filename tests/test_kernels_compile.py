@@ -17,7 +17,8 @@ if not os.environ.get("CI"):  # CI installs CuPy and must compile; elsewhere CuP
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_every_kernel_compiles_without_spills(arch):
     reports = cujagged.compile_all(arch)
-    declared = sum(len(f.name_expressions) for f in families().values())
+    declared = sum(len(f.name_expressions) for f in families().values()
+                   if f.arch is None or f.arch.rstrip("a") == arch)
     assert len(reports) >= declared > 0
     spills = [r for r in reports if r.spill_stores or r.spill_loads]
     assert not spills, "kernels spill registers:\n" + "\n".join(map(str, spills))
