@@ -25,13 +25,16 @@ from .rowwise import log_softmax, logsumexp, softmax
 
 __version__ = "0.1.0"
 
-__all__ = ["JaggedArray", "KernelCompileError", "bfloat16", "compile_all", "gpu_available"]
-__all__ += [
-    "from_awkward", "from_dlpack_parts", "from_jax", "from_torch", "from_torch_nested",
-    "to_awkward", "to_jax", "to_torch", "to_torch_nested",
+__all__ = [
+    # the array and the backends
+    "JaggedArray", "bfloat16", "gpu_available", "compile_all", "KernelCompileError",
+    # layout
+    "to_padded", "from_padded", "index_select", "offsets_from_lengths", "positions", "row_ids",
+    # row-wise ops (the rest: cujagged.rowwise and JaggedArray methods)
+    "rowwise", "softmax", "log_softmax", "logsumexp",
+    # attention
+    "jagged_flash_attention",
+    # interop
+    "from_dlpack_parts", "from_torch", "to_torch", "from_torch_nested", "to_torch_nested",
+    "from_jax", "to_jax", "from_awkward", "to_awkward",
 ]
-__all__ += [
-    "from_padded", "index_select", "offsets_from_lengths", "positions", "row_ids", "to_padded",
-]
-__all__ += ["jagged_flash_attention"]
-__all__ += ["rowwise", "softmax", "log_softmax", "logsumexp"]
