@@ -20,6 +20,7 @@ Moving over from FBGEMM's ``jagged_flash_attention_basic(q, k, v, offsets, max_s
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -60,6 +61,28 @@ def _instantiations():
 
 
 _FAM = KernelFamily("attention.cu", _instantiations())
+
+# Hopper (sm_90a) kernel family: wgmma, bf16/fp16, D in _SM90_DIMS, no bias; 64 query rows per
+# warpgroup, 1 or 2 warpgroups per block, _SM90_BN keys per step (cuda_src/attention_sm90.cu).
+_SM90_DIMS = (64, 128)
+_SM90_BN = 64
+_SM90_DEFAULT = True  # dispatched by default on sm_90 (bf16/fp16, D 64/128, no bias)
+# CUJAGGED_ATTENTION_SM90=0 forces the mma.sync kernel on sm_90, =1 the wgmma one (read at import).
+_SM90_ENABLED = os.environ.get("CUJAGGED_ATTENTION_SM90", "1" if _SM90_DEFAULT else "0") != "0"
+
+
+def _sm90_name(tname: str, d: int, nwg: int, bn: int = _SM90_BN) -> str:
+    return f"jfa_fwd_sm90<{tname}, {d}, {nwg}, {bn}>"
+
+
+def _sm90_smem(d: int, nwg: int, bn: int = _SM90_BN) -> int:
+    """Q tile + two K and two V tiles (16-bit), plus 1 KiB to align the swizzled panels."""
+    return (64 * nwg + 4 * bn) * d * 2 + 1024
+
+
+_FAM90 = KernelFamily("attention_sm90.cu",
+                      [_sm90_name(t, d, w) for t in ("bf16_t", "f16_t") for d in _SM90_DIMS
+                       for w in (1, 2)], arch="sm_90a")
 _SMEM_SET: set = set()
 
 
@@ -130,10 +153,10 @@ def _tile_list(xp, q_off, k_off, bm: int, msl: int, cache, bound: int):
     return out
 
 
-def _plan_key(q, k, v, max_seq_len, scale, causal, return_lse, bm):
+def _plan_key(q, k, v, max_seq_len, scale, causal, return_lse, bm, impl):
     qv, kv, vv = q._values, k._values, v._values
     return ("jfa_plan", qv.shape, qv.dtype, kv.shape, kv.dtype, vv.shape, vv.dtype,
-            qv.device.id, max_seq_len, scale, bool(causal), bool(return_lse), bm)
+            qv.device.id, max_seq_len, scale, bool(causal), bool(return_lse), bm, impl)
 
 
 def _launch_plan(plan, q, k, v, return_lse):
@@ -149,7 +172,8 @@ def _launch_plan(plan, q, k, v, return_lse):
 
 
 def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_len=None,
-                           scale=None, causal=False, bias=None, return_lse=False, _bm=None):
+                           scale=None, causal=False, bias=None, return_lse=False, _bm=None,
+                           _impl=None):
     """Softmax attention within each row of a jagged batch (forward).
 
     Args:
@@ -192,7 +216,8 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
     """
     if (bias is None and offsets is None and kv_offsets is None and type(q) is JaggedArray
             and type(k) is JaggedArray and type(v) is JaggedArray and is_gpu_array(q._values)):
-        plan = q._cache.get(_plan_key(q, k, v, max_seq_len, scale, causal, return_lse, _bm))
+        plan = q._cache.get(_plan_key(q, k, v, max_seq_len, scale, causal, return_lse, _bm,
+                                      _impl))
         if plan is not None and plan[0] is k._offsets:
             return _launch_plan(plan, q, k, v, return_lse)
     qj = _as_jagged(q, offsets, "q", "offsets")
@@ -283,9 +308,24 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
         lse = xp.empty((T, H), dtype=np.float32) if return_lse else out
         if T and B:
             has_bias = bias is not None
+            fam = _FAM
+            if _impl not in (None, "mma", "sm90"):
+                raise ValueError(f"_impl must be None, 'mma' or 'sm90', got {_impl!r}")
+            sm90_ok = dt != np.float32 and not has_bias and D in _SM90_DIMS
+            if _impl == "sm90" and not (sm90_ok and _FAM90.supported()):
+                raise ValueError("_impl='sm90' needs an sm_90 device, bf16/fp16, D in "
+                                 f"{_SM90_DIMS} and no bias")
             if dt == np.float32:
                 bm, name, smem, threads = 16, _f32_name(D, has_bias), _f32_smem(D), 128
                 sc = scale
+            elif sm90_ok and (_impl == "sm90" or (_impl is None and _SM90_ENABLED
+                                                  and _FAM90.supported())):
+                bm = _bm or 64
+                if bm not in (64, 128):
+                    raise ValueError(f"_bm must be 64 or 128 for the sm90 kernel, got {bm}")
+                fam, name = _FAM90, _sm90_name(_TNAME[dt], D, bm // 64)
+                smem, threads = _sm90_smem(D, bm // 64), bm * 2
+                sc = scale * math.log2(math.e)
             else:
                 # 128-row tiles pay off when long rows carry the work (measured on H200)
                 mq = min(qj.max_length, msl)
@@ -294,7 +334,7 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                 name = _mma_name(_TNAME[dt], D, bm, has_bias)
                 smem, threads = _mma_smem(D, bm), _mma_threads(D, bm)
                 sc = scale * math.log2(math.e)
-            kern = _FAM.get(name)
+            kern = fam.get(name)
             if smem > 48 * 1024:
                 kid = (name, qv.device.id)
                 if kid not in _SMEM_SET:
@@ -316,7 +356,8 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                     and isinstance(v, JaggedArray) and vv is v.values):
                 # every check above passed for these shapes/dtypes/options: later calls with the
                 # same arrays' structure skip straight to the launch
-                q._cache[_plan_key(q, k, v, max_seq_len, scale, causal, return_lse, _bm)] = (
+                q._cache[_plan_key(q, k, v, max_seq_len, scale, causal, return_lse, _bm,
+                                   _impl)] = (
                     k._offsets, kern, grid, threads, smem,
                     tail + (tile_off, np.int64(0), np.int64(0), np.int64(0),
                             np.int32(bool(return_lse))))

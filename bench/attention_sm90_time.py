@@ -1,0 +1,62 @@
+"""Times the Hopper wgmma attention kernel (cuda_src/attention_sm90.cu, 64 or 128 query rows per
+block) against the mma.sync kernel and FlashAttention-2 varlen on the reference shapes (bf16,
+device time back to back), after checking it against the mma.sync result.
+
+    PYTHONPATH=. python3 -m bench.attention_sm90_time
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bench.attention_sweep import SHAPES
+
+CASES = [(*s, False) for s in SHAPES if s[4] in (64, 128)] + [(1024, 512, 0.25, 1, 128, True)]
+
+
+def main():
+    import cupy
+    import torch
+
+    import cujagged
+    from bench.bench_attention import _fa2, gpu_time_ms
+    from bench.harness import lengths_for, rotate
+    from cujagged import JaggedArray, jagged_flash_attention
+
+    dev = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    print("device:", dev)
+    for B, L, fill, H, D, causal in CASES:
+        lens = lengths_for(B, L, fill)
+        T = int(lens.sum())
+        off = cupy.asarray(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+        rng = np.random.default_rng(0)
+        sets = [[cupy.asarray(rng.standard_normal((T, H, D), dtype=np.float32))
+                 .astype(cujagged.bfloat16) for _ in range(3)] for _ in range(2)]
+        js = [[JaggedArray(x, off, max_length=int(lens.max()), validate=False) for x in s]
+              for s in sets]
+        ts = [[torch.from_dlpack(x) for x in s] for s in sets]
+        cu = torch.from_dlpack(off)
+        it = rotate(ts)
+        sc = 1 / math.sqrt(D)
+        fa2 = gpu_time_ms(lambda: _fa2(torch, *next(it), cu, L, sc, causal))[0]  # noqa: B023
+        line = {"shape": f"B={B} L={L} f={fill} {H}x{D}{' causal' if causal else ''}",
+                "fa2": f"{fa2:.4f}"}
+        ref = jagged_flash_attention(*js[0], causal=causal, _impl="mma").values.astype(np.float32)
+        for name, kw in (("mma", dict(_impl="mma")), ("sm90_bm64", dict(_impl="sm90", _bm=64)),
+                         ("sm90_bm128", dict(_impl="sm90", _bm=128))):
+            try:
+                out = jagged_flash_attention(*js[0], causal=causal, **kw).values
+                err = float(cupy.linalg.norm(out.astype(np.float32) - ref) / cupy.linalg.norm(ref))
+                it2 = rotate(js)
+                ms = gpu_time_ms(lambda it2=it2, kw=kw: jagged_flash_attention(
+                    *next(it2), causal=causal, **kw))[0]  # noqa: B023
+                line[name] = f"{ms:.4f} ({ms / fa2:.2f}x, err {err:.1e})"
+            except Exception as e:  # keep timing the other variants
+                line[name] = f"ERR {type(e).__name__}: {str(e)[:200]}"
+        print(" | ".join(f"{k}={v}" for k, v in line.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

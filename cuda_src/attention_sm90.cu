@@ -1,0 +1,343 @@
+// Jagged Flash Attention, forward, for Hopper (sm_90a): asynchronous warpgroup MMA (wgmma).
+//
+// Same launch contract as jfa_fwd_mma in attention.cu (arguments, device-built tile list, semantics:
+// offsets, cross-attention, causal aligned bottom-right, max_seq_len truncation, GQA, LSE, zero
+// rows); no bias (the bias arguments are accepted and ignored: the caller dispatches bias to the
+// mma.sync kernel).
+//
+// One block = NWG consumer warpgroups of 64 query rows each (wgmma M = 64), BM = 64 * NWG rows,
+// BN keys per step, K/V tiles double-buffered with cp.async. Per key step and warpgroup:
+//   S = Q K^T   wgmma m64nBNk16, A = Q (shared, K-major), B = K tile (shared, K-major)
+//   online softmax on the fp32 accumulator fragments (exp2, scale * log2 e folded)
+//   O += P V    wgmma m64nDk16, A = P (registers: the accumulator layout of S packed to 16 bits
+//               is the A-fragment layout), B = V tile (shared, MN-major: transposed)
+// Shared tiles use the 128-byte swizzle: a tile of R rows x D columns is stored as D / 64 column
+// panels of R rows x 128 bytes; the 16-byte chunk c of row r sits at chunk c ^ (r % 8); panels
+// start 1024-byte aligned. The K-major descriptors step k16 by +32 bytes inside a panel
+// (stride between 8-row groups 1024 B); the MN-major V descriptor steps 16 keys by 2048 bytes
+// (8-key groups 1024 B apart, the next 64 head-dim columns one panel further).
+#include "common.cuh"
+#include "mma.cuh"
+
+#define JFA_LOG2E 1.4426950408889634f
+#define JFA_LN2 0.6931471805599453f
+
+// ---- wgmma wrappers (operand lists generated; d = accumulator fragment of m64nN, N/2 floats) -----
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss(float* d, uint64_t da, uint64_t db, int acc);
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs(float* d, const uint32_t* a, uint64_t db);
+template <> __device__ __forceinline__ void wgmma_ss<bf16_t, 64>(float* d, uint64_t da, uint64_t db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(acc));
+}
+template <> __device__ __forceinline__ void wgmma_rs<bf16_t, 64>(float* d, const uint32_t* a, uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <> __device__ __forceinline__ void wgmma_ss<bf16_t, 128>(float* d, uint64_t da, uint64_t db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(acc));
+}
+template <> __device__ __forceinline__ void wgmma_rs<bf16_t, 128>(float* d, const uint32_t* a, uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <> __device__ __forceinline__ void wgmma_ss<f16_t, 64>(float* d, uint64_t da, uint64_t db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(acc));
+}
+template <> __device__ __forceinline__ void wgmma_rs<f16_t, 64>(float* d, const uint32_t* a, uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <> __device__ __forceinline__ void wgmma_ss<f16_t, 128>(float* d, uint64_t da, uint64_t db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(acc));
+}
+template <> __device__ __forceinline__ void wgmma_rs<f16_t, 128>(float* d, const uint32_t* a, uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Keeps the compiler from moving accumulator reads/writes across wgmma issue/wait.
+template <int N> __device__ __forceinline__ void fence_regs(float* r) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+// Shared-memory matrix descriptor, 128-byte swizzle (layout type 1 in bits 62-63).
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFF) << 16) |
+         ((uint64_t)((sbo >> 4) & 0x3FFF) << 32) | (1ull << 62);
+}
+
+// cp.async a ROWS x D tile (global row stride rs; rows >= nvalid zero-filled, reading `safe`) into
+// the swizzled panel layout at shared address dst, with NT threads.
+template <int ROWS, int NT, int D, typename T>
+__device__ __forceinline__ void load_sw(uint32_t dst, const T* src, int64_t rs, int nvalid,
+                                        const T* safe, int tid) {
+  constexpr int CPR = D / 8, RSTEP = NT / CPR;
+  static_assert(NT % CPR == 0 && ROWS % RSTEP == 0 && RSTEP % 8 == 0, "tile shape");
+  const int r0 = tid / CPR, c = tid % CPR;
+  const uint32_t d0 = dst + (c >> 3) * (ROWS * 128) + r0 * 128 + (((c & 7) ^ (r0 & 7)) << 4);
+  const T* p = src + r0 * rs + c * 8;
+  const int64_t step = RSTEP * rs;
+#pragma unroll
+  for (int i = 0; i < ROWS / RSTEP; ++i) {
+    const bool ok = r0 + i * RSTEP < nvalid;
+    cp_async16(d0 + i * RSTEP * 128, ok ? p : safe, ok);
+    p += step;
+  }
+}
+
+template <typename T, int D, int NWG, int BN>
+__global__ void __launch_bounds__(NWG * 128, 1)
+jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+             T* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
+             const int64_t* __restrict__ k_off, const int32_t* __restrict__ tile_info,
+             const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
+             float scale_log2, int causal, const T* __restrict__ bias, int64_t bias_sb,
+             int64_t bias_sh, int64_t bias_si, int write_lse) {
+  constexpr int BM = 64 * NWG, NT = 128 * NWG;
+  constexpr int NB = BN / 8, DB = D / 8, KC = D / 16, CPR = D / 8;
+  constexpr uint32_t Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t sbase = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sQ = sbase;               // BM x D, panels of BM x 128 B
+  const uint32_t sK = sQ + Q_BYTES;         // 2 slots of BN x D
+  const uint32_t sV = sK + 2 * KV_BYTES;    // 2 slots of BN x D
+
+  // locate the tile (as attention.cu's locate_tile)
+  const int64_t lin = blockIdx.x;
+  const int h = (int)(lin % H);
+  const int64_t tile = lin / H;
+  if (tile >= (int64_t)__ldg(tile_off + B)) return;
+  const int2 info = __ldg(reinterpret_cast<const int2*>(tile_info) + tile);
+  const int64_t row = info.x;
+  const int64_t q_start = __ldg(q_off + row);
+  const int64_t lq = __ldg(q_off + row + 1) - q_start;
+  const int64_t k_start = __ldg(k_off + row);
+  const int64_t lk = __ldg(k_off + row + 1) - k_start;
+  const int Lq_full = (int)lq;
+  const int Lq = (int)(lq < max_seq_len ? lq : max_seq_len);
+  const int Lk = (int)(lk < max_seq_len ? lk : max_seq_len);
+  const int i0 = info.y * BM;
+  const int hk = h / (H / Hk);
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int wg = warp >> 2, wq = warp & 3;  // warpgroup, warp inside it
+  const int g = lane >> 2, tq = lane & 3;
+  const int shift = Lk - Lq;
+  int kmax = i0 < Lq ? Lk : 0;
+  if (causal) kmax = min(kmax, min(i0 + BM, Lq) + shift);
+  const int n_kv = kmax > 0 ? (kmax + BN - 1) / BN : 0;
+  const int i0w = i0 + 64 * wg;  // first row of this warpgroup
+  int kmax_w = i0w < Lq ? Lk : 0;
+  if (causal) kmax_w = min(kmax_w, min(i0w + 64, Lq) + shift);
+  const int n_kv_w = kmax_w > 0 ? (kmax_w + BN - 1) / BN : 0;
+
+  const int64_t q_rs = (int64_t)H * D, k_rs = (int64_t)Hk * D;
+  const T* kbase = k + k_start * k_rs + (int64_t)hk * D;
+  const T* vbase = v + k_start * k_rs + (int64_t)hk * D;
+
+  float oacc[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) oacc[i] = 0.f;
+  float m0 = -CJ_INF, m1 = -CJ_INF, l0 = 0.f, l1 = 0.f;
+
+  if (n_kv > 0) {
+    load_sw<BM, NT, D>(sQ, q + (q_start + i0) * q_rs + (int64_t)h * D, q_rs, Lq - i0, q, tid);
+    load_sw<BN, NT, D>(sK, kbase, k_rs, Lk, k, tid);
+    load_sw<BN, NT, D>(sV, vbase, k_rs, Lk, v, tid);
+    cp_async_commit();
+    // descriptors: Q rows of this warpgroup; K tiles K-major; V tiles MN-major (LBO = panel)
+    const uint64_t dQ = sw128_desc(sQ + wg * 64 * 128, 16, 1024);
+    const uint64_t dK = sw128_desc(sK, 16, 1024);
+    const uint64_t dV = sw128_desc(sV, BN * 128, 1024);
+    for (int j = 0; j < n_kv; ++j) {
+      const int slot = j & 1;
+      cp_async_wait<0>();   // tile j (and Q) landed for this thread ...
+      fence_proxy_async();  // ... visible to the async proxy (wgmma) ...
+      __syncthreads();      // ... for every thread; slot j ^ 1 is free (step j - 1 is done)
+      if (j + 1 < n_kv) {
+        const int n1 = (j + 1) * BN;
+        load_sw<BN, NT, D>(sK + (slot ^ 1) * KV_BYTES, kbase + (int64_t)n1 * k_rs, k_rs, Lk - n1,
+                           k, tid);
+        load_sw<BN, NT, D>(sV + (slot ^ 1) * KV_BYTES, vbase + (int64_t)n1 * k_rs, k_rs, Lk - n1,
+                           v, tid);
+        cp_async_commit();
+      }
+      if (j >= n_kv_w) continue;  // (causal) this warpgroup's rows see no key of tile j
+      const int n0 = j * BN;
+
+      // S = Q K^T
+      float s[BN / 2];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < KC; ++kk) {
+        const uint64_t da = dQ + (((kk >> 2) * BM * 128 + (kk & 3) * 32) >> 4);
+        const uint64_t db = dK + ((slot * KV_BYTES + (kk >> 2) * BN * 128 + (kk & 3) * 32) >> 4);
+        wgmma_ss<T, BN>(s, da, db, kk > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs<BN / 2>(s);
+
+      // online softmax: rows r0 = 16 wq + g and r0 + 8 of this warpgroup; s[4 nb + e] is
+      // (row + 8 (e >> 1), key nb * 8 + 2 tq + (e & 1))
+      const int row_g = i0w + 16 * wq + g;
+      const bool edge = n0 + BN > Lk || (causal && n0 + BN - 1 > i0w + shift);
+      if (edge) {
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int jj = n0 + nb * 8 + 2 * tq + (e & 1);
+            const int ii = row_g + (e >> 1) * 8;
+            const bool ok = jj < Lk && (!causal || jj <= ii + shift);
+            s[4 * nb + e] = ok ? s[4 * nb + e] * scale_log2 : -CJ_INF;
+          }
+      } else {
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) s[i] *= scale_log2;
+      }
+      float mx0 = -CJ_INF, mx1 = -CJ_INF;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        mx0 = fmaxf(mx0, fmaxf(s[4 * nb], s[4 * nb + 1]));
+        mx1 = fmaxf(mx1, fmaxf(s[4 * nb + 2], s[4 * nb + 3]));
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      // lazy rescaling (as attention.cu): the running max moves only when it grows by > 8 (log2)
+      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+      const bool up0 = mn0 > m0 + 8.f, up1 = mn1 > m1 + 8.f;
+      const float mnew0 = up0 ? mn0 : m0, mnew1 = up1 ? mn1 : m1;
+      const float mu0 = mnew0 == -CJ_INF ? 0.f : mnew0, mu1 = mnew1 == -CJ_INF ? 0.f : mnew1;
+      const float al0 = up0 ? fast_exp2(m0 - mu0) : 1.f;
+      const float al1 = up1 ? fast_exp2(m1 - mu1) : 1.f;
+      m0 = mnew0;
+      m1 = mnew1;
+      float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        s[4 * nb] = fast_exp2(s[4 * nb] - mu0);
+        s[4 * nb + 1] = fast_exp2(s[4 * nb + 1] - mu0);
+        s[4 * nb + 2] = fast_exp2(s[4 * nb + 2] - mu1);
+        s[4 * nb + 3] = fast_exp2(s[4 * nb + 3] - mu1);
+        rs0 += s[4 * nb] + s[4 * nb + 1];
+        rs1 += s[4 * nb + 2] + s[4 * nb + 3];
+      }
+      l0 = l0 * al0 + rs0;
+      l1 = l1 * al1 + rs1;
+      if (__any_sync(0xffffffffu, up0 || up1)) {
+#pragma unroll
+        for (int i = 0; i < DB; ++i) {
+          oacc[4 * i] *= al0; oacc[4 * i + 1] *= al0;
+          oacc[4 * i + 2] *= al1; oacc[4 * i + 3] *= al1;
+        }
+      }
+      // P (16-bit) as the A fragments of m64nDk16: chunk kc = keys 16 kc .. 16 kc + 15
+      uint32_t pa[BN / 16][4];
+#pragma unroll
+      for (int kc = 0; kc < BN / 16; ++kc) {
+        pa[kc][0] = pack2<T>(s[8 * kc], s[8 * kc + 1]);
+        pa[kc][1] = pack2<T>(s[8 * kc + 2], s[8 * kc + 3]);
+        pa[kc][2] = pack2<T>(s[8 * kc + 4], s[8 * kc + 5]);
+        pa[kc][3] = pack2<T>(s[8 * kc + 6], s[8 * kc + 7]);
+      }
+      // O += P V
+      fence_regs<D / 2>(oacc);
+      wgmma_fence();
+#pragma unroll
+      for (int kc = 0; kc < BN / 16; ++kc)
+        wgmma_rs<T, D>(oacc, pa[kc], dV + ((slot * KV_BYTES + kc * 2048) >> 4));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs<D / 2>(oacc);
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // every warpgroup is done reading sQ
+  }
+
+  // finish: normalise, stage this warpgroup's rows in its rows of sQ (swizzled), store coalesced
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const int rl = 16 * wq + g;  // row inside the warpgroup
+  const int row_g = i0w + rl;
+  const bool v0 = row_g < Lq && l0 > 0.f, v1 = row_g + 8 < Lq && l1 > 0.f;
+  const float inv0 = v0 ? 1.f / l0 : 0.f, inv1 = v1 ? 1.f / l1 : 0.f;
+  const uint32_t sO = sQ + wg * 64 * 128;
+#pragma unroll
+  for (int i = 0; i < DB; ++i) {
+    const float a0 = v0 ? oacc[4 * i] * inv0 : 0.f, a1 = v0 ? oacc[4 * i + 1] * inv0 : 0.f;
+    const float a2 = v1 ? oacc[4 * i + 2] * inv1 : 0.f, a3 = v1 ? oacc[4 * i + 3] * inv1 : 0.f;
+    const uint32_t pan = sO + (i >> 3) * (BM * 128) + tq * 4;
+    const uint32_t x0 = pack2<T>(a0, a1), x1 = pack2<T>(a2, a3);
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(pan + rl * 128 + (((i & 7) ^ (rl & 7)) << 4)),
+                 "r"(x0) : "memory");
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(pan + (rl + 8) * 128 +
+                                                 (((i & 7) ^ ((rl + 8) & 7)) << 4)),
+                 "r"(x1) : "memory");
+  }
+  if (write_lse && tq == 0) {
+    if (row_g < Lq_full)
+      lse[(q_start + row_g) * H + h] = v0 ? (m0 + __log2f(l0)) * JFA_LN2 : -CJ_INF;
+    if (row_g + 8 < Lq_full)
+      lse[(q_start + row_g + 8) * H + h] = v1 ? (m1 + __log2f(l1)) * JFA_LN2 : -CJ_INF;
+  }
+  asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");  // this warpgroup's rows staged
+  T* obase = o + (q_start + i0w) * q_rs + (int64_t)h * D;
+  const int nrows = min(64, Lq_full - i0w);
+  const int t = tid & 127;
+#pragma unroll
+  for (int i = 0; i < 64 * CPR / 128; ++i) {
+    const int c = t + i * 128, r = c / CPR, cc = c % CPR;
+    if (r < nrows) {
+      uint4 x;
+      asm volatile("ld.shared.v4.b32 {%0,%1,%2,%3}, [%4];\n"
+                   : "=r"(x.x), "=r"(x.y), "=r"(x.z), "=r"(x.w)
+                   : "r"(sO + (cc >> 3) * (BM * 128) + r * 128 + (((cc & 7) ^ (r & 7)) << 4)));
+      *reinterpret_cast<uint4*>(obase + r * q_rs + cc * 8) = x;
+    }
+  }
+}

@@ -1,0 +1,98 @@
+"""Hopper (sm_90a) wgmma attention kernel (cuda_src/attention_sm90.cu) vs the Numba twin.
+
+Selected with ``_impl="sm90"``; every test skips unless the device is sm_90."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import make_offsets, rel_error
+from test_attention import check_gpu, problems
+
+from cujagged import attention as A
+from cujagged import bfloat16, jagged_flash_attention
+
+
+def _need_sm90():
+    if not A._FAM90.supported():
+        pytest.skip("the wgmma kernel needs an sm_90 (Hopper) GPU")
+
+
+@pytest.mark.gpu
+@given(problems(max_len=150, dtypes=(np.float16, bfloat16), dims=A._SM90_DIMS),
+       st.sampled_from([64, 128]))
+def test_sm90_matches_numba(p, bm):
+    _need_sm90()
+    p["bias"] = False
+    check_gpu(p, _impl="sm90", _bm=bm)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", A._SM90_DIMS)
+@pytest.mark.parametrize("dtype", [bfloat16, np.float16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("bm", [64, 128])
+def test_sm90_long_rows(D, dtype, causal, bm):
+    _need_sm90()
+    lq = [0, 1, 700, 64, 129, 333, 1000, 5]
+    p = dict(lq=lq, lk=lq, cross=False, H=2, Hk=1, D=D, dtype=np.dtype(dtype), causal=causal,
+             msl=900, scale=None, bias=False, bias_heads=1, off_dtype=np.int32, seed=D + bm)
+    check_gpu(p, _impl="sm90", _bm=bm)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+def test_sm90_cross_gqa(causal):
+    _need_sm90()
+    lq = [3, 0, 64, 200, 1, 65]
+    lk = [130, 7, 0, 513, 64, 1]
+    p = dict(lq=lq, lk=lk, cross=True, H=4, Hk=2, D=128, dtype=np.dtype(bfloat16),
+             causal=causal, msl=None, scale=0.3, bias=False, bias_heads=1, off_dtype=np.int64,
+             seed=7)
+    check_gpu(p, _impl="sm90")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", A._SM90_DIMS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("bm", [64, 128])
+def test_sm90_scores_growing_along_the_row(D, causal, bm):
+    """Later key tiles raise the running max far above the first ones (the rescaling path)."""
+    import cupy
+
+    _need_sm90()
+    lq = [300, 0, 77, 520, 1]
+    rng = np.random.default_rng(D)
+    T = sum(lq)
+    q = np.abs(rng.standard_normal((T, 1, D))).astype(np.float32)
+    k = np.abs(rng.standard_normal((T, 1, D))).astype(np.float32)
+    pos = np.concatenate([np.arange(n) for n in lq]).astype(np.float32)
+    k *= (1 + pos / 20)[:, None, None] / math.sqrt(D)
+    v = rng.standard_normal((T, 1, D)).astype(np.float32)
+    q, k, v = (a.astype(bfloat16) for a in (q, k, v))
+    off = make_offsets(lq)
+    o, lse = jagged_flash_attention(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v),
+                                    cupy.asarray(off), causal=causal, return_lse=True, _bm=bm,
+                                    _impl="sm90")
+    ref, ref_lse = jagged_flash_attention(q.astype(np.float64), k.astype(np.float64),
+                                          v.astype(np.float64), off, causal=causal,
+                                          return_lse=True)
+    assert rel_error(cupy.asnumpy(o), ref) <= 1e-2
+    lse = cupy.asnumpy(lse)
+    fin = np.isfinite(ref_lse)
+    assert np.array_equal(np.isfinite(lse), fin)
+    assert rel_error(lse[fin], ref_lse[fin]) <= 1e-3
+
+
+@pytest.mark.gpu
+def test_sm90_rejects_what_it_cannot_do():
+    import cupy
+
+    _need_sm90()
+    x = cupy.zeros((4, 1, 32), dtype=bfloat16)
+    with pytest.raises(ValueError, match="sm90"):
+        jagged_flash_attention(x, x, x, cupy.asarray([0, 4]), _impl="sm90")
