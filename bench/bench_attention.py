@@ -24,7 +24,7 @@ SHAPES = [
     (256, 4096, 0.25, 1, 128, False),
     (1024, 512, 0.25, 1, 128, True),
 ]
-# with SHAPES' (1024, 1024, 0.1, 1, 128): time against fill ratio at one max_len (full runs only)
+# with SHAPES' (1024, 1024, 0.1, 1, 128): time against fill ratio at one max_len
 FILL_SWEEP = [(1024, 1024, 0.25, 1, 128, False), (1024, 1024, 0.5, 1, 128, False)]
 
 
@@ -114,7 +114,7 @@ def run(quick: bool = False) -> list[dict]:
         torch = None
     reps = 10 if quick else 30
     results = []
-    for shape in SHAPES + ([] if quick else FILL_SWEEP):
+    for shape in SHAPES + FILL_SWEEP:
         results += _one_shape(cupy, torch, *shape, reps=reps)
         cupy.get_default_memory_pool().free_all_blocks()
         if torch is not None:
