@@ -13,6 +13,10 @@ import numpy as np
 
 from bench.attention_sweep import SHAPES
 
+# (label, rows per block, (keys per step, K/V stages) or None: the default choice)
+VARIANTS = [("sm90", 64, None), ("sm90_bm128", 128, None), ("bn32_st2", 64, (32, 2)),
+            ("bn32_st3", 64, (32, 3)), ("bn32_st4", 64, (32, 4)), ("bn64_st2", 64, (64, 2)),
+            ("bn64_st3", 64, (64, 3)), ("bn128_st2", 64, (128, 2))]
 CASES = [(*s, False) for s in SHAPES if s[4] in (64, 128)] + [(1024, 512, 0.25, 1, 128, True)]
 
 
@@ -24,6 +28,14 @@ def main():
     from bench.bench_attention import _fa2, gpu_time_ms
     from bench.harness import lengths_for, rotate
     from cujagged import JaggedArray, jagged_flash_attention
+    from cujagged import attention as A
+    from cujagged._kernels import KernelFamily
+
+    default = (A._FAM90, A._SM90_CFG)
+    fams = {c: KernelFamily("attention_sm90.cu", [A._sm90_name("bf16_t", d, 1, *c)
+                                                  for d in A._SM90_DIMS],
+                            options=A._FAM90.options[1:], arch="sm_90a", register=False)
+            for _, _, c in VARIANTS if c is not None}
 
     dev = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print("device:", dev)
@@ -44,8 +56,15 @@ def main():
         line = {"shape": f"B={B} L={L} f={fill} {H}x{D}{' causal' if causal else ''}",
                 "fa2": f"{fa2:.4f}"}
         ref = jagged_flash_attention(*js[0], causal=causal, _impl="mma").values.astype(np.float32)
-        for name, kw in (("mma", dict(_impl="mma")), ("sm90_bm64", dict(_impl="sm90", _bm=64)),
-                         ("sm90_bm128", dict(_impl="sm90", _bm=128))):
+        for name, bm, c in [("mma", None, None)] + VARIANTS:
+            if c is not None and (c[0] == 128 and D == 128 or c[1] >= 3 and c[0] == 64
+                                  and D == 128):
+                continue  # one block per SM: not worth timing
+            kw = dict(_impl="mma") if name == "mma" else dict(_impl="sm90", _bm=bm)
+            A._FAM90, A._SM90_CFG = (fams[c], {d: (c, c) for d in A._SM90_DIMS}) if c else default
+            A._SMEM_SET.clear()
+            for x in js[0] + js[1]:
+                x._cache.clear()
             try:
                 out = jagged_flash_attention(*js[0], causal=causal, **kw).values
                 err = float(cupy.linalg.norm(out.astype(np.float32) - ref) / cupy.linalg.norm(ref))
@@ -55,6 +74,7 @@ def main():
                 line[name] = f"{ms:.4f} ({ms / fa2:.2f}x, err {err:.1e})"
             except Exception as e:  # keep timing the other variants
                 line[name] = f"ERR {type(e).__name__}: {str(e)[:200]}"
+        A._FAM90, A._SM90_CFG = default
         print(" | ".join(f"{k}={v}" for k, v in line.items()), flush=True)
 
 

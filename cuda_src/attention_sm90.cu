@@ -6,7 +6,8 @@
 // mma.sync kernel).
 //
 // One block = NWG consumer warpgroups of 64 query rows each (wgmma M = 64), BM = 64 * NWG rows,
-// BN keys per step, K/V tiles double-buffered with cp.async. Per key step and warpgroup:
+// BN keys per step, a ring of ST K tiles and ST + 1 V tiles loaded with cp.async (tile j + ST - 1
+// in flight during step j). Per key step and warpgroup:
 //   S = Q K^T   wgmma m64nBNk16, A = Q (shared, K-major), B = K tile (shared, K-major)
 //   online softmax on the fp32 accumulator fragments (exp2, scale * log2 e folded)
 //   O += P V    wgmma m64nDk16, A = P (registers: the accumulator layout of S packed to 16 bits
@@ -27,6 +28,13 @@ template <typename T, int N>
 __device__ __forceinline__ void wgmma_ss(float* d, uint64_t da, uint64_t db, int acc);
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float* d, const uint32_t* a, uint64_t db);
+template <> __device__ __forceinline__ void wgmma_ss<bf16_t, 32>(float* d, uint64_t da, uint64_t db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(da), "l"(db), "r"(acc));
+}
 template <> __device__ __forceinline__ void wgmma_ss<bf16_t, 64>(float* d, uint64_t da, uint64_t db, int acc) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
@@ -54,6 +62,13 @@ template <> __device__ __forceinline__ void wgmma_rs<bf16_t, 128>(float* d, cons
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <> __device__ __forceinline__ void wgmma_ss<f16_t, 32>(float* d, uint64_t da, uint64_t db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(da), "l"(db), "r"(acc));
 }
 template <> __device__ __forceinline__ void wgmma_ss<f16_t, 64>(float* d, uint64_t da, uint64_t db, int acc) {
   asm volatile(
@@ -94,6 +109,8 @@ template <int N> __device__ __forceinline__ void wgmma_wait() {
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
+template <bool B> struct BoolC { static constexpr bool value = B; };
+
 // Keeps the compiler from moving accumulator reads/writes across wgmma issue/wait.
 template <int N> __device__ __forceinline__ void fence_regs(float* r) {
 #pragma unroll
@@ -125,7 +142,7 @@ __device__ __forceinline__ void load_sw(uint32_t dst, const T* src, int64_t rs, 
   }
 }
 
-template <typename T, int D, int NWG, int BN>
+template <typename T, int D, int NWG, int BN, int ST>
 __global__ void __launch_bounds__(NWG * 128, 1)
 jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
              T* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
@@ -139,8 +156,8 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t sbase = (smem_addr(smem_raw) + 1023u) & ~1023u;
   const uint32_t sQ = sbase;               // BM x D, panels of BM x 128 B
-  const uint32_t sK = sQ + Q_BYTES;         // 2 slots of BN x D
-  const uint32_t sV = sK + 2 * KV_BYTES;    // 2 slots of BN x D
+  const uint32_t sK = sQ + Q_BYTES;         // ST slots of BN x D
+  const uint32_t sV = sK + ST * KV_BYTES;   // ST + 1 slots of BN x D
 
   // locate the tile (as attention.cu's locate_tile)
   const int64_t lin = blockIdx.x;
@@ -182,40 +199,62 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
 
   if (n_kv > 0) {
     load_sw<BM, NT, D>(sQ, q + (q_start + i0) * q_rs + (int64_t)h * D, q_rs, Lq - i0, q, tid);
-    load_sw<BN, NT, D>(sK, kbase, k_rs, Lk, k, tid);
-    load_sw<BN, NT, D>(sV, vbase, k_rs, Lk, v, tid);
-    cp_async_commit();
+    // key tile t (keys and values) is one cp.async group (Q joins tile 0's), in K slot t % ST and
+    // V slot t % (ST + 1); tiles 0 .. ST - 2 now, tile j + ST - 1 at the top of step j
+    auto load_kv = [&](const int t) {
+      if (t < n_kv) {
+        const int n1 = t * BN;
+        load_sw<BN, NT, D>(sK + (t % ST) * KV_BYTES, kbase + (int64_t)n1 * k_rs, k_rs, Lk - n1,
+                           k, tid);
+        load_sw<BN, NT, D>(sV + (t % (ST + 1)) * KV_BYTES, vbase + (int64_t)n1 * k_rs, k_rs,
+                           Lk - n1, v, tid);
+      }
+      cp_async_commit();  // always: group t is tile t, empty past the end
+    };
+#pragma unroll
+    for (int t = 0; t < ST - 1; ++t) load_kv(t);
     // descriptors: Q rows of this warpgroup; K tiles K-major; V tiles MN-major (LBO = panel)
     const uint64_t dQ = sw128_desc(sQ + wg * 64 * 128, 16, 1024);
     const uint64_t dK = sw128_desc(sK, 16, 1024);
     const uint64_t dV = sw128_desc(sV, BN * 128, 1024);
-    for (int j = 0; j < n_kv; ++j) {
-      const int slot = j & 1;
-      cp_async_wait<0>();   // tile j (and Q) landed for this thread ...
-      fence_proxy_async();  // ... visible to the async proxy (wgmma) ...
-      __syncthreads();      // ... for every thread; slot j ^ 1 is free (step j - 1 is done)
-      if (j + 1 < n_kv) {
-        const int n1 = (j + 1) * BN;
-        load_sw<BN, NT, D>(sK + (slot ^ 1) * KV_BYTES, kbase + (int64_t)n1 * k_rs, k_rs, Lk - n1,
-                           k, tid);
-        load_sw<BN, NT, D>(sV + (slot ^ 1) * KV_BYTES, vbase + (int64_t)n1 * k_rs, k_rs, Lk - n1,
-                           v, tid);
-        cp_async_commit();
-      }
-      if (j >= n_kv_w) continue;  // (causal) this warpgroup's rows see no key of tile j
+    // Pipeline (FlashAttention-3's intra-warpgroup overlap): step j issues S_j = Q K_j^T and
+    // then O += P_{j-1} V_{j-1}, waits for S_j only and runs the softmax of S_j while the tensor
+    // cores work on P_{j-1} V_{j-1}. While step j loads tile j + ST - 1 (into the slots of
+    // K_{j-1} and V_{j-2}), it reads K_j, V_{j-1} (and V_j at the last step).
+    uint32_t pa[BN / 16][4];  // P_{j-1} (16-bit) as the A fragments of m64nDk16
+    float al0 = 1.f, al1 = 1.f;
+    // one key step; the first one (no P V yet) is a separate instantiation, so that no wgmma
+    // sits behind a branch (ptxas serialises wgmma issued on paths it cannot prove uniform)
+    auto step = [&](const int j, auto first_t) {
+      constexpr bool FIRST = decltype(first_t)::value;
+      cp_async_wait<ST - 2>();  // tile j (and Q) landed for this thread ...
+      fence_proxy_async();      // ... visible to the async proxy (wgmma) ...
+      __syncthreads();          // ... for every thread; the slots tile j + ST - 1 takes are free
+      load_kv(j + ST - 1);
+      if (j >= n_kv_w) return;  // (causal) this warpgroup's rows see no key of tile j
       const int n0 = j * BN;
 
-      // S = Q K^T
+      // S_j = Q K_j^T, then O += P_{j-1} V_{j-1}
       float s[BN / 2];
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < KC; ++kk) {
         const uint64_t da = dQ + (((kk >> 2) * BM * 128 + (kk & 3) * 32) >> 4);
-        const uint64_t db = dK + ((slot * KV_BYTES + (kk >> 2) * BN * 128 + (kk & 3) * 32) >> 4);
+        const uint64_t db =
+            dK + (((j % ST) * KV_BYTES + (kk >> 2) * BN * 128 + (kk & 3) * 32) >> 4);
         wgmma_ss<T, BN>(s, da, db, kk > 0);
       }
       wgmma_commit();
-      wgmma_wait<0>();
+      if constexpr (!FIRST) {
+#pragma unroll
+        for (int kc = 0; kc < BN / 16; ++kc)
+          wgmma_rs<T, D>(oacc, pa[kc],
+                         dV + ((((j - 1) % (ST + 1)) * KV_BYTES + kc * 2048) >> 4));
+        wgmma_commit();
+        wgmma_wait<1>();  // S_j done; P_{j-1} V_{j-1} may still run
+      } else {
+        wgmma_wait<0>();
+      }
       fence_regs<BN / 2>(s);
 
       // online softmax: rows r0 = 16 wq + g and r0 + 8 of this warpgroup; s[4 nb + e] is
@@ -251,8 +290,8 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       const bool up0 = mn0 > m0 + 8.f, up1 = mn1 > m1 + 8.f;
       const float mnew0 = up0 ? mn0 : m0, mnew1 = up1 ? mn1 : m1;
       const float mu0 = mnew0 == -CJ_INF ? 0.f : mnew0, mu1 = mnew1 == -CJ_INF ? 0.f : mnew1;
-      const float al0 = up0 ? fast_exp2(m0 - mu0) : 1.f;
-      const float al1 = up1 ? fast_exp2(m1 - mu1) : 1.f;
+      al0 = up0 ? fast_exp2(m0 - mu0) : 1.f;
+      al1 = up1 ? fast_exp2(m1 - mu1) : 1.f;
       m0 = mnew0;
       m1 = mnew1;
       float rs0 = 0.f, rs1 = 0.f;
@@ -267,15 +306,20 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       }
       l0 = l0 * al0 + rs0;
       l1 = l1 * al1 + rs1;
-      if (__any_sync(0xffffffffu, up0 || up1)) {
+      const bool resc = __any_sync(0xffffffffu, up0 || up1);
+      if constexpr (!FIRST) {
+        fence_regs<BN / 2>(s);  // the softmax stays before the wait (overlapping P V) ...
+        wgmma_wait<0>();        // P_{j-1} V_{j-1} done: O and pa are free
+        fence_regs<D / 2>(oacc);
+        fence_regs<BN / 2>(s);  // ... and packing P_j after it
+      }
+      if (resc) {
 #pragma unroll
         for (int i = 0; i < DB; ++i) {
           oacc[4 * i] *= al0; oacc[4 * i + 1] *= al0;
           oacc[4 * i + 2] *= al1; oacc[4 * i + 3] *= al1;
         }
       }
-      // P (16-bit) as the A fragments of m64nDk16: chunk kc = keys 16 kc .. 16 kc + 15
-      uint32_t pa[BN / 16][4];
 #pragma unroll
       for (int kc = 0; kc < BN / 16; ++kc) {
         pa[kc][0] = pack2<T>(s[8 * kc], s[8 * kc + 1]);
@@ -283,16 +327,19 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
         pa[kc][2] = pack2<T>(s[8 * kc + 4], s[8 * kc + 5]);
         pa[kc][3] = pack2<T>(s[8 * kc + 6], s[8 * kc + 7]);
       }
-      // O += P V
       fence_regs<D / 2>(oacc);
-      wgmma_fence();
+      if (j == n_kv_w - 1) {  // this warpgroup's last tile: O += P_j V_j now (V_j's slot is
+        wgmma_fence();        // reloaded later, for the other warpgroup's keys)
 #pragma unroll
-      for (int kc = 0; kc < BN / 16; ++kc)
-        wgmma_rs<T, D>(oacc, pa[kc], dV + ((slot * KV_BYTES + kc * 2048) >> 4));
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs<D / 2>(oacc);
-    }
+        for (int kc = 0; kc < BN / 16; ++kc)
+          wgmma_rs<T, D>(oacc, pa[kc], dV + (((j % (ST + 1)) * KV_BYTES + kc * 2048) >> 4));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs<D / 2>(oacc);
+      }
+    };
+    step(0, BoolC<true>());
+    for (int j = 1; j < n_kv; ++j) step(j, BoolC<false>());
     cp_async_wait<0>();
     __syncthreads();  // every warpgroup is done reading sQ
   }

@@ -63,26 +63,30 @@ def _instantiations():
 _FAM = KernelFamily("attention.cu", _instantiations())
 
 # Hopper (sm_90a) kernel family: wgmma, bf16/fp16, D in _SM90_DIMS, no bias; 64 query rows per
-# warpgroup, 1 or 2 warpgroups per block, _SM90_BN keys per step (cuda_src/attention_sm90.cu).
+# warpgroup, 1 or 2 warpgroups per block, BN keys per step, K/V ring of ST stages
+# (cuda_src/attention_sm90.cu). _SM90_CFG: head dim -> ((BN, ST) for rows up to _SM90_LONG
+# keys, (BN, ST) for longer rows).
 _SM90_DIMS = (64, 128)
-_SM90_BN = 64
+_SM90_CFG = {64: ((64, 2), (64, 2)), 128: ((32, 3), (64, 2))}
+_SM90_LONG = 2048
 _SM90_DEFAULT = True  # dispatched by default on sm_90 (bf16/fp16, D 64/128, no bias)
 # CUJAGGED_ATTENTION_SM90=0 forces the mma.sync kernel on sm_90, =1 the wgmma one (read at import).
 _SM90_ENABLED = os.environ.get("CUJAGGED_ATTENTION_SM90", "1" if _SM90_DEFAULT else "0") != "0"
 
 
-def _sm90_name(tname: str, d: int, nwg: int, bn: int = _SM90_BN) -> str:
-    return f"jfa_fwd_sm90<{tname}, {d}, {nwg}, {bn}>"
+def _sm90_name(tname: str, d: int, nwg: int, bn: int, st: int) -> str:
+    return f"jfa_fwd_sm90<{tname}, {d}, {nwg}, {bn}, {st}>"
 
 
-def _sm90_smem(d: int, nwg: int, bn: int = _SM90_BN) -> int:
-    """Q tile + two K and two V tiles (16-bit), plus 1 KiB to align the swizzled panels."""
-    return (64 * nwg + 4 * bn) * d * 2 + 1024
+def _sm90_smem(d: int, nwg: int, bn: int, st: int) -> int:
+    """Q tile + st K and st + 1 V tiles (16-bit), plus 1 KiB to align the swizzled panels."""
+    return (64 * nwg + (2 * st + 1) * bn) * d * 2 + 1024
 
 
 _FAM90 = KernelFamily("attention_sm90.cu",
-                      [_sm90_name(t, d, w) for t in ("bf16_t", "f16_t") for d in _SM90_DIMS
-                       for w in (1, 2)], arch="sm_90a")
+                      [_sm90_name(t, d, w, *c) for t in ("bf16_t", "f16_t")
+                       for d in _SM90_DIMS for w in (1, 2) for c in sorted(set(_SM90_CFG[d]))],
+                      options=("-default-device",), arch="sm_90a")
 _SMEM_SET: set = set()
 
 
@@ -323,8 +327,9 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                 bm = _bm or 64
                 if bm not in (64, 128):
                     raise ValueError(f"_bm must be 64 or 128 for the sm90 kernel, got {bm}")
-                fam, name = _FAM90, _sm90_name(_TNAME[dt], D, bm // 64)
-                smem, threads = _sm90_smem(D, bm // 64), bm * 2
+                cfg = _SM90_CFG[D][min(kj.max_length, msl) >= _SM90_LONG]
+                fam, name = _FAM90, _sm90_name(_TNAME[dt], D, bm // 64, *cfg)
+                smem, threads = _sm90_smem(D, bm // 64, *cfg), bm * 2
                 sc = scale * math.log2(math.e)
             else:
                 # 128-row tiles pay off when long rows carry the work (measured on H200)

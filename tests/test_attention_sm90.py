@@ -36,8 +36,11 @@ def test_sm90_matches_numba(p, bm):
 @pytest.mark.parametrize("dtype", [bfloat16, np.float16])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("bm", [64, 128])
-def test_sm90_long_rows(D, dtype, causal, bm):
+@pytest.mark.parametrize("long_cfg", [False, True])
+def test_sm90_long_rows(D, dtype, causal, bm, long_cfg, monkeypatch):
     _need_sm90()
+    if long_cfg:  # the tile configuration of rows >= _SM90_LONG keys
+        monkeypatch.setattr(A, "_SM90_LONG", 1)
     lq = [0, 1, 700, 64, 129, 333, 1000, 5]
     p = dict(lq=lq, lk=lq, cross=False, H=2, Hk=1, D=D, dtype=np.dtype(dtype), causal=causal,
              msl=900, scale=None, bias=False, bias_heads=1, off_dtype=np.int32, seed=D + bm)
