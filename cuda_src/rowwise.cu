@@ -6,7 +6,8 @@
 // offsets[r]. Work is a list of *units* built on the host without a sync (cached per structure):
 // chunk_off[r] .. chunk_off[r+1] are the units of row r (at least one per row, so empty rows are
 // written), each covering `chunk` consecutive items; chunk_row[u] is the row of unit u (>= nrows
-// for the spare units of a grid sized by an upper bound).
+// for the spare units of a grid sized by an upper bound), or nullptr when every row is one unit
+// (unit u is row u: one dependent load less before a block's first data load).
 //
 // Inside a block (256 threads): CT column threads (each owning V consecutive columns, 16-byte
 // vector loads when V > 1) times R = 256 / CT lanes. Lanes form groups of LPR lanes, one unit per
@@ -17,10 +18,21 @@
 #include "common.cuh"
 
 #define CJ_BLOCK 256
+#ifndef CJ_MINB
+#define CJ_MINB 2  // blocks per SM of the fused / elementwise / scan kernels (register cap 128)
+#endif
+#ifndef CJ_MINB_R
+#define CJ_MINB_R 3  // blocks per SM of the plain reductions (register cap 80)
+#endif
+#ifndef CJ_U
+#define CJ_U 8  // independent 16-byte loads in flight per lane
+#endif
 #define CJ_NOIDX 0x7fffffff
 #define CJ_LOG2E 1.4426950408889634f
 
 enum { K_SUM = 0, K_PROD = 1, K_MAX = 2, K_LSE = 3, K_DOT = 4 };
+// K_MAXV: value-only max (no index; the K_MAX kernel runs it when mode bit 1 is clear)
+enum { K_MAXV = 5 };
 // Reduction item transforms (K_SUM): 0 identity, 1 (x != 0), 2 (x == 0). K_MAX: 1 negate (min).
 // Finalisation modes: K_SUM 0 sum, 1 mean, 2 any (count of non-zeros > 0), 3 all (count of
 // zeros == 0); K_MAX 0 value, 1 index.
@@ -49,14 +61,25 @@ __device__ __forceinline__ void storev(T* __restrict__ p, const float (&f)[V]) {
 
 __device__ __forceinline__ bool isnanf_(float x) { return x != x; }
 __device__ __forceinline__ float nanf_() { return __int_as_float(0x7fc00000); }
-__device__ __forceinline__ float fast_exp(float x) { return exp2f(x * CJ_LOG2E); }
+__device__ __forceinline__ float ex2_(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float fast_exp(float x) { return ex2_(x * CJ_LOG2E); }
+// max that propagates NaN (sm_80+)
+__device__ __forceinline__ float fmax_nan(float a, float b) {
+  float d;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(b));
+  return d;
+}
 
 // ---- reduction states --------------------------------------------------------------------------
 struct St { float a; float b; int i; };
 
 template <int K> __device__ __forceinline__ St st_init() {
   St s;
-  s.a = (K == K_PROD) ? 1.f : ((K == K_MAX || K == K_LSE) ? -CJ_INF : 0.f);
+  s.a = (K == K_PROD) ? 1.f : ((K == K_MAX || K == K_MAXV || K == K_LSE) ? -CJ_INF : 0.f);
   s.b = 0.f;
   s.i = CJ_NOIDX;
   return s;
@@ -70,8 +93,12 @@ template <int K> __device__ __forceinline__ void st_push(St& s, float x, float y
     s.a += x * y;
   } else if (K == K_PROD) {
     s.a *= x;
-  } else if (K == K_MAX) {
-    if (s.i == CJ_NOIDX || x > s.a || (isnanf_(x) && !isnanf_(s.a))) { s.a = x; s.i = idx; }
+  } else if (K == K_MAXV) {
+    s.a = fmax_nan(s.a, x);
+  } else if (K == K_MAX) {  // compare-select: the first maximum, else the first NaN
+    const bool take = (x > s.a) | ((x != x) & (s.a == s.a)) | (s.i == CJ_NOIDX);
+    s.a = take ? x : s.a;
+    s.i = take ? idx : s.i;
   } else {  // K_LSE, online (max, sum of exp(x - max))
     if (isnanf_(x) || isnanf_(s.a)) {
       s.a = nanf_();
@@ -92,6 +119,8 @@ template <int K> __device__ __forceinline__ void st_merge(St& s, const St& t) {
     s.a += t.a;
   } else if (K == K_PROD) {
     s.a *= t.a;
+  } else if (K == K_MAXV) {
+    s.a = fmax_nan(s.a, t.a);
   } else if (K == K_MAX) {
     if (t.i == CJ_NOIDX) return;
     const bool sn = isnanf_(s.a), tn = isnanf_(t.a);
@@ -120,6 +149,10 @@ __device__ __forceinline__ float st_final(const St& s, int mode, int64_t n, int 
   } else if (K == K_MAX) {  // values were negated for min (mode bit 1 set by caller)
     if (mode & 2) return (n && s.i != CJ_NOIDX) ? (float)s.i : -1.f;
     float v = (n && s.i != CJ_NOIDX) ? s.a : -CJ_INF;
+    if (has_init && !isnanf_(v)) v = fmaxf(v, init);
+    return v;
+  } else if (K == K_MAXV) {  // -inf for an empty row is the state's initial value
+    float v = s.a;
     if (has_init && !isnanf_(v)) v = fmaxf(v, init);
     return v;
   } else if (K == K_LSE) {
@@ -179,13 +212,13 @@ __device__ __forceinline__ Unit get_unit(const int64_t* __restrict__ offsets,
   u.id = id;
   u.start = u.end = u.rbeg = u.len = 0;
   if (id >= nunits) return u;
-  const int64_t r = chunk_row[id];
+  const int64_t r = chunk_row ? chunk_row[id] : id;  // nullptr: one unit per row
   if (r < 0 || r >= nrows) return u;
   u.row = r;
   u.rbeg = offsets[r];
   u.len = offsets[r + 1] - u.rbeg;
   const int64_t le = u.len < limit ? u.len : limit;
-  u.start = (id - chunk_off[r]) * chunk;
+  u.start = chunk_row ? (id - chunk_off[r]) * chunk : 0;
   u.end = u.start + chunk < le ? u.start + chunk : le;
   return u;
 }
@@ -223,7 +256,7 @@ __device__ __forceinline__ void group_merge(St (&s)[V], float* sa, float* sb, in
 template <typename T, int K, int V>
 __device__ __forceinline__ void write_final(const St (&s)[V], int mode, int64_t n, int has_init,
                                             float init, void* out, int out_kind, int64_t base) {
-  const bool neg = (K == K_MAX) && (mode & 1);
+  const bool neg = (K == K_MAX || K == K_MAXV) && (mode & 1);
 #pragma unroll
   for (int j = 0; j < V; ++j) {
     float v = st_final<K>(s[j], mode, n, has_init, neg ? -init : init);
@@ -233,111 +266,194 @@ __device__ __forceinline__ void write_final(const St (&s)[V], int mode, int64_t 
 }
 
 // The rewrite of a whole row after its reduction q (softmax forward / backward), mode FM.
+// Lane l of LPR writes items l, l + LPR, ...: 0 past trunc, else apply(FM, a, b, q).
 template <typename T, int V, int FM>
 __device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* __restrict__ br,
                                             const float (&q)[V], const Unit& un, int64_t C,
                                             int64_t trunc, int l, int LPR, T* __restrict__ fout,
                                             int64_t col) {
-  T* orow = fout + un.rbeg * C + col;
-  constexpr int UW = 4;
+  constexpr int UW = (FM == E_SOFTMAX || FM == E_LOGSOFTMAX) ? 4 : 2;  // 1 or 2 input streams
+  const int64_t step = (int64_t)LPR * C;
+  const int lg = __ffs(LPR) - 1;  // LPR is a power of two
+  const int64_t nt = un.len < trunc ? un.len : trunc;  // items that are read
+  const T* pa = ar + l * C;
+  const T* pb = br ? br + l * C : br;
+  T* po = fout + un.rbeg * C + col + l * C;
   for (int64_t i0 = l; i0 < un.len; i0 += (int64_t)UW * LPR) {
+    // counts of this lane's next UW items below nt (read) and below len (written)
+    const int64_t rr = nt - i0, rw = un.len - i0;
+    const int nr = rr <= 0 ? 0 : ((rr < (int64_t)UW * LPR ? (int)rr : UW * LPR) + LPR - 1) >> lg;
+    const int nw = ((rw < (int64_t)UW * LPR ? (int)rw : UW * LPR) + LPR - 1) >> lg;
     VecT<T, V> x[UW], y[UW];
 #pragma unroll
     for (int u = 0; u < UW; ++u) {
-      const int64_t i = i0 + (int64_t)u * LPR;
-      if (i < un.len && i < trunc) {
-        x[u] = ldv<T, V>(ar + i * C);
-        if (br) y[u] = ldv<T, V>(br + i * C);
+      if (u < nr) {
+        x[u] = ldv<T, V>(pa + u * step);
+        if (br) y[u] = ldv<T, V>(pb + u * step);
       }
     }
 #pragma unroll
     for (int u = 0; u < UW; ++u) {
-      const int64_t i = i0 + (int64_t)u * LPR;
-      if (i < un.len) {
+      if (u < nw) {
         float o[V];
 #pragma unroll
         for (int j = 0; j < V; ++j)
-          o[j] = (i < trunc) ? apply(FM, to_float(x[u].v[j]), br ? to_float(y[u].v[j]) : 0.f,
-                                     0.f, q[j], i, un.len, trunc, 0)
-                             : 0.f;
-        storev<T, V>(orow + i * C, o);
+          o[j] = (u < nr) ? apply(FM, to_float(x[u].v[j]), br ? to_float(y[u].v[j]) : 0.f, 0.f,
+                                  q[j], 0, un.len, trunc, 0)
+                          : 0.f;
+        storev<T, V>(po + u * step, o);
+      }
+    }
+    pa += UW * step;
+    if (br) pb += UW * step;
+    po += UW * step;
+  }
+}
+
+// ---- reduction (optionally fused with an elementwise rewrite of the same row) -------------------
+// Fold items [start, end) of a unit (lane l of LPR, items l, l + LPR, ...) into s: every lane
+// issues U independent vector loads before using any. K_LSE folds a batch at a time: one max over
+// the batch, one rescale of the running sum, then one exp per item.
+template <typename T, int K, int V, int U>
+__device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
+                                           const T* __restrict__ br, int64_t start, int64_t end,
+                                           int l, int LPR, int64_t C, int mode) {
+  const bool neg = (K == K_MAX || K == K_MAXV) && (mode & 1);
+  const int tmode = (K == K_SUM) ? (mode == 2 ? 1 : (mode == 3 ? 2 : 0)) : 0;
+  const int64_t step = (int64_t)LPR * C;  // elements between a lane's consecutive items
+  const int lg = __ffs(LPR) - 1;            // LPR is a power of two
+  const T* pa = ar + (start + l) * C;
+  const T* pb = (K == K_DOT) ? br + (start + l) * C : br;
+  for (int64_t i0 = start + l; i0 < end; i0 += (int64_t)U * LPR) {
+    // items i0 + u * LPR for u < nv (32-bit counts from here on)
+    const int64_t rem = end - i0;
+    const int nv = ((rem < (int64_t)U * LPR ? (int)rem : U * LPR) + LPR - 1) >> lg;
+    VecT<T, V> w[U], z[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (u < nv) {
+        w[u] = ldv<T, V>(pa + u * step);
+        if (K == K_DOT) z[u] = ldv<T, V>(pb + u * step);
+      }
+    }
+    pa += U * step;
+    if (K == K_DOT) pb += U * step;
+    if (K == K_LSE) {
+      float m[V], ms[V];
+#pragma unroll
+      for (int j = 0; j < V; ++j) m[j] = s[j].a;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u < nv) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) m[j] = fmax_nan(m[j], to_float(w[u].v[j]));
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        ms[j] = (m[j] == -CJ_INF) ? 0.f : m[j];  // all -inf so far: every term is 0
+        s[j].b *= ex2_((s[j].a - ms[j]) * CJ_LOG2E);
+        s[j].a = m[j];
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u < nv) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) s[j].b += ex2_((to_float(w[u].v[j]) - ms[j]) * CJ_LOG2E);
+        }
+      }
+      continue;
+    }
+    if (K == K_MAX) {  // batch max; only when it beats the state, the first position holding it
+      float m[V];
+#pragma unroll
+      for (int j = 0; j < V; ++j) m[j] = -CJ_INF;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u < nv) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const float x = to_float(w[u].v[j]);
+            m[j] = fmax_nan(m[j], neg ? -x : x);
+          }
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const bool mn = m[j] != m[j];
+        if ((m[j] > s[j].a) | (mn & (s[j].a == s[j].a)) | (s[j].i == CJ_NOIDX)) {
+          int uf = 0;
+#pragma unroll
+          for (int u = U - 1; u >= 0; --u) {
+            const float x0 = to_float(w[u].v[j]);
+            const float x = neg ? -x0 : x0;
+            if (u < nv && (x == m[j] || (mn && x != x))) uf = u;
+          }
+          s[j].a = m[j];
+          s[j].i = (int)i0 + uf * LPR;
+        }
+      }
+      continue;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (u < nv) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          float x = to_float(w[u].v[j]);
+          if (neg) x = -x;
+          if (tmode == 1) x = x != 0.f;
+          if (tmode == 2) x = x == 0.f;
+          st_push<K>(s[j], x, K == K_DOT ? to_float(z[u].v[j]) : 0.f, (int)i0 + u * LPR);
+        }
       }
     }
   }
 }
 
-// ---- reduction (optionally fused with an elementwise rewrite of the same row) -------------------
 // pass 0: every unit is a whole row: lane 0 of each group finalises and writes out[row, col]
-//         (kind out_kind), unless fmode >= 0: then the group rewrites its whole row with
+//         (kind out_kind), unless FUSED: then the group rewrites its whole row with
 //         apply(fmode, a, b, q = result) into fout (items past trunc get 0).
 // pass 1: one unit per block (LPR == R); partial states go to part_* [unit, C]; the last block of
 //         each row (counters [nrows, gridDim.y], zero between launches) combines and writes out.
 // pass 2: as pass 1 but only the partial states (the carries of a chunked cumsum).
-template <typename T, int K, int V>
-__global__ void __launch_bounds__(CJ_BLOCK, 2)
-reduce_rows(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __restrict__ offsets,
+// KK is K, or K_MAXV for a value-only max in the K_MAX kernel.
+template <typename T, int K, int KK, int V, bool FUSED>
+__device__ __forceinline__ void
+reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __restrict__ offsets,
             const int64_t* __restrict__ chunk_off, const int64_t* __restrict__ chunk_row,
             int64_t nunits, int64_t nrows, int64_t C, int64_t chunk, int64_t trunc, int CT,
             int LPR, int mode, int pass, float* __restrict__ part_a, float* __restrict__ part_b,
             int* __restrict__ part_i, int* __restrict__ counters, void* __restrict__ out,
-            int out_kind, int has_init, float init, int fmode, T* __restrict__ fout) {
-  constexpr int U = (K == K_DOT) ? 4 : 8;
-  __shared__ float sa[CJ_BLOCK * V];
-  __shared__ float sb[(K == K_LSE) ? CJ_BLOCK * V : 1];
-  __shared__ int si[(K == K_MAX) ? CJ_BLOCK * V : 1];
-  __shared__ int s_last;
+            int out_kind, int has_init, float init, int fmode, T* __restrict__ fout, float* sa,
+            float* sb, int* si, int& s_last) {
   const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
   const int l = lane % LPR, sub = lane / LPR;
   const Unit un = get_unit(offsets, chunk_off, chunk_row, nunits, nrows, chunk, trunc,
                            (int64_t)blockIdx.x * (R / LPR) + sub);
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
   const bool active = col < C && un.row >= 0;
-  const bool neg = (K == K_MAX) && (mode & 1);
-  const int tmode = (K == K_SUM) ? (mode == 2 ? 1 : (mode == 3 ? 2 : 0)) : 0;
   const T* ar = a + un.rbeg * C + col;
   const T* br = b ? b + un.rbeg * C + col : b;
 
   St s[V];
 #pragma unroll
-  for (int j = 0; j < V; ++j) s[j] = st_init<K>();
-  if (active) {
-    for (int64_t i0 = un.start + l; i0 < un.end; i0 += (int64_t)U * LPR) {
-      VecT<T, V> w[U], z[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t i = i0 + (int64_t)u * LPR;
-        if (i < un.end) {
-          w[u] = ldv<T, V>(ar + i * C);
-          if (K == K_DOT) z[u] = ldv<T, V>(br + i * C);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t i = i0 + (int64_t)u * LPR;
-        if (i < un.end) {
-#pragma unroll
-          for (int j = 0; j < V; ++j) {
-            float x = to_float(w[u].v[j]);
-            if (neg) x = -x;
-            if (tmode == 1) x = x != 0.f;
-            if (tmode == 2) x = x == 0.f;
-            st_push<K>(s[j], x, K == K_DOT ? to_float(z[u].v[j]) : 0.f, (int)i);
-          }
-        }
-      }
-    }
-  }
-  group_merge<K, V>(s, sa, sb, si, lane, l, ct, CT, LPR);
+  for (int j = 0; j < V; ++j) s[j] = st_init<KK>();
+  // loads in flight per lane: half where a second array (state or input) takes registers
+  constexpr int UA = (KK == K_SUM || KK == K_PROD || KK == K_MAXV || (FUSED && KK == K_LSE))
+                         ? CJ_U : CJ_U / 2;
+  if (active) accumulate<T, KK, V, UA>(s, ar, br, un.start, un.end, l, LPR, C, mode);
+  group_merge<KK, V>(s, sa, sb, si, lane, l, ct, CT, LPR);
   const int64_t n = un.len < trunc ? un.len : trunc;
 
-  if (pass != 0) {
+  if (!FUSED && pass != 0) {
     if (l == 0 && active) {
       const int64_t g = un.id;
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         part_a[g * C + col + j] = s[j].a;
-        if (K == K_LSE) part_b[g * C + col + j] = s[j].b;
-        if (K == K_MAX) part_i[g * C + col + j] = s[j].i;
+        if (KK == K_LSE) part_b[g * C + col + j] = s[j].b;
+        if (KK == K_MAX) part_i[g * C + col + j] = s[j].i;
       }
     }
     if (pass == 2) return;
@@ -360,7 +476,7 @@ reduce_rows(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
     const int64_t g0 = chunk_off[un.row], g1 = chunk_off[un.row + 1];
     St t[V];
 #pragma unroll
-    for (int j = 0; j < V; ++j) t[j] = st_init<K>();
+    for (int j = 0; j < V; ++j) t[j] = st_init<KK>();
     if (col < C) {
       const volatile float* va = part_a;
       const volatile float* vb = part_b;
@@ -370,26 +486,28 @@ reduce_rows(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
         for (int j = 0; j < V; ++j) {
           St u;
           u.a = va[g * C + col + j];
-          u.b = (K == K_LSE) ? vb[g * C + col + j] : 0.f;
-          u.i = (K == K_MAX) ? vi[g * C + col + j] : CJ_NOIDX;
-          st_merge<K>(t[j], u);
+          u.b = (KK == K_LSE) ? vb[g * C + col + j] : 0.f;
+          u.i = (KK == K_MAX) ? vi[g * C + col + j] : CJ_NOIDX;
+          st_merge<KK>(t[j], u);
         }
       }
     }
-    group_merge<K, V>(t, sa, sb, si, lane, lane, ct, CT, R);
-    if (lane == 0 && col < C) write_final<T, K, V>(t, mode, n, has_init, init, out, out_kind,
-                                                   un.row * C + col);
+    group_merge<KK, V>(t, sa, sb, si, lane, lane, ct, CT, R);
+    if (lane == 0 && col < C) write_final<T, KK, V>(t, mode, n, has_init, init, out, out_kind,
+                                                    un.row * C + col);
     return;
   }
-  if (fmode < 0) {
-    if (l == 0 && active) write_final<T, K, V>(s, mode, n, has_init, init, out, out_kind,
-                                               un.row * C + col);
+  if (!FUSED) {
+    if (l == 0 && active) write_final<T, KK, V>(s, mode, n, has_init, init, out, out_kind,
+                                                un.row * C + col);
     return;
   }
+  if (K != K_LSE && K != K_SUM && K != K_DOT) return;  // no fused rewrite after these
+  (void)out; (void)out_kind; (void)has_init; (void)init;
   // fused elementwise rewrite of the whole row
   if (l == 0 && active) {
 #pragma unroll
-    for (int j = 0; j < V; ++j) sa[(sub * CT + ct) * V + j] = st_final<K>(s[j], mode, n, 0, 0.f);
+    for (int j = 0; j < V; ++j) sa[(sub * CT + ct) * V + j] = st_final<KK>(s[j], mode, n, 0, 0.f);
   }
   __syncthreads();
   if (!active) return;
@@ -411,6 +529,41 @@ reduce_rows(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
   }
 }
 
+// The plain reductions (reduce_rows, few registers: more blocks per SM) and the reductions fused
+// with a rewrite of their rows (fused_rows: K_LSE, K_SUM, K_DOT; pass 0 only). Same arguments.
+#define CJ_REDUCE_ARGS                                                                            \
+  const T *__restrict__ a, const T *__restrict__ b, const int64_t *__restrict__ offsets,        \
+      const int64_t *__restrict__ chunk_off, const int64_t *__restrict__ chunk_row,             \
+      int64_t nunits, int64_t nrows, int64_t C, int64_t chunk, int64_t trunc, int CT, int LPR,  \
+      int mode, int pass, float *__restrict__ part_a, float *__restrict__ part_b,               \
+      int *__restrict__ part_i, int *__restrict__ counters, void *__restrict__ out,             \
+      int out_kind, int has_init, float init, int fmode, T *__restrict__ fout
+#define CJ_REDUCE_SHARED                                                                          \
+  __shared__ float sa[CJ_BLOCK * V];                                                              \
+  __shared__ float sb[(K == K_LSE) ? CJ_BLOCK * V : 1];                                           \
+  __shared__ int si[(K == K_MAX) ? CJ_BLOCK * V : 1];                                             \
+  __shared__ int s_last;
+#define CJ_REDUCE(KK, F)                                                                          \
+  reduce_body<T, K, KK, V, F>(a, b, offsets, chunk_off, chunk_row, nunits, nrows, C, chunk,       \
+                              trunc, CT, LPR, mode, pass, part_a, part_b, part_i, counters, out,  \
+                              out_kind, has_init, init, fmode, fout, sa, sb, si, s_last)
+
+template <typename T, int K, int V>
+__global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB_R) reduce_rows(CJ_REDUCE_ARGS) {
+  CJ_REDUCE_SHARED
+  if (K == K_MAX && !(mode & 2)) CJ_REDUCE(K == K_MAX ? K_MAXV : K, false);
+  else CJ_REDUCE(K, false);
+}
+
+template <typename T, int K, int V>
+__global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB) fused_rows(CJ_REDUCE_ARGS) {
+  CJ_REDUCE_SHARED
+  CJ_REDUCE(K, true);
+}
+#undef CJ_REDUCE
+#undef CJ_REDUCE_SHARED
+#undef CJ_REDUCE_ARGS
+
 // ---- row-broadcast elementwise -----------------------------------------------------------------
 // out[t, c] = apply(mode, a[t, c], b[t, c], p[row*p_row + pos*p_pos + c], q[row*C + c], ...,
 //                   ix[row*C + c]) over every item of every row (units of the untruncated rows).
@@ -430,39 +583,51 @@ __device__ __forceinline__ void bcast_body(const T* __restrict__ a, const T* __r
     qr[j] = q ? q[un.row * C + col + j] : 0.f;
     xr[j] = ix ? (int)ix[un.row * C + col + j] : -1;
   }
-  const T* pp = p ? p + un.row * p_row + col : p;
   constexpr int UW = 4;
+  const bool pad = p && p_pos != 0;
+  const int64_t step = (int64_t)LPR * C, pstep = (int64_t)LPR * p_pos;
+  const int lg = __ffs(LPR) - 1;  // LPR is a power of two
+  const int64_t off0 = (un.rbeg + un.start + l) * C + col;
+  const T* pa = a ? a + off0 : a;
+  const T* pb = b ? b + off0 : b;
+  const T* pp = pad ? p + un.row * p_row + col + (un.start + l) * p_pos : p;
+  T* po = out + off0;
   for (int64_t i0 = un.start + l; i0 < un.end; i0 += (int64_t)UW * LPR) {
+    const int64_t rem = un.end - i0;
+    const int nv = ((rem < (int64_t)UW * LPR ? (int)rem : UW * LPR) + LPR - 1) >> lg;
     VecT<T, V> xa[UW], xb[UW], xp[UW];
 #pragma unroll
     for (int u = 0; u < UW; ++u) {
-      const int64_t i = i0 + (int64_t)u * LPR;
-      if (i < un.end) {
-        if (a) xa[u] = ldv<T, V>(a + (un.rbeg + i) * C + col);
-        if (b) xb[u] = ldv<T, V>(b + (un.rbeg + i) * C + col);
-        if (p && p_pos != 0) xp[u] = ldv<T, V>(pp + i * p_pos);
+      if (u < nv) {
+        if (a) xa[u] = ldv<T, V>(pa + u * step);
+        if (b) xb[u] = ldv<T, V>(pb + u * step);
+        if (pad) xp[u] = ldv<T, V>(pp + u * pstep);
       }
     }
 #pragma unroll
     for (int u = 0; u < UW; ++u) {
-      const int64_t i = i0 + (int64_t)u * LPR;
-      if (i < un.end) {
+      if (u < nv) {
+        const int64_t i = i0 + (int64_t)u * LPR;
         float o[V];
 #pragma unroll
         for (int j = 0; j < V; ++j) {
           const float av = a ? to_float(xa[u].v[j]) : 0.f;
           const float bv = b ? to_float(xb[u].v[j]) : 0.f;
-          const float pv = (p && p_pos != 0) ? to_float(xp[u].v[j]) : pr[j];
+          const float pv = pad ? to_float(xp[u].v[j]) : pr[j];
           o[j] = apply(MODE, av, bv, pv, qr[j], i, un.len, trunc, xr[j]);
         }
-        storev<T, V>(out + (un.rbeg + i) * C + col, o);
+        storev<T, V>(po + u * step, o);
       }
     }
+    if (a) pa += UW * step;
+    if (b) pb += UW * step;
+    if (pad) pp += UW * pstep;
+    po += UW * step;
   }
 }
 
 template <typename T, int V>
-__global__ void __launch_bounds__(CJ_BLOCK, 2)
+__global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB)
 rowbcast(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ p,
          int64_t p_row, int64_t p_pos, const float* __restrict__ q,
          const int64_t* __restrict__ ix, const int64_t* __restrict__ offsets,
@@ -491,20 +656,57 @@ rowbcast(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__
 // Inclusive (exclusive=0) or exclusive scan of each column along each row; reverse=1 scans from
 // the row's end (the backward of the forward scan). One unit per block; part_a [unit, C] holds
 // the carry-in of each unit (the sum of the row's earlier units in scan order), or is nullptr
-// when every row is one unit.
+// when every row is one unit. Each step covers R * U items: lane k loads its U consecutive items
+// (in scan order) at once, scans them in registers, and one Hillis-Steele scan of the R lane
+// totals (shared memory) gives every lane its offset.
 template <typename T, int V>
-__global__ void __launch_bounds__(CJ_BLOCK, 2)
+__global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB)
 cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ offsets,
             const int64_t* __restrict__ chunk_off, const int64_t* __restrict__ chunk_row,
-            int64_t nunits, int64_t nrows, int64_t C, int64_t chunk, int CT, int exclusive,
-            int reverse, const float* __restrict__ part_a, T* __restrict__ out) {
+            int64_t nunits, int64_t nrows, int64_t C, int64_t chunk, int CT, int LPR,
+            int exclusive, int reverse, const float* __restrict__ part_a, T* __restrict__ out) {
+  constexpr int U = CJ_U;
   __shared__ float sm[CJ_BLOCK * V];
-  const Unit un = get_unit(offsets, chunk_off, chunk_row, nunits, nrows, chunk, (int64_t)1 << 62,
-                           blockIdx.x);
-  if (un.row < 0) return;
   const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
   const bool active = col < C;
+  if (LPR == 1) {  // short whole rows: lane k of block b scans unit b * R + k alone, no barrier
+    const Unit un = get_unit(offsets, chunk_off, chunk_row, nunits, nrows, chunk,
+                             (int64_t)1 << 62, (int64_t)blockIdx.x * R + lane);
+    if (un.row < 0 || !active) return;
+    const int64_t n = un.end - un.start;
+    const T* src = a + un.rbeg * C + col;
+    T* dst = out + un.rbeg * C + col;
+    float run[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) run[j] = 0.f;
+    for (int64_t k0 = 0; k0 < n; k0 += U) {
+      VecT<T, V> w[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t k = k0 + u;
+        if (k < n) w[u] = ldv<T, V>(src + (reverse ? un.end - 1 - k : un.start + k) * C);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t k = k0 + u;
+        if (k < n) {
+          float o[V];
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const float x = to_float(w[u].v[j]);
+            o[j] = exclusive ? run[j] : run[j] + x;
+            run[j] += x;
+          }
+          storev<T, V>(dst + (reverse ? un.end - 1 - k : un.start + k) * C, o);
+        }
+      }
+    }
+    return;
+  }
+  const Unit un = get_unit(offsets, chunk_off, chunk_row, nunits, nrows, chunk, (int64_t)1 << 62,
+                           blockIdx.x);
+  if (un.row < 0) return;
   float carry[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) carry[j] = 0.f;
@@ -513,40 +715,63 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ offsets,
     for (int j = 0; j < V; ++j) carry[j] = part_a[un.id * C + col + j];
   }
   const int64_t n = un.end - un.start;
-  for (int64_t base = 0; base < n; base += R) {
-    const int64_t k = base + lane;  // k-th item of the unit in scan order
-    const int64_t i = reverse ? un.end - 1 - k : un.start + k;
-    float x[V];
-    if (active && k < n) {
-      const VecT<T, V> w = ldv<T, V>(a + (un.rbeg + i) * C + col);
+  const T* src = a + un.rbeg * C + col;
+  T* dst = out + un.rbeg * C + col;
+  float* me = sm + (lane * CT + ct) * V;
+  for (int64_t base = 0; base < n; base += (int64_t)R * U) {
+    const int64_t k0 = base + (int64_t)lane * U;  // this lane's first item in scan order
+    VecT<T, V> w[U];
 #pragma unroll
-      for (int j = 0; j < V; ++j) x[j] = to_float(w.v[j]);
-    } else {
+    for (int u = 0; u < U; ++u) {
+      const int64_t k = k0 + u;
+      const int64_t i = reverse ? un.end - 1 - k : un.start + k;
+      if (active && k < n) {
+        w[u] = ldv<T, V>(src + i * C);
+      } else {
 #pragma unroll
-      for (int j = 0; j < V; ++j) x[j] = 0.f;
+        for (int j = 0; j < V; ++j) w[u].v[j] = from_float<T>(0.f);
+      }
     }
-    float v[V];
+    float tot[V], v[V];
 #pragma unroll
-    for (int j = 0; j < V; ++j) { v[j] = x[j]; sm[(lane * CT + ct) * V + j] = v[j]; }
+    for (int j = 0; j < V; ++j) tot[j] = 0.f;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) tot[j] += to_float(w[u].v[j]);
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j) { v[j] = tot[j]; me[j] = v[j]; }
     for (int off = 1; off < R; off <<= 1) {
       __syncthreads();
-      float u[V];
+      float t[V];
 #pragma unroll
-      for (int j = 0; j < V; ++j) u[j] = lane >= off ? sm[((lane - off) * CT + ct) * V + j] : 0.f;
+      for (int j = 0; j < V; ++j) t[j] = lane >= off ? me[j - off * CT * V] : 0.f;
       __syncthreads();
 #pragma unroll
-      for (int j = 0; j < V; ++j) { v[j] += u[j]; sm[(lane * CT + ct) * V + j] = v[j]; }
+      for (int j = 0; j < V; ++j) { v[j] += t[j]; me[j] = v[j]; }
     }
     __syncthreads();
-    float o[V], tot[V];
+    float run[V], all[V];
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      o[j] = carry[j] + (exclusive ? v[j] - x[j] : v[j]);
-      tot[j] = sm[((R - 1) * CT + ct) * V + j];
+      run[j] = carry[j] + (v[j] - tot[j]);  // carry + the totals of the earlier lanes
+      all[j] = sm[((R - 1) * CT + ct) * V + j];
     }
-    if (active && k < n) storev<T, V>(out + (un.rbeg + i) * C + col, o);
 #pragma unroll
-    for (int j = 0; j < V; ++j) carry[j] += tot[j];
+    for (int u = 0; u < U; ++u) {
+      const int64_t k = k0 + u;
+      float o[V];
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const float x = to_float(w[u].v[j]);
+        o[j] = exclusive ? run[j] : run[j] + x;
+        run[j] += x;
+      }
+      if (active && k < n) storev<T, V>(dst + (reverse ? un.end - 1 - k : un.start + k) * C, o);
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j) carry[j] += all[j];
     __syncthreads();
   }
 }

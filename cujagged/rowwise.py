@@ -57,6 +57,7 @@ def _instantiations():
     for tn, vec in _TNAME.values():
         for v in (1, vec):
             names += [f"reduce_rows<{tn}, {k}, {v}>" for k in range(5)]
+            names += [f"fused_rows<{tn}, {k}, {v}>" for k in (K_SUM, K_LSE, K_DOT)]
             names += [f"rowbcast<{tn}, {v}>", f"cumsum_rows<{tn}, {v}>"]
     return names
 
@@ -233,8 +234,8 @@ def _geom(C: int, dtype, *arrays):
 # Scheduling thresholds in bytes (tests shrink them to exercise the split paths on small data).
 # A block owns whole rows only when they are short (balanced work); fused softmax keeps whole rows
 # up to 256 KB (one read of x from DRAM, the second from L2).
-_SCHED = {"whole_reduce": 32 * _KB, "whole_fused": 256 * _KB, "whole_scan": 128 * _KB,
-          "small_row": 32 * _KB,
+_SCHED = {"whole_reduce": 512 * _KB, "whole_fused": 256 * _KB, "whole_scan": 512 * _KB,
+          "small_row": 32 * _KB, "lane_items": 8, "lane_scan": 64,
           "split_min": 64 * _KB, "split_max": 1024 * _KB, "bcast_chunk": 64 * _KB,
           "scan_chunk": 64 * _KB}
 
@@ -243,11 +244,12 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     """Work split of x's rows (cached per structure): (chunk, nunits, LPR, split, blocks,
     chunk_off, chunk_row).
 
-    ``kind``: "reduce" (a block may own whole rows up to 32 KB, longer rows are split in
+    ``kind``: "reduce" (a block may own whole rows up to 512 KB, longer rows are split in
     chunks of 64 KB .. 1 MB combined by the last block), "fused" (the same with whole rows up to
     256 KB: softmax in one kernel), "bcast" (chunks of at most 64 KB, no combine) or "scan"
-    (whole rows up to 128 KB, else 64 KB chunks with carries). LPR lanes per unit, R / LPR units
-    per block: several short rows share a block."""
+    (whole rows up to 512 KB, else 64 KB chunks with carries). LPR lanes per unit, R / LPR units
+    per block: several short rows share a block (a scan of rows of at most 64 items: one lane
+    per row)."""
     key = ("rowwise.sched", kind, item_bytes, trunc if trunc < x.max_length else None, CT,
            tuple(_SCHED.values()))
     c = x._cache
@@ -277,10 +279,14 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
         nunits = _builtin_max(B, 1)
     else:
         nunits = B + _builtin_min(T, B * trunc) // chunk + 1
-    if split or kind == "scan":
+    if kind == "scan" and not split and L <= S["lane_scan"]:
+        LPR = 1  # short rows: each lane scans whole rows alone, R rows per block
+    elif split or kind == "scan":
         LPR = R
     else:
-        LPR = _builtin_max(1, _builtin_min(R, _pow2_at_least(-(-_builtin_min(mean, chunk) // 4))))
+        # enough lanes per row that a lane has about one batch of loads (lane_items) to do
+        li = S["lane_items"]
+        LPR = _builtin_max(1, _builtin_min(R, _pow2_at_least(-(-_builtin_min(mean, chunk) // li))))
     blocks = -(-nunits // (R // LPR))
     off = _off64(x)
     lens = off[1:] - off[:-1]
@@ -291,6 +297,8 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     co[1:] = cupy.cumsum(n)
     crow = cupy.searchsorted(co[1:], cupy.arange(nunits, dtype=np.int64), side="right")
     crow = crow.astype(np.int64, copy=False)
+    if chunk >= L:  # one unit per row: unit == row, the kernels skip the chunk_row look-up
+        crow = None
     hit = (chunk, nunits, LPR, split, blocks, co, crow)
     c[key] = hit
     return hit
@@ -342,7 +350,7 @@ def _gpu_reduce(x, K, mode, out_dtype, out_kind, trunc, *, has_init=0, init=0.0,
         ctr = _counters(x, B * yt) if pass_ != 2 else None
     p = pass_ if pass_ is not None else (1 if split else 0)
     kern((blocks, yt), (_BLOCK,),
-         (vals, _ptr(bv), _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk),
+         (vals, _ptr(bv), _off64(x), co, _ptr(crow), _i64(nunits), _i64(B), _i64(C), _i64(chunk),
           _i64(trunc), _i32(CT), _i32(LPR), _i32(mode), _i32(p), _ptr(pa), _ptr(pb), _ptr(pi),
           _ptr(ctr), _ptr(out), _i32(out_kind), _i32(has_init), np.float32(init), _i32(-1),
           _NULL))
@@ -372,7 +380,7 @@ def _gpu_rowbcast(x, mode, *, a=None, b=None, p=None, padded=False, q=None, ix=N
     kern = _kern(f"rowbcast<{tn}, {V}>")
     kern((blocks, yt), (_BLOCK,),
          (_ptr(a), _ptr(b), _ptr(p), _i64(p_row), _i64(p_pos), _ptr(q), _ptr(ix), _off64(x), co,
-          crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i64(trunc), _i32(CT), _i32(LPR),
+          _ptr(crow), _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i64(trunc), _i32(CT), _i32(LPR),
           _i32(mode), out))
     return out
 
@@ -393,9 +401,9 @@ def _gpu_fused(x, K, mode, fmode, trunc, b=None):
         q = _gpu_reduce(x, K, mode, np.float32, OUT_F32, trunc, b=b)
         return _gpu_rowbcast(x, fmode, a=vals, b=bv, q=q, trunc=trunc, out=out)
     tn = _TNAME[x.dtype][0]
-    kern = _kern(f"reduce_rows<{tn}, {K}, {V}>")
+    kern = _kern(f"fused_rows<{tn}, {K}, {V}>")
     kern((blocks, yt), (_BLOCK,),
-         (vals, _ptr(bv), _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk),
+         (vals, _ptr(bv), _off64(x), co, _ptr(crow), _i64(nunits), _i64(B), _i64(C), _i64(chunk),
           _i64(trunc), _i32(CT), _i32(LPR), _i32(mode), _i32(0), _NULL, _NULL, _NULL, _NULL,
           _NULL, _i32(OUT_T), _i32(0), np.float32(0), _i32(fmode), out))
     return out
@@ -793,6 +801,8 @@ def _unit_carries(part, co, crow, B, reverse):
     sum of the row's earlier (``reverse``: later) units, through a float64 prefix sum. Units past
     the last real one (spare, never written) only pollute entries nobody reads."""
     p64 = part.astype(np.float64)
+    if crow is None:  # one unit per row
+        crow = cupy.arange(part.shape[0], dtype=np.int64)
     cs = cupy.cumsum(p64, axis=0)
     row = cupy.minimum(crow, B - 1)
     if reverse:
@@ -812,17 +822,17 @@ def _gpu_cumsum(x, exclusive, reverse):
         return out
     tn = _TNAME[x.dtype][0]
     V, CT, yt = _geom(C, x.dtype, vals, out)
-    chunk, nunits, _, split, _, co, crow = _schedule(x, "scan", C * x.dtype.itemsize, _NOTRUNC,
-                                                     CT)
+    chunk, nunits, LPR, split, blocks, co, crow = _schedule(x, "scan", C * x.dtype.itemsize,
+                                                            _NOTRUNC, CT)
     pa = None
     if split:
         part = cupy.empty((nunits, C), dtype=np.float32)
         _gpu_reduce(x, K_SUM, 0, np.float32, OUT_F32, _NOTRUNC, pass_=2, part=part)
         pa = _unit_carries(part, co, crow, B, reverse)
     kern = _kern(f"cumsum_rows<{tn}, {V}>")
-    kern((nunits, yt), (_BLOCK,),
-         (vals, _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i32(CT),
-          _i32(exclusive), _i32(reverse), _ptr(pa), out))
+    kern((blocks, yt), (_BLOCK,),
+         (vals, _off64(x), co, _ptr(crow), _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i32(CT),
+          _i32(LPR), _i32(exclusive), _i32(reverse), _ptr(pa), out))
     return out
 
 
