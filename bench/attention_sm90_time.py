@@ -13,10 +13,12 @@ import numpy as np
 
 from bench.attention_sweep import SHAPES
 
-# (label, rows per block, (keys per step, K/V stages) or None: the default choice)
-VARIANTS = [("sm90", 64, None), ("sm90_bm128", 128, None), ("bn32_st2", 64, (32, 2)),
-            ("bn32_st3", 64, (32, 3)), ("bn32_st4", 64, (32, 4)), ("bn64_st2", 64, (64, 2)),
-            ("bn64_st3", 64, (64, 3)), ("bn128_st2", 64, (128, 2))]
+# (label, rows per block, (keys per step, K/V stages) or None: the default choice, extra NVRTC
+# options)
+VARIANTS = [("sm90", 64, None, ()), ("sm90_bm128", 128, None, ()),
+            ("bn32_st3", 64, (32, 3), ()), ("bn64_st2", 64, (64, 2), ()),
+            ("bn64_st3", 64, (64, 3), ()), ("bn64_st2_minb1", 64, (64, 2),
+                                           ("-DJFA90_MINB(D,NWG,BN)=1",))]
 CASES = [(*s, False) for s in SHAPES if s[4] in (64, 128)] + [(1024, 512, 0.25, 1, 128, True)]
 
 
@@ -32,10 +34,11 @@ def main():
     from cujagged._kernels import KernelFamily
 
     default = (A._FAM90, A._SM90_CFG)
-    fams = {c: KernelFamily("attention_sm90.cu", [A._sm90_name("bf16_t", d, 1, *c)
-                                                  for d in A._SM90_DIMS],
-                            options=A._FAM90.options[1:], arch="sm_90a", register=False)
-            for _, _, c in VARIANTS if c is not None}
+    fams = {(c, op): KernelFamily("attention_sm90.cu", [A._sm90_name("bf16_t", d, 1, *c)
+                                                        for d in A._SM90_DIMS],
+                                  options=A._FAM90.options[1:] + op, arch="sm_90a",
+                                  register=False)
+            for _, _, c, op in VARIANTS if c is not None}
 
     dev = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print("device:", dev)
@@ -56,12 +59,12 @@ def main():
         line = {"shape": f"B={B} L={L} f={fill} {H}x{D}{' causal' if causal else ''}",
                 "fa2": f"{fa2:.4f}"}
         ref = jagged_flash_attention(*js[0], causal=causal, _impl="mma").values.astype(np.float32)
-        for name, bm, c in [("mma", None, None)] + VARIANTS:
-            if c is not None and (c[0] == 128 and D == 128 or c[1] >= 3 and c[0] == 64
-                                  and D == 128):
-                continue  # one block per SM: not worth timing
+        for name, bm, c, op in [("mma", None, None, ())] + VARIANTS:
+            if c is not None and D == 128 and (c[0] == 64 and c[1] >= 3 or "minb" in name):
+                continue  # one block per SM, or no change for D = 128: not worth timing
             kw = dict(_impl="mma") if name == "mma" else dict(_impl="sm90", _bm=bm)
-            A._FAM90, A._SM90_CFG = (fams[c], {d: (c, c) for d in A._SM90_DIMS}) if c else default
+            A._FAM90, A._SM90_CFG = ((fams[(c, op)], {d: (c, c) for d in A._SM90_DIMS}) if c
+                                     else default)
             A._SMEM_SET.clear()
             for x in js[0] + js[1]:
                 x._cache.clear()

@@ -142,8 +142,13 @@ __device__ __forceinline__ void load_sw(uint32_t dst, const T* src, int64_t rs, 
   }
 }
 
+// Blocks per SM to plan registers for: four 1-warpgroup blocks for D = 64 (<= 128 registers).
+#ifndef JFA90_MINB
+#define JFA90_MINB(D, NWG, BN) ((D) == 64 && (NWG) == 1 && (BN) <= 64 ? 4 : 1)
+#endif
+
 template <typename T, int D, int NWG, int BN, int ST>
-__global__ void __launch_bounds__(NWG * 128, 1)
+__global__ void __launch_bounds__(NWG * 128, JFA90_MINB(D, NWG, BN))
 jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
              T* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
              const int64_t* __restrict__ k_off, const int32_t* __restrict__ tile_info,
@@ -163,8 +168,9 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
   const int64_t lin = blockIdx.x;
   const int h = (int)(lin % H);
   const int64_t tile = lin / H;
-  if (tile >= (int64_t)__ldg(tile_off + B)) return;
+  // both loads at once (tile < the grid's bound, so tile_info[tile] is readable even past the end)
   const int2 info = __ldg(reinterpret_cast<const int2*>(tile_info) + tile);
+  if (tile >= (int64_t)__ldg(tile_off + B)) return;
   const int64_t row = info.x;
   const int64_t q_start = __ldg(q_off + row);
   const int64_t lq = __ldg(q_off + row + 1) - q_start;
