@@ -6,8 +6,11 @@
 
 on the flat jagged layout directly (``q, k, v`` values ``[T, H, D]``): no padding, no ``L x L``
 score matrix in global memory. On CuPy arrays it runs the tensor-core kernel of
-``cuda_src/attention.cu`` (bf16/fp16; fp32 through an exact FFMA kernel); on NumPy arrays the
-Numba twin of :mod:`cujagged.cpu.attention` (float64 accumulation).
+``cuda_src/attention.cu`` (bf16/fp16; fp32 through an exact FFMA kernel) — on Hopper (sm_90),
+bf16/fp16 with head dim 64 or 128 and no bias, the ``wgmma`` kernel of
+``cuda_src/attention_sm90.cu`` instead (``CUJAGGED_ATTENTION_SM90=0`` at import keeps the
+``mma.sync`` one); on NumPy arrays the Numba twin of :mod:`cujagged.cpu.attention` (float64
+accumulation).
 
 Moving over from FBGEMM's ``jagged_flash_attention_basic(q, k, v, offsets, max_seq_len)``
 (``q, k, v`` ``[ΣL, D]``, one head, no mask): it scores with scale 1 and divides the output by
