@@ -47,7 +47,9 @@ def environment() -> dict:
             versions[mod] = importlib.import_module(mod).__version__
         except Exception:
             versions[mod] = None
-    commit = os.environ.get("CUJAGGED_COMMIT") or git("rev-parse", "HEAD") or "unknown"
+    commit = os.environ.get("CUJAGGED_COMMIT") or git("rev-parse", "--verify", "-q", "HEAD")
+    if not re.fullmatch(r"[0-9a-f]{7,40}", commit or ""):
+        commit = "unknown"  # e.g. a copy of the tree whose .git has no objects
     dirty_env = os.environ.get("CUJAGGED_DIRTY")
     dirty = (dirty_env == "1") if dirty_env is not None else bool(git("status", "--porcelain"))
     return {"commit": commit, "dirty": dirty, "gpu": name, "versions": versions}

@@ -25,6 +25,8 @@ def plot(path: Path) -> Path:
         if "fill" not in p or "ms" not in e:
             continue
         fill = p.pop("fill")
+        for derived in ("T", "mean_len"):  # follow from the fill: not part of the series
+            p.pop(derived, None)
         key = (e["name"], json.dumps(p, sort_keys=True))
         series[key][e["impl"]].append((fill, e["ms"], e.get("peak_mib", 0.0)))
     series = {k: v for k, v in series.items() if any(len(s) > 1 for s in v.values())}
