@@ -178,8 +178,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pytest-args", default="", help="extra pytest arguments (tests + sanitizer)")
     ap.add_argument("--sanitizer-args", default="", help="pytest arguments for the sanitizer run")
     ap.add_argument("--sanitizer-timeout", type=float, default=300.0)
-    ap.add_argument("--merge", default="", help="an earlier results file of the same commit: "
-                    "sections this run skips are taken from it")
+    ap.add_argument("--merge", default="", help="an earlier results file: the sections this run "
+                    "skips, and the benchmarks of ops it does not time, are taken from it")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,9 +198,14 @@ def main(argv=None) -> int:
         old = json.loads(Path(args.merge).read_text())
         if old.get("commit") != result["commit"]:
             print(f"--merge: {args.merge} is of commit {old.get('commit')}, not this one")
-        for sec in ("tests", "sanitizer", "benchmarks"):
+        for sec in ("tests", "sanitizer"):
             if not result[sec] and old.get(sec):
                 result[sec] = old[sec]
+        # benchmarks of ops this run did not time come from the earlier file, tagged with its
+        # commit (use it when only some kernel families changed since)
+        ran = {e["name"] for e in result["benchmarks"]}
+        result["benchmarks"] += [{**e, "commit": e.get("commit", old.get("commit"))}
+                                 for e in old.get("benchmarks", []) if e["name"] not in ran]
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", result["gpu"]).strip("-").lower()
     path = out / f"{datetime.date.today().isoformat()}-{gpu}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
