@@ -12,7 +12,9 @@
 // Bias (optional): bias[b*sb + h*sh + i*si + j] is added to the scaled score (same dtype as q).
 #include "common.cuh"
 #include "mma.cuh"
-#include "attention_common.cuh"
+
+#define JFA_LOG2E 1.4426950408889634f
+#define JFA_LN2 0.6931471805599453f
 // Tile knobs (overridable with -D for tuning sweeps; cujagged/attention.py mirrors them):
 // JFA_BN keys per step, JFA_MT 16-row MMA tiles per warp, JFA_MINB blocks per SM to plan for.
 // Defaults from bench/attention_sweep.py on an H200 (bench/NOTES.md): D = 32 runs best with one
@@ -30,6 +32,12 @@
 #define JFA_STAGES(D) 2
 #endif
 
+struct TileInfo {
+  int64_t row, q_start, k_start, i0;
+  int Lq_full, Lq, Lk, h, hk;
+  bool live;
+};
+
 // tile_info[t] = (row, query tile) of tile t, filled once per batch by jfa_tile_info.
 __global__ void jfa_tile_info(const int32_t* __restrict__ perm,
                               const int32_t* __restrict__ tile_off, int64_t B,
@@ -42,6 +50,33 @@ __global__ void jfa_tile_info(const int32_t* __restrict__ perm,
       tile_info[2 * (int64_t)t + 1] = t1 - 1 - t;  // last query tile first (most causal work)
     }
   }
+}
+
+template <int BM>
+__device__ __forceinline__ TileInfo locate_tile(const int64_t* __restrict__ q_off,
+                                                const int64_t* __restrict__ k_off,
+                                                const int32_t* __restrict__ tile_info,
+                                                const int32_t* __restrict__ tile_off, int64_t B,
+                                                int H, int Hk, int64_t max_seq_len) {
+  TileInfo ti;
+  const int64_t lin = blockIdx.x;
+  ti.h = (int)(lin % H);
+  const int64_t tile = lin / H;
+  const int2 info = __ldg(reinterpret_cast<const int2*>(tile_info) + tile);  // < grid bound
+  ti.live = tile < (int64_t)__ldg(tile_off + B);
+  if (!ti.live) return ti;
+  ti.row = info.x;
+  const int64_t qt = info.y;
+  ti.q_start = __ldg(q_off + ti.row);
+  const int64_t lq = __ldg(q_off + ti.row + 1) - ti.q_start;
+  ti.k_start = __ldg(k_off + ti.row);
+  const int64_t lk = __ldg(k_off + ti.row + 1) - ti.k_start;
+  ti.Lq_full = (int)lq;
+  ti.Lq = (int)(lq < max_seq_len ? lq : max_seq_len);
+  ti.Lk = (int)(lk < max_seq_len ? lk : max_seq_len);
+  ti.i0 = qt * BM;
+  ti.hk = ti.h / (H / Hk);
+  return ti;
 }
 
 // cp.async a ROWS x D tile (global row stride rs; rows >= nvalid are zero-filled, reading `safe`)
@@ -121,11 +156,14 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
   const T* vbase = v + ti.k_start * k_rs + (int64_t)ti.hk * D;
 
   float oacc[MT][DB][4];
-  SoftmaxRows st[MT];
+  float mrow[MT][2], lrow[MT][2];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int i = 0; i < DB; ++i) oacc[mt][i][0] = oacc[mt][i][1] = oacc[mt][i][2] = oacc[mt][i][3] = 0.f;
+    mrow[mt][0] = mrow[mt][1] = -CJ_INF;
+    lrow[mt][0] = lrow[mt][1] = 0.f;
+  }
   const int wr0 = warp * 16 * MT;  // first row of this warp inside the tile
   const int lm = lane >> 3, lr = lane & 7;
 
@@ -201,28 +239,71 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
       const bool edge = HAS_BIAS || n0 + BN > Lk || (causal && n0 + BN - 1 > i0 + shift);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        float* sm = &s[mt][0][0];
         const int row_g = i0 + wr0 + mt * 16 + g;
-        if constexpr (HAS_BIAS) {
-          const T* brow = bias + ti.row * bias_sb + ti.h * bias_sh;
-          scale_mask<NB>(sm, scale_log2, edge, n0, row_g, tq, Lk, causal, shift,
-                         [&](int ii, int jj, float& x) {
-                           if (ii >= Lq) return false;
-                           x += to_float(brow[(int64_t)ii * bias_si + jj]) * JFA_LOG2E;
-                           return true;
-                         });
+        if (edge) {
+#pragma unroll
+          for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int jj = n0 + nb * 8 + 2 * tq + (e & 1);
+              const int ii = row_g + (e >> 1) * 8;
+              bool ok = jj < Lk && (!causal || jj <= ii + shift);
+              float x = s[mt][nb][e] * scale_log2;
+              if constexpr (HAS_BIAS) {
+                ok = ok && ii < Lq;
+                if (ok)
+                  x += to_float(bias[ti.row * bias_sb + ti.h * bias_sh + (int64_t)ii * bias_si +
+                                     jj]) * JFA_LOG2E;
+              }
+              s[mt][nb][e] = ok ? x : -CJ_INF;
+            }
         } else {
-          scale_mask<NB>(sm, scale_log2, edge, n0, row_g, tq, Lk, causal, shift, NoBias());
+#pragma unroll
+          for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[mt][nb][e] *= scale_log2;
         }
-        float al[2];
-        if (online_softmax<NB>(sm, st[mt], al)) {
+        float mx0 = -CJ_INF, mx1 = -CJ_INF;
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) {
+          mx0 = fmaxf(mx0, fmaxf(s[mt][nb][0], s[mt][nb][1]));
+          mx1 = fmaxf(mx1, fmaxf(s[mt][nb][2], s[mt][nb][3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        // lazy rescaling: the running max only moves when it grows by more than 8 (log2 units),
+        // so most steps skip rescaling O; P = 2^(x - m) <= 2^8 stays well inside fp32 / bf16
+        const float mn0 = fmaxf(mrow[mt][0], mx0), mn1 = fmaxf(mrow[mt][1], mx1);
+        const bool up0 = mn0 > mrow[mt][0] + 8.f, up1 = mn1 > mrow[mt][1] + 8.f;
+        const float mnew0 = up0 ? mn0 : mrow[mt][0], mnew1 = up1 ? mn1 : mrow[mt][1];
+        const float mu0 = mnew0 == -CJ_INF ? 0.f : mnew0, mu1 = mnew1 == -CJ_INF ? 0.f : mnew1;
+        const float al0 = up0 ? fast_exp2(mrow[mt][0] - mu0) : 1.f;
+        const float al1 = up1 ? fast_exp2(mrow[mt][1] - mu1) : 1.f;
+        mrow[mt][0] = mnew0;
+        mrow[mt][1] = mnew1;
+        float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) {
+          s[mt][nb][0] = fast_exp2(s[mt][nb][0] - mu0);
+          s[mt][nb][1] = fast_exp2(s[mt][nb][1] - mu0);
+          s[mt][nb][2] = fast_exp2(s[mt][nb][2] - mu1);
+          s[mt][nb][3] = fast_exp2(s[mt][nb][3] - mu1);
+          rs0 += s[mt][nb][0] + s[mt][nb][1];
+          rs1 += s[mt][nb][2] + s[mt][nb][3];
+        }
+        lrow[mt][0] = lrow[mt][0] * al0 + rs0;
+        lrow[mt][1] = lrow[mt][1] * al1 + rs1;
+        if (__any_sync(0xffffffffu, up0 || up1)) {
 #pragma unroll
           for (int i = 0; i < DB; ++i) {
-            oacc[mt][i][0] *= al[0]; oacc[mt][i][1] *= al[0];
-            oacc[mt][i][2] *= al[1]; oacc[mt][i][3] *= al[1];
+            oacc[mt][i][0] *= al0; oacc[mt][i][1] *= al0;
+            oacc[mt][i][2] *= al1; oacc[mt][i][3] *= al1;
           }
         }
       }
+
 
       // O += P V (P from the S registers, rounded to T)
       const uint32_t sVl =
@@ -257,22 +338,27 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     const int row_g = i0 + wr0 + mt * 16 + g;
-    bool ok[2];
-    float inv[2], lse_r[2];
-    finish_rows(st[mt], row_g, Lq, ok, inv, lse_r);
+    float l0 = lrow[mt][0], l1 = lrow[mt][1];
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const bool v0 = row_g < Lq && l0 > 0.f, v1 = row_g + 8 < Lq && l1 > 0.f;
+    const float inv0 = v0 ? 1.f / l0 : 0.f, inv1 = v1 ? 1.f / l1 : 0.f;
     T* sO = sQ + (wr0 + mt * 16) * SD;
 #pragma unroll
     for (int i = 0; i < DB; ++i) {
-      const float a0 = ok[0] ? oacc[mt][i][0] * inv[0] : 0.f;
-      const float a1 = ok[0] ? oacc[mt][i][1] * inv[0] : 0.f;
-      const float a2 = ok[1] ? oacc[mt][i][2] * inv[1] : 0.f;
-      const float a3 = ok[1] ? oacc[mt][i][3] * inv[1] : 0.f;
+      const float a0 = v0 ? oacc[mt][i][0] * inv0 : 0.f, a1 = v0 ? oacc[mt][i][1] * inv0 : 0.f;
+      const float a2 = v1 ? oacc[mt][i][2] * inv1 : 0.f, a3 = v1 ? oacc[mt][i][3] * inv1 : 0.f;
       *reinterpret_cast<uint32_t*>(sO + g * SD + i * 8 + 2 * tq) = pack2<T>(a0, a1);
       *reinterpret_cast<uint32_t*>(sO + (g + 8) * SD + i * 8 + 2 * tq) = pack2<T>(a2, a3);
     }
     if (write_lse && tq == 0) {
-      if (row_g < ti.Lq_full) lse[(ti.q_start + row_g) * H + ti.h] = lse_r[0];
-      if (row_g + 8 < ti.Lq_full) lse[(ti.q_start + row_g + 8) * H + ti.h] = lse_r[1];
+      if (row_g < ti.Lq_full)
+        lse[(ti.q_start + row_g) * H + ti.h] = v0 ? (mrow[mt][0] + __log2f(l0)) * JFA_LN2 : -CJ_INF;
+      if (row_g + 8 < ti.Lq_full)
+        lse[(ti.q_start + row_g + 8) * H + ti.h] =
+            v1 ? (mrow[mt][1] + __log2f(l1)) * JFA_LN2 : -CJ_INF;
     }
   }
   __syncwarp();

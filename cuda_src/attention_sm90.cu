@@ -19,7 +19,9 @@
 // (8-key groups 1024 B apart, the next 64 head-dim columns one panel further).
 #include "common.cuh"
 #include "mma.cuh"
-#include "attention_common.cuh"
+
+#define JFA_LOG2E 1.4426950408889634f
+#define JFA_LN2 0.6931471805599453f
 
 // ---- wgmma wrappers (operand lists generated; d = accumulator fragment of m64nN, N/2 floats) -----
 template <typename T, int N>
@@ -162,11 +164,23 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
   const uint32_t sK = sQ + Q_BYTES;         // ST slots of BN x D
   const uint32_t sV = sK + ST * KV_BYTES;   // ST + 1 slots of BN x D
 
-  const TileInfo ti = locate_tile<BM>(q_off, k_off, tile_info, tile_off, B, H, Hk, max_seq_len);
-  if (!ti.live) return;
-  const int h = ti.h, hk = ti.hk, Lq = ti.Lq, Lk = ti.Lk, Lq_full = ti.Lq_full;
-  const int64_t q_start = ti.q_start, k_start = ti.k_start;
-  const int i0 = (int)ti.i0;
+  // locate the tile (as attention.cu's locate_tile)
+  const int64_t lin = blockIdx.x;
+  const int h = (int)(lin % H);
+  const int64_t tile = lin / H;
+  // both loads at once (tile < the grid's bound, so tile_info[tile] is readable even past the end)
+  const int2 info = __ldg(reinterpret_cast<const int2*>(tile_info) + tile);
+  if (tile >= (int64_t)__ldg(tile_off + B)) return;
+  const int64_t row = info.x;
+  const int64_t q_start = __ldg(q_off + row);
+  const int64_t lq = __ldg(q_off + row + 1) - q_start;
+  const int64_t k_start = __ldg(k_off + row);
+  const int64_t lk = __ldg(k_off + row + 1) - k_start;
+  const int Lq_full = (int)lq;
+  const int Lq = (int)(lq < max_seq_len ? lq : max_seq_len);
+  const int Lk = (int)(lk < max_seq_len ? lk : max_seq_len);
+  const int i0 = info.y * BM;
+  const int hk = h / (H / Hk);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int wg = warp >> 2, wq = warp & 3;  // warpgroup, warp inside it
@@ -187,7 +201,7 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
   float oacc[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) oacc[i] = 0.f;
-  SoftmaxRows st;
+  float m0 = -CJ_INF, m1 = -CJ_INF, l0 = 0.f, l1 = 0.f;
 
   if (n_kv > 0) {
     load_sw<BM, NT, D>(sQ, q + (q_start + i0) * q_rs + (int64_t)h * D, q_rs, Lq - i0, q, tid);
@@ -214,7 +228,7 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
     // cores work on P_{j-1} V_{j-1}. While step j loads tile j + ST - 1 (into the slots of
     // K_{j-1} and V_{j-2}), it reads K_j, V_{j-1} (and V_j at the last step).
     uint32_t pa[BN / 16][4];  // P_{j-1} (16-bit) as the A fragments of m64nDk16
-    float al[2] = {1.f, 1.f};
+    float al0 = 1.f, al1 = 1.f;
     // one key step; the first one (no P V yet) is a separate instantiation, so that no wgmma
     // sits behind a branch (ptxas serialises wgmma issued on paths it cannot prove uniform)
     auto step = [&](const int j, auto first_t) {
@@ -249,11 +263,56 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       }
       fence_regs<BN / 2>(s);
 
-      // online softmax of this warp's rows 16 wq + g and + 8 (attention_common.cuh)
+      // online softmax: rows r0 = 16 wq + g and r0 + 8 of this warpgroup; s[4 nb + e] is
+      // (row + 8 (e >> 1), key nb * 8 + 2 tq + (e & 1))
       const int row_g = i0w + 16 * wq + g;
       const bool edge = n0 + BN > Lk || (causal && n0 + BN - 1 > i0w + shift);
-      scale_mask<NB>(s, scale_log2, edge, n0, row_g, tq, Lk, causal, shift, NoBias());
-      const bool resc = online_softmax<NB>(s, st, al);
+      if (edge) {
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int jj = n0 + nb * 8 + 2 * tq + (e & 1);
+            const int ii = row_g + (e >> 1) * 8;
+            const bool ok = jj < Lk && (!causal || jj <= ii + shift);
+            s[4 * nb + e] = ok ? s[4 * nb + e] * scale_log2 : -CJ_INF;
+          }
+      } else {
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) s[i] *= scale_log2;
+      }
+      float mx0 = -CJ_INF, mx1 = -CJ_INF;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        mx0 = fmaxf(mx0, fmaxf(s[4 * nb], s[4 * nb + 1]));
+        mx1 = fmaxf(mx1, fmaxf(s[4 * nb + 2], s[4 * nb + 3]));
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      // lazy rescaling (as attention.cu): the running max moves only when it grows by > 8 (log2)
+      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+      const bool up0 = mn0 > m0 + 8.f, up1 = mn1 > m1 + 8.f;
+      const float mnew0 = up0 ? mn0 : m0, mnew1 = up1 ? mn1 : m1;
+      const float mu0 = mnew0 == -CJ_INF ? 0.f : mnew0, mu1 = mnew1 == -CJ_INF ? 0.f : mnew1;
+      al0 = up0 ? fast_exp2(m0 - mu0) : 1.f;
+      al1 = up1 ? fast_exp2(m1 - mu1) : 1.f;
+      m0 = mnew0;
+      m1 = mnew1;
+      float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        s[4 * nb] = fast_exp2(s[4 * nb] - mu0);
+        s[4 * nb + 1] = fast_exp2(s[4 * nb + 1] - mu0);
+        s[4 * nb + 2] = fast_exp2(s[4 * nb + 2] - mu1);
+        s[4 * nb + 3] = fast_exp2(s[4 * nb + 3] - mu1);
+        rs0 += s[4 * nb] + s[4 * nb + 1];
+        rs1 += s[4 * nb + 2] + s[4 * nb + 3];
+      }
+      l0 = l0 * al0 + rs0;
+      l1 = l1 * al1 + rs1;
+      const bool resc = __any_sync(0xffffffffu, up0 || up1);
       if constexpr (!FIRST) {
         fence_regs<BN / 2>(s);  // the softmax stays before the wait (overlapping P V) ...
         wgmma_wait<0>();        // P_{j-1} V_{j-1} done: O and pa are free
@@ -263,8 +322,8 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       if (resc) {
 #pragma unroll
         for (int i = 0; i < DB; ++i) {
-          oacc[4 * i] *= al[0]; oacc[4 * i + 1] *= al[0];
-          oacc[4 * i + 2] *= al[1]; oacc[4 * i + 3] *= al[1];
+          oacc[4 * i] *= al0; oacc[4 * i + 1] *= al0;
+          oacc[4 * i + 2] *= al1; oacc[4 * i + 3] *= al1;
         }
       }
 #pragma unroll
@@ -292,18 +351,19 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
   }
 
   // finish: normalise, stage this warpgroup's rows in its rows of sQ (swizzled), store coalesced
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
   const int rl = 16 * wq + g;  // row inside the warpgroup
   const int row_g = i0w + rl;
-  bool ok[2];
-  float inv[2], lse_r[2];
-  finish_rows(st, row_g, Lq, ok, inv, lse_r);
+  const bool v0 = row_g < Lq && l0 > 0.f, v1 = row_g + 8 < Lq && l1 > 0.f;
+  const float inv0 = v0 ? 1.f / l0 : 0.f, inv1 = v1 ? 1.f / l1 : 0.f;
   const uint32_t sO = sQ + wg * 64 * 128;
 #pragma unroll
   for (int i = 0; i < DB; ++i) {
-    const float a0 = ok[0] ? oacc[4 * i] * inv[0] : 0.f;
-    const float a1 = ok[0] ? oacc[4 * i + 1] * inv[0] : 0.f;
-    const float a2 = ok[1] ? oacc[4 * i + 2] * inv[1] : 0.f;
-    const float a3 = ok[1] ? oacc[4 * i + 3] * inv[1] : 0.f;
+    const float a0 = v0 ? oacc[4 * i] * inv0 : 0.f, a1 = v0 ? oacc[4 * i + 1] * inv0 : 0.f;
+    const float a2 = v1 ? oacc[4 * i + 2] * inv1 : 0.f, a3 = v1 ? oacc[4 * i + 3] * inv1 : 0.f;
     const uint32_t pan = sO + (i >> 3) * (BM * 128) + tq * 4;
     const uint32_t x0 = pack2<T>(a0, a1), x1 = pack2<T>(a2, a3);
     asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(pan + rl * 128 + (((i & 7) ^ (rl & 7)) << 4)),
@@ -313,8 +373,10 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
                  "r"(x1) : "memory");
   }
   if (write_lse && tq == 0) {
-    if (row_g < Lq_full) lse[(q_start + row_g) * H + h] = lse_r[0];
-    if (row_g + 8 < Lq_full) lse[(q_start + row_g + 8) * H + h] = lse_r[1];
+    if (row_g < Lq_full)
+      lse[(q_start + row_g) * H + h] = v0 ? (m0 + __log2f(l0)) * JFA_LN2 : -CJ_INF;
+    if (row_g + 8 < Lq_full)
+      lse[(q_start + row_g + 8) * H + h] = v1 ? (m1 + __log2f(l1)) * JFA_LN2 : -CJ_INF;
   }
   asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");  // this warpgroup's rows staged
   T* obase = o + (q_start + i0w) * q_rs + (int64_t)h * D;
