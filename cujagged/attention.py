@@ -23,6 +23,7 @@ Moving over from FBGEMM's ``jagged_flash_attention_basic(q, k, v, offsets, max_s
 from __future__ import annotations
 
 import math
+import operator
 import os
 
 import numpy as np
@@ -238,6 +239,8 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
             raise ValueError(f"k has {k.shape[0] if k.ndim else 0} rows but q has "
                              f"{qj.values.shape[0]}; give kv_offsets for cross-attention")
         kj = qj._with_values(xp_of(k).ascontiguousarray(k))
+    if isinstance(v, JaggedArray) and not kj.same_structure(v):
+        raise ValueError("v must have the offsets of k (row b's values belong to row b's keys)")
     vv = v.values if isinstance(v, JaggedArray) else v
     qv, kv = qj.values, kj.values
     if not hasattr(vv, "dtype"):
@@ -272,9 +275,14 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
     if max_seq_len is None:
         msl = _NO_LIMIT
     else:
-        msl = int(max_seq_len)
+        try:
+            msl = operator.index(max_seq_len)
+        except TypeError:
+            raise TypeError(f"max_seq_len must be an integer or None, got "
+                            f"{type(max_seq_len).__name__}") from None
         if msl < 0:
             raise ValueError(f"max_seq_len must be >= 0, got {max_seq_len}")
+        msl = min(msl, _NO_LIMIT)  # offsets + limit must not overflow int64
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     vv = xp_of(vv).ascontiguousarray(vv)
     xp = xp_of(qv)

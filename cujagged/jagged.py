@@ -692,6 +692,14 @@ class JaggedArray:
     def __rpow__(self, other):
         return np.power(other, self)
 
+    def __eq__(self, other):  # element-wise, like NumPy (structure: same_structure)
+        return np.equal(self, other)
+
+    def __ne__(self, other):
+        return np.not_equal(self, other)
+
+    __hash__ = None  # element-wise == makes a JaggedArray unhashable, like an ndarray
+
     def __lt__(self, other):
         return np.less(self, other)
 

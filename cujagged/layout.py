@@ -329,8 +329,8 @@ def index_select(x, idx):
     bool mask ``[B]``) as a new JaggedArray: ``index_select(x, idx)[i] == x[idx[i]]``.
     One device->host sync (the output size and index bounds)."""
     xp = x.xp
-    if isinstance(idx, (list, tuple, range)):
-        idx = np.asarray(idx)
+    if isinstance(idx, (list, tuple, range)) or (isinstance(idx, np.ndarray) and xp is not np):
+        idx = np.asarray(idx)  # host indices move to the array's device (one transfer)
         if idx.size == 0:
             idx = idx.astype(np.int64)
         idx = xp.asarray(idx)

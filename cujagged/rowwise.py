@@ -126,7 +126,7 @@ def _trunc(max_length) -> int:
                         f"{type(max_length).__name__}") from None
     if ml < 0:
         raise ValueError(f"max_length must be >= 0, got {ml}")
-    return ml
+    return ml if ml < _NOTRUNC else _NOTRUNC  # a huge "no limit": offsets + it must not overflow
 
 
 def _check_same(x, y, xname, yname):
@@ -926,6 +926,14 @@ _FAST_UFUNCS = {np.add: (E_ADD, E_ADD), np.subtract: (E_SUB, E_RSUB),
                 np.maximum: (E_MAXIMUM, E_MAXIMUM), np.minimum: (E_MINIMUM, E_MINIMUM)}
 
 
+def _broadcasts(tail, inner) -> bool:
+    """Whether an operand's per-item shape ``tail`` broadcasts to the items' ``inner`` shape."""
+    try:
+        return np.broadcast_shapes(tuple(tail), tuple(inner)) == tuple(inner)
+    except ValueError:
+        return False
+
+
 def _classify(a, x, name):
     """'jagged' | 'scalar' | 'rows' ([B, *inner]) | 'padded' ([B, Lp, *inner])."""
     J = _jagged_cls()
@@ -941,9 +949,9 @@ def _classify(a, x, name):
         raise TypeError(f"{name} is on {'cuda' if is_gpu_array(a) else 'cpu'} but the "
                         f"JaggedArray is on {x.device}; move both to the same device")
     nin = len(x.inner_shape)
-    if a.ndim == nin + 1 and a.shape[0] == x.nrows:
+    if a.ndim == nin + 1 and a.shape[0] == x.nrows and _broadcasts(a.shape[1:], x.inner_shape):
         return "rows"
-    if a.ndim == nin + 2 and a.shape[0] == x.nrows:
+    if a.ndim == nin + 2 and a.shape[0] == x.nrows and _broadcasts(a.shape[2:], x.inner_shape):
         if a.shape[1] < x.max_length:
             raise ValueError(f"{name}: padded dense operand has max_len {a.shape[1]} but the "
                              f"longest row has {x.max_length} items")
@@ -973,10 +981,12 @@ def elementwise(ufunc, *inputs, **kwargs):
             and _kernel_ok(x) and sorted(kinds) in (["jagged", "rows"], ["jagged", "padded"])):
         ji = kinds.index("jagged")
         other = inputs[1 - ji]
-        if other.dtype == x.dtype:
+        padded = kinds[1 - ji] == "padded"
+        # the kernel reads the operand's items as they are: only exact item shapes (a [B, 1]
+        # weight against [T, D] items broadcasts through the generic path below)
+        if other.dtype == x.dtype and tuple(other.shape[2 if padded else 1:]) == x.inner_shape:
             mode = _FAST_UFUNCS[ufunc][ji]
             j = inputs[ji]
-            padded = kinds[1 - ji] == "padded"
             p = cupy.ascontiguousarray(other).reshape(
                 (x.nrows, other.shape[1], _ncols(x)) if padded else (x.nrows, _ncols(x)))
             return _jagged_like(x, _gpu_rowbcast(j, mode, a=j.values, p=p, padded=padded))

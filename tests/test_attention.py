@@ -159,9 +159,23 @@ def test_validation_errors():
         jagged_flash_attention(q, q[:3], q[:3], off)
     with pytest.raises(ValueError, match="max_seq_len"):
         jagged_flash_attention(q, q, q, off, max_seq_len=-1)
+    with pytest.raises(TypeError, match="max_seq_len"):
+        jagged_flash_attention(q, q, q, off, max_seq_len=1.9)
     qj = JaggedArray(q, off)
     with pytest.raises(TypeError, match="offsets"):
         jagged_flash_attention(qj, qj, qj, off)
+    with pytest.raises(ValueError, match="offsets of k"):
+        jagged_flash_attention(qj, qj, JaggedArray(q, [0, 1, 4]))
+
+
+def test_huge_max_seq_len_means_no_truncation():
+    import sys
+
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((7, 2, 32)).astype(np.float32)
+    off = [0, 3, 3, 7]
+    np.testing.assert_array_equal(jagged_flash_attention(q, q, q, off, max_seq_len=sys.maxsize),
+                                  jagged_flash_attention(q, q, q, off))
 
 
 def test_empty_batch_and_empty_rows():

@@ -333,6 +333,29 @@ def test_elementwise_ufuncs_and_errors():
         x + np.ones(5, np.float32)
     with pytest.raises(ValueError, match="max_len"):
         x + np.ones((2, 3), np.float32)
+    # per-row operands broadcast over the items' own shape, NumPy-style; mismatches are errors
+    x2 = JaggedArray(np.arange(12, dtype=np.float32).reshape(6, 2), [0, 2, 6])
+    w = np.array([[2], [3]], np.float32)
+    np.testing.assert_allclose((x2 * w).values, x2.values * np.array([2, 2, 3, 3, 3, 3])[:, None])
+    with pytest.raises(ValueError, match="does not match"):
+        x2 * np.ones((2, 3), np.float32)
+    # == and != are element-wise like every other comparison (and make the array unhashable)
+    np.testing.assert_array_equal((x == 2).values, x.values == 2)
+    np.testing.assert_array_equal((x != y).values, x.values != y.values)
+    with pytest.raises(TypeError):
+        hash(x)
+
+
+@pytest.mark.parametrize("name", REDUCTIONS + ["softmax", "log_softmax"])
+def test_huge_max_length_means_no_truncation(name):
+    """A "no limit" spelled as sys.maxsize must not overflow offsets + limit (it crashed)."""
+    import sys
+
+    x = JaggedArray(np.array([1., 2, 3, 4, 5], np.float32), [0, 3, 3, 5])
+    op = getattr(R, name)
+    got, want = op(x, max_length=sys.maxsize), op(x)
+    got, want = (a.values if isinstance(a, JaggedArray) else a for a in (got, want))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 # ---- backward: finite differences in float64 on the CPU ---------------------------------------

@@ -61,7 +61,8 @@ def attention_fwd(q, k, v, q_off, k_off, max_seq_len, scale, causal, bias, has_b
                 if has_bias:
                     x += bias[b, h, i, j]
                 s[j] = x
-                m = max(m, x)
+                if x > m or x != x:  # NaN propagates (max() would drop it and hide it)
+                    m = x
             if m == -np.inf:  # every score -inf (an all -inf bias): no key
                 continue
             total = 0.0
