@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from ._backend import cupy, device_of, is_gpu_array, xp_of
@@ -15,7 +17,10 @@ def _as_offsets(offsets, values, name: str):
     """``offsets`` as an int32/int64 1-D array on the device of ``values`` (lists are converted)."""
     xp = xp_of(values)
     if isinstance(offsets, (list, tuple, range)):
-        offsets = xp.asarray(np.asarray(offsets, dtype=np.int64))
+        host = np.asarray(offsets)
+        if host.size and host.dtype.kind not in "iu":
+            raise TypeError(f"{name} must be integers, got {host.dtype} values")
+        offsets = xp.asarray(host.astype(np.int64))
     if not hasattr(offsets, "dtype") or not hasattr(offsets, "ndim"):
         raise TypeError(f"{name} must be an array or a list of integers, got "
                         f"{type(offsets).__name__}")
@@ -121,7 +126,7 @@ class JaggedArray:
         self._values = values
         self._offsets = offsets
         self._cache = {}
-        self._max_length = None if max_length is None else int(max_length)
+        self._max_length = None if max_length is None else operator.index(max_length)
         if validate:
             self.validate()
         elif self._max_length is None:
@@ -366,6 +371,8 @@ class JaggedArray:
         """The offsets as ``dtype`` (int32 by default), the ``cu_seqlens`` of flash-attention
         style APIs. ``ValueError`` when the total does not fit int32."""
         dtype = np.dtype(dtype)
+        if dtype not in OFFSET_DTYPES:
+            raise TypeError(f"cu_seqlens dtype must be int32 or int64, got {dtype}")
         if dtype == self._offsets.dtype:
             return self._offsets
         if dtype == np.int32 and self._values.shape[0] > 2**31 - 1:

@@ -191,6 +191,14 @@ def _out_offsets(lengths64, total: int, offsets_dtype):
 
 
 # ---- jagged -> padded ---------------------------------------------------------------------------
+def _check_jagged(x, name: str = "x"):
+    from .jagged import JaggedArray
+
+    if not isinstance(x, JaggedArray):
+        raise TypeError(f"{name} must be a JaggedArray, got {type(x).__name__} (build one with "
+                        "JaggedArray(values, offsets) or JaggedArray.from_padded)")
+
+
 def to_padded(x, max_length=None, padding_value=0, *, return_mask=False):
     """Dense ``[B, max_length, *inner]`` copy of jagged ``x``.
 
@@ -199,6 +207,7 @@ def to_padded(x, max_length=None, padding_value=0, *, return_mask=False):
     ``x.max_length`` (known on the host: no sync). With ``return_mask=True`` also returns a bool
     mask ``[B, max_length]``, True on the copied items.
     """
+    _check_jagged(x)
     max_length = x._max_length if max_length is None else operator.index(max_length)
     if max_length < 0:
         raise ValueError(f"max_length must be >= 0, got {max_length}")
@@ -328,6 +337,7 @@ def index_select(x, idx):
     """Rows ``idx`` of ``x`` (an int array, negatives count from the end, repeats allowed; or a
     bool mask ``[B]``) as a new JaggedArray: ``index_select(x, idx)[i] == x[idx[i]]``.
     One device->host sync (the output size and index bounds)."""
+    _check_jagged(x)
     xp = x.xp
     if isinstance(idx, (list, tuple, range)) or (isinstance(idx, np.ndarray) and xp is not np):
         idx = np.asarray(idx)  # host indices move to the array's device (one transfer)
@@ -415,6 +425,7 @@ def slice_rows(x, s: slice):
 
 # ---- row ids / positions ------------------------------------------------------------------------
 def _ids(x, dtype, which: str):
+    _check_jagged(x)
     offsets = x.offsets
     dtype = offsets.dtype if dtype is None else np.dtype(dtype)
     if dtype not in _OFF_C:

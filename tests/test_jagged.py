@@ -138,6 +138,7 @@ def test_from_row_ids_with_trailing_and_leading_empty_rows():
     (np.array([[0, 4]]), ValueError, r"offsets must be 1-D .*got shape \(1, 2\)"),
     (np.zeros(0, np.int64), ValueError, "offsets must be 1-D with at least one element"),
     ("0,4", TypeError, "offsets must be an array or a list of integers"),
+    ([0, 1.5, 4], TypeError, "offsets must be integers, got float64"),
 ])
 def test_malformed_offsets(offsets, exc, msg):
     with pytest.raises(exc, match=msg):
@@ -153,6 +154,13 @@ def test_malformed_lengths_and_values():
         JaggedArray(np.arange(2.0))
     with pytest.raises(ValueError, match="max_length=5 but the longest row has 2"):
         JaggedArray(np.arange(2.0), [0, 2], max_length=5)
+    with pytest.raises(TypeError):
+        JaggedArray(np.arange(2.0), [0, 2], max_length=2.7)
+    with pytest.raises(TypeError, match="cu_seqlens dtype must be int32 or int64"):
+        JaggedArray(np.arange(2.0), [0, 2]).cu_seqlens(np.int16)
+    for fn in (cujagged.to_padded, cujagged.row_ids, cujagged.positions):
+        with pytest.raises(TypeError, match="x must be a JaggedArray"):
+            fn(np.arange(2.0))
 
 
 def test_validate_false_skips_checks_and_validate_on_demand():
