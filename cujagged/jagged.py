@@ -564,65 +564,59 @@ class JaggedArray:
 
         return rowwise.array_ufunc(self, ufunc, method, *inputs, **kwargs)
 
-    def sum(self, axis=1, *, dim=None, max_length=None):
-        """Per-row sum ``[B, *inner]`` (see :func:`cujagged.rowwise.sum`)."""
+    def _reduce(self, name, axis, numpy_kwargs, **kwargs):
+        """Run reduction ``name`` of :mod:`cujagged.rowwise`; ``numpy_kwargs`` are what
+        ``np.sum(x, axis=1)`` and friends pass along (``out``/``keepdims`` unsupported)."""
         from . import rowwise
 
-        return rowwise.sum(self, axis, dim=dim, max_length=max_length)
+        dtype = numpy_kwargs.pop("dtype", None)
+        for key, value in numpy_kwargs.items():
+            if value is not None and value is not False:
+                raise TypeError(f"{name}() of a JaggedArray does not support {key}=")
+        res = getattr(rowwise, name)(self, axis, **kwargs)
+        return res if dtype is None else res.astype(dtype)
 
-    def mean(self, axis=1, *, dim=None, max_length=None):
+    def sum(self, axis=1, *, dim=None, max_length=None, **numpy_kwargs):
+        """Per-row sum ``[B, *inner]`` (see :func:`cujagged.rowwise.sum`); 0 for empty rows."""
+        return self._reduce("sum", axis, numpy_kwargs, dim=dim, max_length=max_length)
+
+    def mean(self, axis=1, *, dim=None, max_length=None, **numpy_kwargs):
         """Per-row mean ``[B, *inner]``; nan for empty rows."""
-        from . import rowwise
+        return self._reduce("mean", axis, numpy_kwargs, dim=dim, max_length=max_length)
 
-        return rowwise.mean(self, axis, dim=dim, max_length=max_length)
-
-    def prod(self, axis=1, *, dim=None, max_length=None):
+    def prod(self, axis=1, *, dim=None, max_length=None, **numpy_kwargs):
         """Per-row product ``[B, *inner]``; 1 for empty rows."""
-        from . import rowwise
+        return self._reduce("prod", axis, numpy_kwargs, dim=dim, max_length=max_length)
 
-        return rowwise.prod(self, axis, dim=dim, max_length=max_length)
-
-    def max(self, axis=1, *, dim=None, initial=None, max_length=None):
+    def max(self, axis=1, *, dim=None, initial=None, max_length=None, **numpy_kwargs):
         """Per-row maximum ``[B, *inner]``; -inf (or ``initial``) for empty rows."""
-        from . import rowwise
+        return self._reduce("max", axis, numpy_kwargs, dim=dim, initial=initial,
+                            max_length=max_length)
 
-        return rowwise.max(self, axis, dim=dim, initial=initial, max_length=max_length)
-
-    def min(self, axis=1, *, dim=None, initial=None, max_length=None):
+    def min(self, axis=1, *, dim=None, initial=None, max_length=None, **numpy_kwargs):
         """Per-row minimum ``[B, *inner]``; +inf (or ``initial``) for empty rows."""
-        from . import rowwise
+        return self._reduce("min", axis, numpy_kwargs, dim=dim, initial=initial,
+                            max_length=max_length)
 
-        return rowwise.min(self, axis, dim=dim, initial=initial, max_length=max_length)
-
-    def argmax(self, axis=1, *, dim=None, max_length=None):
+    def argmax(self, axis=1, *, dim=None, max_length=None, **numpy_kwargs):
         """Position of the per-row maximum, int64 ``[B, *inner]``; -1 for empty rows."""
-        from . import rowwise
+        return self._reduce("argmax", axis, numpy_kwargs, dim=dim, max_length=max_length)
 
-        return rowwise.argmax(self, axis, dim=dim, max_length=max_length)
-
-    def argmin(self, axis=1, *, dim=None, max_length=None):
+    def argmin(self, axis=1, *, dim=None, max_length=None, **numpy_kwargs):
         """Position of the per-row minimum, int64 ``[B, *inner]``; -1 for empty rows."""
-        from . import rowwise
+        return self._reduce("argmin", axis, numpy_kwargs, dim=dim, max_length=max_length)
 
-        return rowwise.argmin(self, axis, dim=dim, max_length=max_length)
-
-    def logsumexp(self, axis=1, *, dim=None, max_length=None):
+    def logsumexp(self, axis=1, *, dim=None, max_length=None, **numpy_kwargs):
         """Per-row ``log(sum(exp(x)))`` ``[B, *inner]``; -inf for empty rows."""
-        from . import rowwise
+        return self._reduce("logsumexp", axis, numpy_kwargs, dim=dim, max_length=max_length)
 
-        return rowwise.logsumexp(self, axis, dim=dim, max_length=max_length)
-
-    def any(self, axis=1, *, dim=None, max_length=None):
+    def any(self, axis=1, *, dim=None, max_length=None, **numpy_kwargs):
         """Per-row any, bool ``[B, *inner]``; False for empty rows."""
-        from . import rowwise
+        return self._reduce("any", axis, numpy_kwargs, dim=dim, max_length=max_length)
 
-        return rowwise.any(self, axis, dim=dim, max_length=max_length)
-
-    def all(self, axis=1, *, dim=None, max_length=None):
+    def all(self, axis=1, *, dim=None, max_length=None, **numpy_kwargs):
         """Per-row all, bool ``[B, *inner]``; True for empty rows."""
-        from . import rowwise
-
-        return rowwise.all(self, axis, dim=dim, max_length=max_length)
+        return self._reduce("all", axis, numpy_kwargs, dim=dim, max_length=max_length)
 
     def softmax(self, axis=1, *, dim=None, max_length=None):
         """Softmax over each row (JaggedArray); 0 past ``max_length`` and for all -inf rows."""

@@ -98,6 +98,15 @@ def _check_jagged(x, name="x"):
         raise TypeError(f"{name} must be a JaggedArray, got {type(x).__name__}")
 
 
+def _check_numeric(x, name="x"):
+    """A JaggedArray whose values the reductions, softmax, scans and sorts can take."""
+    _check_jagged(x, name)
+    dt = x.dtype
+    if not ((dt.kind in "biuf" or dt == bfloat16) and dt.isnative):
+        raise TypeError(f"{name} has values of dtype {dt}: row-wise ops take bool, integer or "
+                        "floating values in native byte order")
+
+
 def _check_axis(x, axis, dim):
     if dim is not None:
         if axis not in (None, 1) and axis != dim:
@@ -456,7 +465,7 @@ def _jagged_like(x, values):
 
 # ---- reductions --------------------------------------------------------------------------------
 def _reduce_common(x, axis, dim, max_length):
-    _check_jagged(x)
+    _check_numeric(x)
     _check_axis(x, axis, dim)
     return _trunc(max_length)
 
@@ -642,7 +651,7 @@ def _cpu_bcast(x, grad2, trunc, scale_by_len=False, select=None, lse=None):
 
 
 def _float_jagged(x, name="x"):
-    _check_jagged(x, name)
+    _check_numeric(x, name)
     if not _is_float(x.dtype):
         raise TypeError(f"{name} must have a floating dtype for a gradient, got {x.dtype}")
 
@@ -780,7 +789,7 @@ def cumsum(x, axis=1, *, dim=None, exclusive=False, reverse=False):
     """Cumulative sum along each row, per column: JaggedArray like ``x`` (floats keep their
     dtype with fp32 accumulation on the GPU; integers give int64). ``exclusive``: item i gets
     the sum of the items before it (the first gets 0). ``reverse``: scan from the row's end."""
-    _check_jagged(x)
+    _check_numeric(x)
     _check_axis(x, axis, dim)
     if x.is_gpu:
         if not _kernel_ok(x):
@@ -873,7 +882,7 @@ def _perm_to_pos(x, perm):
 def argsort(x, axis=1, *, dim=None, descending=False):
     """Stable argsort within each row, per column: JaggedArray (int64 positions within the row)
     like ``x``. NaN sorts last."""
-    _check_jagged(x)
+    _check_numeric(x)
     _check_axis(x, axis, dim)
     xp = x.xp
     perm = _sorted_perm(x, descending)
@@ -883,7 +892,7 @@ def argsort(x, axis=1, *, dim=None, descending=False):
 
 def sort(x, axis=1, *, dim=None, descending=False):
     """Stable sort within each row, per column: JaggedArray like ``x``. NaN sorts last."""
-    _check_jagged(x)
+    _check_numeric(x)
     _check_axis(x, axis, dim)
     xp = x.xp
     v = _flat(x)
@@ -896,7 +905,7 @@ def topk(x, k, axis=1, *, dim=None, largest=True):
     """The ``k`` largest (``largest=False``: smallest) items of each row, per column, in order
     (stable): ``(values, indices)`` JaggedArrays with ``min(len(row), k)`` items per row;
     ``indices`` are int64 positions within the row. Needs one device->host sync (output size)."""
-    _check_jagged(x)
+    _check_numeric(x)
     _check_axis(x, axis, dim)
     k = operator.index(k)
     if k < 0:
@@ -911,7 +920,7 @@ def topk(x, k, axis=1, *, dim=None, largest=True):
     keep = pos < k
     off = _off64(x)
     lens = xp.minimum(off[1:] - off[:-1], k)
-    new_off = xp.zeros(x.nrows + 1, dtype=np.int64)
+    new_off = xp.zeros(x.nrows + 1, dtype=x.offsets.dtype)  # the input's offsets dtype
     new_off[1:] = xp.cumsum(lens)
     J = _jagged_cls()
     ml = _builtin_min(x.max_length, k)

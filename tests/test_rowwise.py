@@ -346,6 +346,20 @@ def test_elementwise_ufuncs_and_errors():
         hash(x)
 
 
+def test_numpy_functions_and_unsupported_dtypes():
+    x = JaggedArray(np.arange(10.0).reshape(5, 2), np.array([0, 2, 2, 5], np.int32))
+    for name in ("sum", "mean", "max", "min", "argmax", "argmin", "prod", "any", "all"):
+        np.testing.assert_array_equal(getattr(np, name)(x, axis=1), getattr(x, name)())
+    assert np.sum(x, axis=1, dtype=np.float32).dtype == np.float32
+    with pytest.raises(TypeError, match="out="):
+        np.sum(x, axis=1, out=np.empty((3, 2)))
+    vals, idx = R.topk(x, 1)
+    assert vals.offsets.dtype == np.int32 and idx.offsets.dtype == np.int32
+    z = JaggedArray(np.ones(3, np.complex64), [0, 3])
+    with pytest.raises(TypeError, match="complex64"):
+        R.sum(z)
+
+
 @pytest.mark.parametrize("name", REDUCTIONS + ["softmax", "log_softmax"])
 def test_huge_max_length_means_no_truncation(name):
     """A "no limit" spelled as sys.maxsize must not overflow offsets + limit (it crashed)."""
