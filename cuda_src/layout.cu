@@ -111,38 +111,47 @@ gather_rows(const Vec* __restrict__ src, Vec* __restrict__ out, const Off* __res
   }
 }
 
-// ---- gather rows, one tile per (row, chunk) ------------------------------------------------------
-// The same mapping as gather_rows with item_step = 1, so each output row is ONE contiguous copy:
-// the grid walks tiles (b, chunk) of `chunk_vecs` vectors of output row b (chunks_per_row from
-// the longest output row, known on the host); tiles past the end of a shorter row exit at once.
-// No search: the choice over gather_rows when rows are not too uneven (chosen on the host).
+// ---- gather rows, contiguous segments ------------------------------------------------------------
+// The same mapping as gather_rows with item_step = 1, so each output row is ONE contiguous copy.
+// Tile k is the flat output vectors [k * chunk_vecs, (k + 1) * chunk_vecs): every thread finds the
+// row of the tile's first vector (the same binary search in all threads: broadcast loads, no
+// barrier), then the block copies the tile's part of that row and of each following row in turn.
+// Only real tiles are launched: the grid covers the output, not nrows x the longest row.
 template <typename Vec, typename Off>
 __global__ void __launch_bounds__(CJ_LAYOUT_THREADS)
-gather_rows_tiled(const Vec* __restrict__ src, Vec* __restrict__ out,
-                  const Off* __restrict__ out_offsets, int64_t nrows,
-                  const int64_t* __restrict__ row_base, int64_t row_stride, int64_t row_vecs,
-                  int chunk_vecs, int64_t chunks_per_row) {
-  const int64_t ntiles = nrows * chunks_per_row;
+gather_segments(const Vec* __restrict__ src, Vec* __restrict__ out,
+                const Off* __restrict__ out_offsets, int64_t nrows, int64_t total_items,
+                const int64_t* __restrict__ row_base, int64_t row_stride, int64_t row_vecs,
+                int chunk_vecs) {
+  const int64_t total_vecs = total_items * row_vecs;
+  const int64_t ntiles = (total_vecs + chunk_vecs - 1) / chunk_vecs;
   const int nt = blockDim.x;
   for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
-    const int64_t b = tile / chunks_per_row;
-    const int64_t e0 = (tile - b * chunks_per_row) * chunk_vecs;
-    const int64_t o0 = (int64_t)__ldg(out_offsets + b);
-    const int64_t nvec = ((int64_t)__ldg(out_offsets + b + 1) - o0) * row_vecs;
-    if (e0 >= nvec) continue;
-    const int n = (int)min((int64_t)chunk_vecs, nvec - e0);
-    const int64_t base = (row_base != nullptr ? __ldg(row_base + b) : 0) + b * row_stride;
-    const Vec* __restrict__ s = src + base * row_vecs + e0;
-    Vec* __restrict__ o = out + o0 * row_vecs + e0;
-    int i = threadIdx.x;
-    for (; i + 3 * nt < n; i += 4 * nt) {
-      const Vec v0 = s[i], v1 = s[i + nt], v2 = s[i + 2 * nt], v3 = s[i + 3 * nt];
-      o[i] = v0;
-      o[i + nt] = v1;
-      o[i + 2 * nt] = v2;
-      o[i + 3 * nt] = v3;
+    int64_t e = tile * chunk_vecs;  // flat output vector
+    const int64_t e_end = min(e + chunk_vecs, total_vecs);
+    int64_t b = find_row_in(out_offsets, 0, nrows, e / row_vecs);
+    int64_t row_beg = (int64_t)__ldg(out_offsets + b) * row_vecs;
+    while (true) {
+      const int64_t row_end = (int64_t)__ldg(out_offsets + b + 1) * row_vecs;
+      const int64_t seg_end = min(row_end, e_end);
+      const int n = (int)(seg_end - e);  // 0 for an empty row
+      const int64_t base = (row_base != nullptr ? __ldg(row_base + b) : 0) + b * row_stride;
+      const Vec* __restrict__ s = src + base * row_vecs + (e - row_beg);
+      Vec* __restrict__ o = out + e;
+      int i = threadIdx.x;
+      for (; i + 3 * nt < n; i += 4 * nt) {  // 4 loads in flight per thread
+        const Vec v0 = s[i], v1 = s[i + nt], v2 = s[i + 2 * nt], v3 = s[i + 3 * nt];
+        o[i] = v0;
+        o[i + nt] = v1;
+        o[i + 2 * nt] = v2;
+        o[i + 3 * nt] = v3;
+      }
+      for (; i < n; i += nt) o[i] = s[i];
+      e = seg_end;
+      if (e >= e_end) break;
+      ++b;
+      row_beg = row_end;
     }
-    for (; i < n; i += nt) o[i] = s[i];
   }
 }
 

@@ -6,8 +6,9 @@
 // offsets[r]. Work is a list of *units* built on the host without a sync (cached per structure):
 // chunk_off[r] .. chunk_off[r+1] are the units of row r (at least one per row, so empty rows are
 // written), each covering `chunk` consecutive items; chunk_row[u] is the row of unit u (>= nrows
-// for the spare units of a grid sized by an upper bound), or nullptr when every row is one unit
-// (unit u is row u: one dependent load less before a block's first data load).
+// for the spare units of a grid sized by an upper bound). When every row is one unit the units
+// are the rows longest first (chunk_off[r] is then the unit of row r), so that long rows start
+// in the first wave instead of trailing the kernel.
 //
 // Inside a block (256 threads): CT column threads (each owning V consecutive columns, 16-byte
 // vector loads when V > 1) times R = 256 / CT lanes. Lanes form groups of LPR lanes, one unit per
@@ -212,13 +213,13 @@ __device__ __forceinline__ Unit get_unit(const int64_t* __restrict__ offsets,
   u.id = id;
   u.start = u.end = u.rbeg = u.len = 0;
   if (id >= nunits) return u;
-  const int64_t r = chunk_row ? chunk_row[id] : id;  // nullptr: one unit per row
+  const int64_t r = chunk_row[id];
   if (r < 0 || r >= nrows) return u;
   u.row = r;
   u.rbeg = offsets[r];
   u.len = offsets[r + 1] - u.rbeg;
   const int64_t le = u.len < limit ? u.len : limit;
-  u.start = chunk_row ? (id - chunk_off[r]) * chunk : 0;
+  u.start = (id - chunk_off[r]) * chunk;
   u.end = u.start + chunk < le ? u.start + chunk : le;
   return u;
 }

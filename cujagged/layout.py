@@ -32,15 +32,15 @@ _VECS = ((16, "uint4"), (8, "uint2"), (4, "unsigned int"), (2, "unsigned short")
 _OFF_C = {np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}
 _FAM = KernelFamily(
     "layout.cu",
-    [f"{k}<{v}, {o}>" for k in ("to_padded", "gather_rows", "gather_rows_tiled") for _, v in _VECS
+    [f"{k}<{v}, {o}>" for k in ("to_padded", "gather_rows", "gather_segments") for _, v in _VECS
      for o in _OFF_C.values()] + [f"row_ids<{o}>" for o in _OFF_C.values()],
 )
 _THREADS = 256
 _GATHER_MAX_ITEMS = 1024  # CJ_GATHER_MAX_ITEMS in layout.cu
 _MAX_GRID = 1 << 30
-_FORCE_GATHER = None  # tests: "tiled" or "search" forces one GPU gather kernel
+_FORCE_GATHER = None  # tests: "segments" or "search" forces one GPU gather kernel
 _TP_CFG = [256, 4]  # to_padded: threads per block (max), vectors per thread and tile (H200 sweep)
-_GT_CFG = [128, 8]  # gather_rows_tiled: threads per block, vectors per thread and tile
+_GS_CFG = [128, 8]  # gather_segments: threads per block, most vectors per thread and tile
 _INT32_MAX = 2**31 - 1
 
 
@@ -130,13 +130,14 @@ def offsets_from_lengths(lengths, dtype=np.int64):
 
 
 def _gather(src, src_lead: int, out, out_offsets, total: int, row_base, row_stride: int,
-            item_step: int, max_out_len: int):
+            item_step: int):
     """Launch the row gather: ``out [total, *inner]`` from items of ``src`` (item ``t`` of output
     row ``b`` is ``row_base[b] + b * row_stride + (t - out_offsets[b]) * item_step``).
 
-    GPU: with ``item_step == 1`` and rows not too uneven, one tile per (row, chunk), no search
-    (``gather_rows_tiled``); otherwise tiles of output items, each item's row found by binary
-    search (``gather_rows``). ``max_out_len``: the longest output row.
+    GPU: with ``item_step == 1`` each output row is one contiguous copy: tiles of the flat output,
+    each walking the row segments it covers (``gather_segments``; tiles about one mean row long,
+    128 .. 1024 vectors); otherwise tiles of output items, each item's source found by binary
+    search (``gather_rows``).
     """
     nrows = out_offsets.shape[0] - 1
     item_bytes = _item_bytes(out)
@@ -150,20 +151,17 @@ def _gather(src, src_lead: int, out, out_offsets, total: int, row_base, row_stri
         return out
     width, vname = _vec(item_bytes, src, out)
     row_vecs = item_bytes // width
-    threads, per_thread = _GT_CFG
-    chunk = threads * per_thread
-    chunks_per_row = -(-max_out_len * row_vecs // chunk)
-    needed = -(-total * row_vecs // chunk)
-    tiled = item_step == 1 and nrows * chunks_per_row <= 4 * needed + 1024
-    if _FORCE_GATHER is not None:
-        tiled = item_step == 1 and _FORCE_GATHER == "tiled"
-    if tiled:
-        kern = _FAM.get(f"gather_rows_tiled<{vname}, {_OFF_C[out_offsets.dtype]}>")
+    segments = item_step == 1 if _FORCE_GATHER is None else _FORCE_GATHER == "segments"
+    if segments and item_step == 1:
+        threads, per_thread = _GS_CFG
+        mean_vecs = total * row_vecs // nrows
+        chunk = min(threads * per_thread, max(threads, 1 << max(mean_vecs - 1, 0).bit_length()))
+        kern = _FAM.get(f"gather_segments<{vname}, {_OFF_C[out_offsets.dtype]}>")
         with out.device:
-            kern((_launch_grid(nrows * chunks_per_row),), (threads,),
-                 (src, out, out_offsets, np.int64(nrows),
+            kern((_launch_grid(-(-total * row_vecs // chunk)),), (threads,),
+                 (src, out, out_offsets, np.int64(nrows), np.int64(total),
                   row_base if row_base is not None else np.uint64(0), np.int64(row_stride),
-                  np.int64(row_vecs), np.int32(chunk), np.int64(chunks_per_row)))
+                  np.int64(row_vecs), np.int32(chunk)))
         return out
     items = max(1, min(_GATHER_MAX_ITEMS, (_THREADS * 8) // row_vecs))
     ntiles = -(-total // items)
@@ -311,7 +309,7 @@ def from_padded(dense, lengths=None, *, offsets=None, mask=None, total_length=No
             if not 0 <= lmax <= n:
                 raise ValueError(f"max_length={lmax} must be in [0, N = {n}]")
             out = xp.empty((total, *dense.shape[2:]), dtype=dense.dtype)
-            _gather(dense, 2, out, off, total, None, n, 1, lmax)
+            _gather(dense, 2, out, off, total, None, n, 1)
             return _make(out, off, lmax)
         lens = off[1:] - off[:-1]
     name = "lengths" if lengths is not None else "offsets"
@@ -328,7 +326,7 @@ def from_padded(dense, lengths=None, *, offsets=None, mask=None, total_length=No
         raise ValueError(f"{name} give a row of length {lmax} but dense has only N = {n} items "
                          "per row")
     out = xp.empty((total, *dense.shape[2:]), dtype=dense.dtype)
-    _gather(dense, 2, out, off, total, None, n, 1, lmax)
+    _gather(dense, 2, out, off, total, None, n, 1)
     return _make(out, off, lmax)
 
 
@@ -381,7 +379,7 @@ def _gather_rows_out(x, lens, row_base, item_step, total=None, maxlen=None):
         total, maxlen = _host_ints(lens.sum(), lens.max()) if lens.shape[0] else (0, 0)
     off = _out_offsets(lens, total, x.offsets.dtype)
     out = xp.empty((total, *x.inner_shape), dtype=x.dtype)
-    _gather(x.values, 1, out, off, total, row_base, 0, item_step, maxlen)
+    _gather(x.values, 1, out, off, total, row_base, 0, item_step)
     return _make(out, off, maxlen)
 
 

@@ -301,13 +301,20 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     lens = off[1:] - off[:-1]
     if trunc < x.max_length:
         lens = cupy.minimum(lens, trunc)
-    n = cupy.maximum((lens + (chunk - 1)) // chunk, 1)
-    co = cupy.zeros(B + 1, dtype=np.int64)
-    co[1:] = cupy.cumsum(n)
-    crow = cupy.searchsorted(co[1:], cupy.arange(nunits, dtype=np.int64), side="right")
-    crow = crow.astype(np.int64, copy=False)
-    if chunk >= L:  # one unit per row: unit == row, the kernels skip the chunk_row look-up
-        crow = None
+    if chunk >= L and B:
+        # one unit per row, longest rows first: they start in the first wave instead of trailing
+        # the kernel (a block streams one row at ~1/400 of the bandwidth while all are busy).
+        # Unit k is row crow[k]; co[r] is the unit of row r.
+        crow = cupy.argsort(-lens).astype(np.int64, copy=False)  # stable: ties keep row order
+        co = cupy.empty(B + 1, dtype=np.int64)
+        co[crow] = cupy.arange(B, dtype=np.int64)
+        co[B] = B
+    else:
+        n = cupy.maximum((lens + (chunk - 1)) // chunk, 1)
+        co = cupy.zeros(B + 1, dtype=np.int64)
+        co[1:] = cupy.cumsum(n)
+        crow = cupy.searchsorted(co[1:], cupy.arange(nunits, dtype=np.int64), side="right")
+        crow = crow.astype(np.int64, copy=False)
     hit = (chunk, nunits, LPR, split, blocks, co, crow)
     c[key] = hit
     return hit
@@ -363,7 +370,7 @@ def _gpu_reduce(x, K, mode, out_dtype, out_kind, trunc, *, has_init=0, init=0.0,
         ctr = _counters(x, B * yt) if pass_ != 2 else None
     p = pass_ if pass_ is not None else (1 if split else 0)
     kern((blocks, yt), (_BLOCK,),
-         (vals, _ptr(bv), _off64(x), co, _ptr(crow), _i64(nunits), _i64(B), _i64(C), _i64(chunk),
+         (vals, _ptr(bv), _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk),
           _i64(trunc), _i32(CT), _i32(LPR), _i32(mode), _i32(p), _ptr(pa), _ptr(pb), _ptr(pi),
           _ptr(ctr), _ptr(out), _i32(out_kind), _i32(has_init), np.float32(init), _i32(-1),
           _NULL))
@@ -393,7 +400,7 @@ def _gpu_rowbcast(x, mode, *, a=None, b=None, p=None, padded=False, q=None, ix=N
     kern = _kern(f"rowbcast<{tn}, {V}>")
     kern((blocks, yt), (_BLOCK,),
          (_ptr(a), _ptr(b), _ptr(p), _i64(p_row), _i64(p_pos), _ptr(q), _ptr(ix), _off64(x), co,
-          _ptr(crow), _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i64(trunc), _i32(CT), _i32(LPR),
+          crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i64(trunc), _i32(CT), _i32(LPR),
           _i32(mode), out))
     return out
 
@@ -416,7 +423,7 @@ def _gpu_fused(x, K, mode, fmode, trunc, b=None):
     tn = _TNAME[x.dtype][0]
     kern = _kern(f"fused_rows<{tn}, {K}, {V}>")
     kern((blocks, yt), (_BLOCK,),
-         (vals, _ptr(bv), _off64(x), co, _ptr(crow), _i64(nunits), _i64(B), _i64(C), _i64(chunk),
+         (vals, _ptr(bv), _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk),
           _i64(trunc), _i32(CT), _i32(LPR), _i32(mode), _i32(0), _NULL, _NULL, _NULL, _NULL,
           _NULL, _i32(OUT_T), _i32(0), np.float32(0), _i32(fmode), out))
     return out
@@ -814,8 +821,6 @@ def _unit_carries(part, co, crow, B, reverse):
     sum of the row's earlier (``reverse``: later) units, through a float64 prefix sum. Units past
     the last real one (spare, never written) only pollute entries nobody reads."""
     p64 = part.astype(np.float64)
-    if crow is None:  # one unit per row
-        crow = cupy.arange(part.shape[0], dtype=np.int64)
     cs = cupy.cumsum(p64, axis=0)
     row = cupy.minimum(crow, B - 1)
     if reverse:
@@ -844,7 +849,7 @@ def _gpu_cumsum(x, exclusive, reverse):
         pa = _unit_carries(part, co, crow, B, reverse)
     kern = _kern(f"cumsum_rows<{tn}, {V}>")
     kern((blocks, yt), (_BLOCK,),
-         (vals, _off64(x), co, _ptr(crow), _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i32(CT),
+         (vals, _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i32(CT),
           _i32(LPR), _i32(exclusive), _i32(reverse), _ptr(pa), out))
     return out
 

@@ -136,7 +136,7 @@ def _shifted(a):
 def test_gpu_layout_kernels_match_twins(case, misalign, data):
     values, off = case
     x, g = _both(values, off, misalign=misalign)
-    layout._FORCE_GATHER = data.draw(st.sampled_from([None, "tiled", "search"]))
+    layout._FORCE_GATHER = data.draw(st.sampled_from([None, "segments", "search"]))
     try:
         _check_all_kernels(x, g, off, misalign, data)
     finally:
@@ -170,7 +170,7 @@ def _check_all_kernels(x, g, off, misalign, data):
 
 
 @gpu
-@pytest.mark.parametrize("mode", [None, "tiled", "search"])
+@pytest.mark.parametrize("mode", [None, "segments", "search"])
 @pytest.mark.parametrize("odt", OFFSET_DTYPES)
 def test_gpu_many_rows_tiles_span_many_rows(odt, mode, monkeypatch):
     """Thousands of rows, most empty or tiny, with a few long ones: gather tiles cross many rows
