@@ -86,13 +86,14 @@ __device__ __forceinline__ TileInfo locate_tile(const int64_t* __restrict__ q_of
 template <int ROWS, int NT, int D, int SD, typename T>
 __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t rs, int nvalid,
                                           const T* safe, int tid) {
-  constexpr int CPR = D / 8;
+  constexpr int EPV = 16 / (int)sizeof(T);  // elements per 16-byte copy
+  constexpr int CPR = D / EPV;
   if constexpr (NT % CPR == 0 && ROWS % (NT / CPR) == 0) {
     constexpr int RSTEP = NT / CPR;
     const int r0 = tid / CPR, c0 = tid % CPR;
-    const T* p = src + r0 * rs + c0 * 8;
+    const T* p = src + r0 * rs + c0 * EPV;
     const int64_t step = RSTEP * rs;
-    const uint32_t d = smem_addr(dst + r0 * SD + c0 * 8);
+    const uint32_t d = smem_addr(dst + r0 * SD + c0 * EPV);
 #pragma unroll
     for (int i = 0; i < ROWS / RSTEP; ++i) {
       const bool ok = r0 + i * RSTEP < nvalid;
@@ -103,36 +104,48 @@ __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t rs, int 
     for (int c = tid; c < ROWS * CPR; c += NT) {
       const int r = c / CPR, cc = c % CPR;
       const bool ok = r < nvalid;
-      cp_async16(smem_addr(dst + r * SD + cc * 8), ok ? src + r * rs + cc * 8 : safe, ok);
+      cp_async16(smem_addr(dst + r * SD + cc * EPV), ok ? src + r * rs + cc * EPV : safe, ok);
     }
   }
 }
 
+// two adjacent output elements (p is 4- or 8-byte aligned)
+template <typename T> __device__ __forceinline__ void store2(T* p, float lo, float hi) {
+  if constexpr (sizeof(T) == 4) *reinterpret_cast<float2*>(p) = make_float2(lo, hi);
+  else *reinterpret_cast<uint32_t*>(p) = pack2<T>(lo, hi);
+}
+
 // ------------------------------------------------------------------------------------------------
-// bf16 / fp16 on tensor cores. Each warp owns MT x 16 query rows (MT = 2 for D <= 128: every K/V
-// fragment read from shared memory feeds two MMAs); BM query rows per block, BN keys per step.
-template <int D, int BM> struct JfaCfg {
+// Tensor cores: bf16 / fp16 (m16n8k16), or float through TF32 (m16n8k8, operands rounded to
+// nearest; opt-in). Each warp owns MT x 16 query rows (MT = 2 for D <= 128: every K/V fragment
+// read from shared memory feeds two MMAs); BM query rows per block, BN keys per step. Shared rows
+// are padded by 16 bytes, so the 8 rows of an ldmatrix (and TF32's scalar V reads) hit distinct
+// banks; a k-step covers 32 bytes of a row (16 half-precision or 8 TF32 elements).
+template <typename T, int D, int BM> struct JfaCfg {
+  static constexpr bool TF32 = sizeof(T) == 4;
+  static constexpr int EPV = 16 / (int)sizeof(T);  // elements per 16 bytes
   static constexpr int MT = JFA_MT(D);
   static constexpr int NW = BM / (16 * MT);
   static constexpr int NT = NW * 32;
-  static constexpr int BN = JFA_BN(D);
-  static constexpr bool Q_REG = D <= 64;
+  static constexpr int BN = TF32 && D == 256 ? 16 : JFA_BN(D);  // TF32 D=256: fits sm_80's smem
+  static constexpr bool Q_REG = D * sizeof(T) <= 128;
   static constexpr int STAGES = JFA_STAGES(D);  // K/V tiles in flight: ring of STAGES slots
 };
 
 template <typename T, int D, int BM, bool HAS_BIAS>
-__global__ void __launch_bounds__(JfaCfg<D, BM>::NT, JFA_MINB(D))
+__global__ void __launch_bounds__(JfaCfg<T, D, BM>::NT, JFA_MINB(D))
 jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
             T* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
             const int64_t* __restrict__ k_off, const int32_t* __restrict__ tile_info,
             const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
             float scale_log2, int causal, const T* __restrict__ bias, int64_t bias_sb,
             int64_t bias_sh, int64_t bias_si, int write_lse) {
-  using C = JfaCfg<D, BM>;
-  constexpr int MT = C::MT, NT = C::NT, BN = C::BN;
-  constexpr bool Q_REG = C::Q_REG;
-  constexpr int SD = D + 8;  // padded smem row (elements): ldmatrix rows hit distinct banks
-  constexpr int KC = D / 16, NB = BN / 8, DB = D / 8, CPR = D / 8;
+  using C = JfaCfg<T, D, BM>;
+  constexpr int MT = C::MT, NT = C::NT, BN = C::BN, EPV = C::EPV;
+  constexpr bool Q_REG = C::Q_REG, TF32 = C::TF32;
+  constexpr int SD = D + EPV;  // padded smem row (elements)
+  constexpr int KC = D / (2 * EPV), NB = BN / 8, DB = D / 8, CPR = D / EPV;
+  constexpr int ES = (int)sizeof(T);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   constexpr int ST = C::STAGES;
@@ -185,7 +198,7 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
 #pragma unroll
     for (int t = 0; t < ST - 1; ++t) load_kv(t);
     uint32_t qf[MT][Q_REG ? KC : 1][4];
-    const uint32_t sQw = smem_addr(sQ + (wr0 + (lm & 1) * 8 + lr) * SD + (lm >> 1) * 8);
+    const uint32_t sQw = smem_addr(sQ + (wr0 + (lm & 1) * 8 + lr) * SD + (lm >> 1) * EPV);
     for (int j = 0; j < n_kv; ++j) {
       const int n0 = j * BN;
       const int slot = j % ST;
@@ -197,9 +210,14 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int kk = 0; kk < KC; ++kk)
+            for (int kk = 0; kk < KC; ++kk) {
               ldsm_x4(qf[mt][kk][0], qf[mt][kk][1], qf[mt][kk][2], qf[mt][kk][3],
-                      sQw + (mt * 16 * SD + kk * 16) * 2);
+                      sQw + (mt * 16 * SD + kk * 2 * EPV) * ES);
+              if constexpr (TF32) {
+#pragma unroll
+                for (int r = 0; r < 4; ++r) qf[mt][kk][r] = to_tf32(qf[mt][kk][r]);
+              }
+            }
         }
       }
 
@@ -210,7 +228,7 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
 #pragma unroll
         for (int i = 0; i < NB; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
       const uint32_t sKl =
-          smem_addr(sK + slot * BN * SD + ((lm >> 1) * 8 + lr) * SD + (lm & 1) * 8);
+          smem_addr(sK + slot * BN * SD + ((lm >> 1) * 8 + lr) * SD + (lm & 1) * EPV);
 #pragma unroll
       for (int kk = 0; kk < KC; ++kk) {
         uint32_t a[MT][4];
@@ -220,17 +238,25 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
             a[mt][0] = qf[mt][kk][0]; a[mt][1] = qf[mt][kk][1];
             a[mt][2] = qf[mt][kk][2]; a[mt][3] = qf[mt][kk][3];
           } else {
-            ldsm_x4(a[mt][0], a[mt][1], a[mt][2], a[mt][3], sQw + (mt * 16 * SD + kk * 16) * 2);
+            ldsm_x4(a[mt][0], a[mt][1], a[mt][2], a[mt][3],
+                    sQw + (mt * 16 * SD + kk * 2 * EPV) * ES);
+            if constexpr (TF32) {
+#pragma unroll
+              for (int r = 0; r < 4; ++r) a[mt][r] = to_tf32(a[mt][r]);
+            }
           }
         }
 #pragma unroll
         for (int nb = 0; nb < NB / 2; ++nb) {
           uint32_t b0, b1, b2, b3;
-          ldsm_x4(b0, b1, b2, b3, sKl + (nb * 16 * SD + kk * 16) * 2);
+          ldsm_x4(b0, b1, b2, b3, sKl + (nb * 16 * SD + kk * 2 * EPV) * ES);
+          if constexpr (TF32) {
+            b0 = to_tf32(b0); b1 = to_tf32(b1); b2 = to_tf32(b2); b3 = to_tf32(b3);
+          }
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
-            mma16816<T>(s[mt][2 * nb], a[mt], b0, b1);
-            mma16816<T>(s[mt][2 * nb + 1], a[mt], b2, b3);
+            mma_step<T>(s[mt][2 * nb], a[mt], b0, b1);
+            mma_step<T>(s[mt][2 * nb + 1], a[mt], b2, b3);
           }
         }
       }
@@ -305,27 +331,51 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
       }
 
 
-      // O += P V (P from the S registers, rounded to T)
-      const uint32_t sVl =
-          smem_addr(sV + slot * BN * SD + ((lm & 1) * 8 + lr) * SD + (lm >> 1) * 8);
+      // O += P V (P from the S registers, rounded to T / TF32)
+      if constexpr (TF32) {
+        // a k-step of 8 keys takes this thread's P accumulators as they lie, (row g, keys 2tq and
+        // 2tq + 1) as k = tq and tq + 4, so V's fragment pairs the same keys: plain 32-bit reads
+        const T* sVt = sV + slot * BN * SD + 2 * tq * SD + g;
 #pragma unroll
-      for (int kc = 0; kc < BN / 16; ++kc) {
-        uint32_t a[MT][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          a[mt][0] = pack2<T>(s[mt][2 * kc][0], s[mt][2 * kc][1]);
-          a[mt][1] = pack2<T>(s[mt][2 * kc][2], s[mt][2 * kc][3]);
-          a[mt][2] = pack2<T>(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
-          a[mt][3] = pack2<T>(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
-        }
-#pragma unroll
-        for (int db = 0; db < DB / 2; ++db) {
-          uint32_t b0, b1, b2, b3;
-          ldsm_x4_t(b0, b1, b2, b3, sVl + (kc * 16 * SD + db * 16) * 2);
+        for (int kc = 0; kc < BN / 8; ++kc) {
+          uint32_t a[MT][4];
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
-            mma16816<T>(oacc[mt][2 * db], a[mt], b0, b1);
-            mma16816<T>(oacc[mt][2 * db + 1], a[mt], b2, b3);
+            a[mt][0] = to_tf32(s[mt][kc][0]);
+            a[mt][1] = to_tf32(s[mt][kc][2]);
+            a[mt][2] = to_tf32(s[mt][kc][1]);
+            a[mt][3] = to_tf32(s[mt][kc][3]);
+          }
+#pragma unroll
+          for (int db = 0; db < DB; ++db) {
+            const uint32_t b0 = to_tf32(to_float(sVt[kc * 8 * SD + db * 8]));
+            const uint32_t b1 = to_tf32(to_float(sVt[(kc * 8 + 1) * SD + db * 8]));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) mma_step<T>(oacc[mt][db], a[mt], b0, b1);
+          }
+        }
+      } else {
+        const uint32_t sVl =
+            smem_addr(sV + slot * BN * SD + ((lm & 1) * 8 + lr) * SD + (lm >> 1) * 8);
+#pragma unroll
+        for (int kc = 0; kc < BN / 16; ++kc) {
+          uint32_t a[MT][4];
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            a[mt][0] = pack2<T>(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+            a[mt][1] = pack2<T>(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+            a[mt][2] = pack2<T>(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+            a[mt][3] = pack2<T>(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+          }
+#pragma unroll
+          for (int db = 0; db < DB / 2; ++db) {
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4_t(b0, b1, b2, b3, sVl + (kc * 16 * SD + db * 16) * 2);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+              mma_step<T>(oacc[mt][2 * db], a[mt], b0, b1);
+              mma_step<T>(oacc[mt][2 * db + 1], a[mt], b2, b3);
+            }
           }
         }
       }
@@ -350,8 +400,8 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
     for (int i = 0; i < DB; ++i) {
       const float a0 = v0 ? oacc[mt][i][0] * inv0 : 0.f, a1 = v0 ? oacc[mt][i][1] * inv0 : 0.f;
       const float a2 = v1 ? oacc[mt][i][2] * inv1 : 0.f, a3 = v1 ? oacc[mt][i][3] * inv1 : 0.f;
-      *reinterpret_cast<uint32_t*>(sO + g * SD + i * 8 + 2 * tq) = pack2<T>(a0, a1);
-      *reinterpret_cast<uint32_t*>(sO + (g + 8) * SD + i * 8 + 2 * tq) = pack2<T>(a2, a3);
+      store2<T>(sO + g * SD + i * 8 + 2 * tq, a0, a1);
+      store2<T>(sO + (g + 8) * SD + i * 8 + 2 * tq, a2, a3);
     }
     if (write_lse && tq == 0) {
       if (row_g < ti.Lq_full)
@@ -368,8 +418,8 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
   for (int c = lane; c < 16 * MT * CPR; c += 32) {
     const int r = c / CPR, cc = c % CPR;
     if (r < nrows)
-      *reinterpret_cast<uint4*>(obase + r * q_rs + cc * 8) =
-          *reinterpret_cast<const uint4*>(sOw + r * SD + cc * 8);
+      *reinterpret_cast<uint4*>(obase + r * q_rs + cc * EPV) =
+          *reinterpret_cast<const uint4*>(sOw + r * SD + cc * EPV);
   }
 }
 

@@ -38,7 +38,7 @@ __all__ = ["jagged_flash_attention", "HEAD_DIMS"]
 HEAD_DIMS = (32, 64, 96, 128, 256)
 _BM128_DIMS = (64, 128)  # head dims that also have a 128-query-row tile (long rows, no bias)
 _BOOL = {False: "false", True: "true"}
-_TNAME = {np.dtype(np.float16): "f16_t", bfloat16: "bf16_t"}
+_TNAME = {np.dtype(np.float16): "f16_t", bfloat16: "bf16_t", np.dtype(np.float32): "float"}
 _NO_LIMIT = 2**62
 
 
@@ -52,11 +52,11 @@ def _f32_name(d: int, has_bias: bool) -> str:
 
 def _instantiations():
     names = ["jfa_tile_info"]
-    for t in ("bf16_t", "f16_t"):
+    for t in ("bf16_t", "f16_t", "float"):  # float: TF32 (allow_tf32=True)
         for d in HEAD_DIMS:
             for hb in (False, True):
                 names.append(_mma_name(t, d, 64, hb))
-            if d in _BM128_DIMS:
+            if d in _BM128_DIMS and t != "float":
                 names.append(_mma_name(t, d, 128, False))
     for d in HEAD_DIMS:
         for hb in (False, True):
@@ -94,8 +94,10 @@ _FAM90 = KernelFamily("attention_sm90.cu",
 _SMEM_SET: set = set()
 
 
-def _mma_bn(d: int) -> int:
-    """Keys per step of the tensor-core kernel (JFA_BN in attention.cu)."""
+def _mma_bn(d: int, itemsize: int = 2) -> int:
+    """Keys per step of the tensor-core kernel (JfaCfg::BN in attention.cu)."""
+    if itemsize == 4 and d == 256:
+        return 16
     return 64 if d in (64, 96) else 32
 
 
@@ -110,9 +112,9 @@ def _mma_stages(d: int) -> int:
     return 2
 
 
-def _mma_smem(d: int, bm: int) -> int:
-    """Dynamic shared memory: Q tile + a ring of K and V tiles, rows padded to d + 8."""
-    return (bm + 2 * _mma_stages(d) * _mma_bn(d)) * (d + 8) * 2
+def _mma_smem(d: int, bm: int, itemsize: int = 2) -> int:
+    """Dynamic shared memory: Q tile + a ring of K and V tiles, rows padded by 16 bytes."""
+    return (bm + 2 * _mma_stages(d) * _mma_bn(d, itemsize)) * (d * itemsize + 16)
 
 
 def _f32_smem(d: int) -> int:
@@ -161,10 +163,11 @@ def _tile_list(xp, q_off, k_off, bm: int, msl: int, cache, bound: int):
     return out
 
 
-def _plan_key(q, k, v, max_seq_len, scale, causal, return_lse, bm, impl):
+def _plan_key(q, k, v, max_seq_len, scale, causal, return_lse, allow_tf32, bm, impl):
     qv, kv, vv = q._values, k._values, v._values
     return ("jfa_plan", qv.shape, qv.dtype, kv.shape, kv.dtype, vv.shape, vv.dtype,
-            qv.device.id, max_seq_len, scale, bool(causal), bool(return_lse), bm, impl)
+            qv.device.id, max_seq_len, scale, bool(causal), bool(return_lse), bool(allow_tf32),
+            bm, impl)
 
 
 def _launch_plan(plan, q, k, v, return_lse):
@@ -180,8 +183,8 @@ def _launch_plan(plan, q, k, v, return_lse):
 
 
 def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_len=None,
-                           scale=None, causal=False, bias=None, return_lse=False, _bm=None,
-                           _impl=None):
+                           scale=None, causal=False, bias=None, return_lse=False,
+                           allow_tf32=False, _bm=None, _impl=None):
     """Softmax attention within each row of a jagged batch (forward).
 
     Args:
@@ -207,6 +210,10 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
             (``-inf`` masks). Cast to the dtype of ``q`` (bf16/fp16/fp32) before use; the last
             axis must be unit-stride (otherwise it is copied).
         return_lse: also return the fp32 natural-log log-sum-exp of the scores ``[Tq, H]``.
+        allow_tf32: float32 inputs on the GPU run on tensor cores in TF32 (Q, K, V and P rounded
+            to 10 mantissa bits, fp32 accumulation; like ``torch.backends.cuda.matmul
+            .allow_tf32``): faster, relative error ~1e-3. Default: the exact
+            fp32 FFMA kernel. No effect on other dtypes or on the CPU backend (always exact).
 
     Returns:
         ``O`` with the layout of ``q`` (a JaggedArray when ``q`` is one, else values
@@ -214,18 +221,19 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
 
     Head dims 32, 64, 96, 128, 256. dtypes: bfloat16, float16 (tensor cores ``mma.sync``
     m16n8k16, fp32 accumulation, P rounded to the input dtype for P·V), float32 (exact fp32 FFMA
-    kernel; there is no TF32 path yet), float64 (CPU backend only). Tiles: 64 query rows per
-    block (128 when the longest row is >= 512, or >= 1024 with ``causal``; head dims 64/128 only,
-    no bias), 64 keys per step (32 for D >= 128); only real tiles are launched work, longest
-    rows first. Extra device memory: the output, the LSE when asked, and a cached tile list of
-    ``8 * (T/BM + B)`` bytes. Empty rows are fine. On the GPU no
-    host synchronisation happens when ``q``/``k`` are JaggedArrays (their tile list is cached);
-    plain arrays with offsets are validated once (one small transfer).
+    kernel, or TF32 tensor cores m16n8k8 with ``allow_tf32``), float64 (CPU backend only).
+    Tiles: 64 query rows per block (128 when the longest row is >= 512, or >= 1024 with
+    ``causal``; bf16/fp16, head dims 64/128 only, no bias), 64 keys per step (32 for D >= 128,
+    16 for TF32 D = 256); only real tiles are launched, longest rows first. Extra device
+    memory: the output, the LSE when asked, and a cached tile list of ``8 * (T/BM + B)`` bytes.
+    Empty rows are fine. On the GPU no host synchronisation happens when ``q``/``k`` are
+    JaggedArrays (their tile list is cached); plain arrays with offsets are validated once (one
+    small transfer).
     """
     if (bias is None and offsets is None and kv_offsets is None and type(q) is JaggedArray
             and type(k) is JaggedArray and type(v) is JaggedArray and is_gpu_array(q._values)):
-        plan = q._cache.get(_plan_key(q, k, v, max_seq_len, scale, causal, return_lse, _bm,
-                                      _impl))
+        plan = q._cache.get(_plan_key(q, k, v, max_seq_len, scale, causal, return_lse,
+                                      allow_tf32, _bm, _impl))
         if plan is not None and plan[0] is k._offsets:
             return _launch_plan(plan, q, k, v, return_lse)
     qj = _as_jagged(q, offsets, "q", "offsets")
@@ -330,9 +338,13 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
             if _impl == "sm90" and not (sm90_ok and _FAM90.supported()):
                 raise ValueError("_impl='sm90' needs an sm_90 device, bf16/fp16, D in "
                                  f"{_SM90_DIMS} and no bias")
-            if dt == np.float32:
+            if dt == np.float32 and not allow_tf32:
                 bm, name, smem, threads = 16, _f32_name(D, has_bias), _f32_smem(D), 128
                 sc = scale
+            elif dt == np.float32:  # TF32 tensor cores, 64-row tiles
+                bm, name = 64, _mma_name("float", D, 64, has_bias)
+                smem, threads = _mma_smem(D, 64, 4), _mma_threads(D, 64)
+                sc = scale * math.log2(math.e)
             elif sm90_ok and (_impl == "sm90" or (_impl is None and _SM90_ENABLED
                                                   and _FAM90.supported())):
                 bm = _bm or 64
@@ -372,8 +384,8 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                     and isinstance(v, JaggedArray) and vv is v.values):
                 # every check above passed for these shapes/dtypes/options: later calls with the
                 # same arrays' structure skip straight to the launch
-                q._cache[_plan_key(q, k, v, max_seq_len, scale, causal, return_lse, _bm,
-                                   _impl)] = (
+                q._cache[_plan_key(q, k, v, max_seq_len, scale, causal, return_lse, allow_tf32,
+                                   _bm, _impl)] = (
                     k._offsets, kern, grid, threads, smem,
                     tail + (tile_off, np.int64(0), np.int64(0), np.int64(0),
                             np.int32(bool(return_lse))))

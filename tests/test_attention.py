@@ -186,9 +186,11 @@ def test_empty_batch_and_empty_rows():
 
 # ---- GPU: kernels vs the Numba twin ------------------------------------------------------------
 GPU_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float16): 1e-2, bfloat16: 1e-2}
+TF32_TOL = 4e-3  # 10-bit mantissa: unit roundoff 2**-11, Q, K, V and P each rounded once
 
 
 def check_gpu(p, **kw):
+    """Run p on the GPU and compare with the float64 Numba twin; returns (out, lse)."""
     import cupy
 
     q, k, v, bias = make_inputs(p)
@@ -196,7 +198,7 @@ def check_gpu(p, **kw):
     out, lse = cupy.asnumpy(out), cupy.asnumpy(lse)
     ref, ref_lse = call(p, q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
                         None if bias is None else bias.astype(np.float64))
-    tol = GPU_TOL[p["dtype"]]
+    tol = TF32_TOL if kw.get("allow_tf32") else GPU_TOL[p["dtype"]]
     assert not np.isnan(out.astype(np.float32)).any(), "NaN in O"
     assert not np.isnan(lse).any(), "NaN in lse"
     assert rel_error(out, ref) <= tol, (rel_error(out, ref), p)
@@ -204,12 +206,33 @@ def check_gpu(p, **kw):
     fin = np.isfinite(ref_lse)
     assert rel_error(lse[fin], ref_lse[fin]) <= max(tol / 10, 1e-5), p
     assert np.all(out[~fin] == 0)
+    return out, lse
 
 
 @pytest.mark.gpu
 @given(problems(max_len=80, dtypes=(np.float16, bfloat16, np.float32), dims=HEAD_DIMS))
 def test_gpu_matches_numba(p):
     check_gpu(p)
+
+
+@pytest.mark.gpu
+@given(problems(max_len=80, dtypes=(np.float32,), dims=HEAD_DIMS))
+def test_gpu_tf32_matches_numba(p):
+    check_gpu(p, allow_tf32=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", HEAD_DIMS)
+def test_gpu_tf32_is_opt_in(D):
+    """allow_tf32 switches kernels: TF32 rounding changes the bits, the default stays exact."""
+    lq = [0, 37, 200, 1, 64]
+    p = dict(lq=lq, lk=lq, cross=False, H=2, Hk=2, D=D, dtype=np.dtype(np.float32),
+             causal=False, msl=None, scale=None, bias=False, bias_heads=1, off_dtype=np.int64,
+             seed=D)
+    exact, _ = check_gpu(p)
+    tf32, _ = check_gpu(p, allow_tf32=True)
+    assert not np.array_equal(exact, tf32)
+    assert rel_error(tf32, exact) > 1e-6
 
 
 @pytest.mark.gpu
@@ -229,6 +252,8 @@ def test_gpu_long_rows(D, dtype, causal):
     p = dict(lq=lq, lk=lq, cross=False, H=2, Hk=1, D=D, dtype=np.dtype(dtype), causal=causal,
              msl=900, scale=None, bias=False, bias_heads=1, off_dtype=np.int32, seed=D)
     check_gpu(p)
+    if dtype == np.float32:
+        check_gpu(p, allow_tf32=True)
 
 
 @pytest.mark.gpu
