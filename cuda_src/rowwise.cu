@@ -25,14 +25,20 @@
 #ifndef CJ_MINB_R
 #define CJ_MINB_R 3  // blocks per SM of the plain reductions (register cap 80)
 #endif
+#ifndef CJ_MINB_RH
+#define CJ_MINB_RH 3  // the same for the reductions with a larger state (argmax, logsumexp, dot)
+#endif
 #ifndef CJ_U
 #define CJ_U 8  // independent 16-byte loads in flight per lane
+#endif
+#ifndef CJ_UH
+#define CJ_UH 4  // the same for reductions with a larger state (index, exp sum) or a second input
 #endif
 #define CJ_NOIDX 0x7fffffff
 #define CJ_LOG2E 1.4426950408889634f
 
 enum { K_SUM = 0, K_PROD = 1, K_MAX = 2, K_LSE = 3, K_DOT = 4 };
-// K_MAXV: value-only max (no index; the K_MAX kernel runs it when mode bit 1 is clear)
+// K_MAXV: value-only max (K_MAX keeps the index too)
 enum { K_MAXV = 5 };
 // Reduction item transforms (K_SUM): 0 identity, 1 (x != 0), 2 (x == 0). K_MAX: 1 negate (min).
 // Finalisation modes: K_SUM 0 sum, 1 mean, 2 any (count of non-zeros > 0), 3 all (count of
@@ -418,8 +424,7 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
 // pass 1: one unit per block (LPR == R); partial states go to part_* [unit, C]; the last block of
 //         each row (counters [nrows, gridDim.y], zero between launches) combines and writes out.
 // pass 2: as pass 1 but only the partial states (the carries of a chunked cumsum).
-// KK is K, or K_MAXV for a value-only max in the K_MAX kernel.
-template <typename T, int K, int KK, int V, bool FUSED>
+template <typename T, int K, int V, bool FUSED>
 __device__ __forceinline__ void
 reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __restrict__ offsets,
             const int64_t* __restrict__ chunk_off, const int64_t* __restrict__ chunk_row,
@@ -439,12 +444,12 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
 
   St s[V];
 #pragma unroll
-  for (int j = 0; j < V; ++j) s[j] = st_init<KK>();
+  for (int j = 0; j < V; ++j) s[j] = st_init<K>();
   // loads in flight per lane: half where a second array (state or input) takes registers
-  constexpr int UA = (KK == K_SUM || KK == K_PROD || KK == K_MAXV || (FUSED && KK == K_LSE))
-                         ? CJ_U : CJ_U / 2;
-  if (active) accumulate<T, KK, V, UA>(s, ar, br, un.start, un.end, l, LPR, C, mode);
-  group_merge<KK, V>(s, sa, sb, si, lane, l, ct, CT, LPR);
+  constexpr int UA = (K == K_SUM || K == K_PROD || K == K_MAXV || (FUSED && K == K_LSE))
+                         ? CJ_U : CJ_UH;
+  if (active) accumulate<T, K, V, UA>(s, ar, br, un.start, un.end, l, LPR, C, mode);
+  group_merge<K, V>(s, sa, sb, si, lane, l, ct, CT, LPR);
   const int64_t n = un.len < trunc ? un.len : trunc;
 
   if (!FUSED && pass != 0) {
@@ -453,8 +458,8 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         part_a[g * C + col + j] = s[j].a;
-        if (KK == K_LSE) part_b[g * C + col + j] = s[j].b;
-        if (KK == K_MAX) part_i[g * C + col + j] = s[j].i;
+        if (K == K_LSE) part_b[g * C + col + j] = s[j].b;
+        if (K == K_MAX) part_i[g * C + col + j] = s[j].i;
       }
     }
     if (pass == 2) return;
@@ -477,7 +482,7 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
     const int64_t g0 = chunk_off[un.row], g1 = chunk_off[un.row + 1];
     St t[V];
 #pragma unroll
-    for (int j = 0; j < V; ++j) t[j] = st_init<KK>();
+    for (int j = 0; j < V; ++j) t[j] = st_init<K>();
     if (col < C) {
       const volatile float* va = part_a;
       const volatile float* vb = part_b;
@@ -487,19 +492,19 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
         for (int j = 0; j < V; ++j) {
           St u;
           u.a = va[g * C + col + j];
-          u.b = (KK == K_LSE) ? vb[g * C + col + j] : 0.f;
-          u.i = (KK == K_MAX) ? vi[g * C + col + j] : CJ_NOIDX;
-          st_merge<KK>(t[j], u);
+          u.b = (K == K_LSE) ? vb[g * C + col + j] : 0.f;
+          u.i = (K == K_MAX) ? vi[g * C + col + j] : CJ_NOIDX;
+          st_merge<K>(t[j], u);
         }
       }
     }
-    group_merge<KK, V>(t, sa, sb, si, lane, lane, ct, CT, R);
-    if (lane == 0 && col < C) write_final<T, KK, V>(t, mode, n, has_init, init, out, out_kind,
+    group_merge<K, V>(t, sa, sb, si, lane, lane, ct, CT, R);
+    if (lane == 0 && col < C) write_final<T, K, V>(t, mode, n, has_init, init, out, out_kind,
                                                     un.row * C + col);
     return;
   }
   if (!FUSED) {
-    if (l == 0 && active) write_final<T, KK, V>(s, mode, n, has_init, init, out, out_kind,
+    if (l == 0 && active) write_final<T, K, V>(s, mode, n, has_init, init, out, out_kind,
                                                 un.row * C + col);
     return;
   }
@@ -508,7 +513,7 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
   // fused elementwise rewrite of the whole row
   if (l == 0 && active) {
 #pragma unroll
-    for (int j = 0; j < V; ++j) sa[(sub * CT + ct) * V + j] = st_final<KK>(s[j], mode, n, 0, 0.f);
+    for (int j = 0; j < V; ++j) sa[(sub * CT + ct) * V + j] = st_final<K>(s[j], mode, n, 0, 0.f);
   }
   __syncthreads();
   if (!active) return;
@@ -544,22 +549,23 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
   __shared__ float sb[(K == K_LSE) ? CJ_BLOCK * V : 1];                                           \
   __shared__ int si[(K == K_MAX) ? CJ_BLOCK * V : 1];                                             \
   __shared__ int s_last;
-#define CJ_REDUCE(KK, F)                                                                          \
-  reduce_body<T, K, KK, V, F>(a, b, offsets, chunk_off, chunk_row, nunits, nrows, C, chunk,       \
-                              trunc, CT, LPR, mode, pass, part_a, part_b, part_i, counters, out,  \
-                              out_kind, has_init, init, fmode, fout, sa, sb, si, s_last)
+#define CJ_REDUCE(F)                                                                              \
+  reduce_body<T, K, V, F>(a, b, offsets, chunk_off, chunk_row, nunits, nrows, C, chunk, trunc, CT, \
+                          LPR, mode, pass, part_a, part_b, part_i, counters, out, out_kind,        \
+                          has_init, init, fmode, fout, sa, sb, si, s_last)
 
 template <typename T, int K, int V>
-__global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB_R) reduce_rows(CJ_REDUCE_ARGS) {
+__global__ void __launch_bounds__(CJ_BLOCK, (K == K_MAX || K == K_LSE || K == K_DOT) ? CJ_MINB_RH
+                                                                                     : CJ_MINB_R)
+reduce_rows(CJ_REDUCE_ARGS) {
   CJ_REDUCE_SHARED
-  if (K == K_MAX && !(mode & 2)) CJ_REDUCE(K == K_MAX ? K_MAXV : K, false);
-  else CJ_REDUCE(K, false);
+  CJ_REDUCE(false);
 }
 
 template <typename T, int K, int V>
 __global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB) fused_rows(CJ_REDUCE_ARGS) {
   CJ_REDUCE_SHARED
-  CJ_REDUCE(K, true);
+  CJ_REDUCE(true);
 }
 #undef CJ_REDUCE
 #undef CJ_REDUCE_SHARED

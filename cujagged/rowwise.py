@@ -45,7 +45,7 @@ _builtin_any, _builtin_all, _builtin_max, _builtin_min = any, all, max, min
 _TNAME = {np.dtype(np.float32): ("float", 4), np.dtype(np.float16): ("f16_t", 8)}
 if bfloat16 is not None:
     _TNAME[bfloat16] = ("bf16_t", 8)
-K_SUM, K_PROD, K_MAX, K_LSE, K_DOT = range(5)
+K_SUM, K_PROD, K_MAX, K_LSE, K_DOT, K_MAXV = range(6)  # K_MAXV: max without the index
 (E_ADD, E_SUB, E_RSUB, E_MUL, E_DIV, E_RDIV, E_MAXIMUM, E_MINIMUM) = range(8)
 (E_BCAST, E_BCAST_MEAN, E_SELECT, E_LSE_BWD, E_SOFTMAX, E_LOGSOFTMAX, E_SOFTMAX_BWD,
  E_LOGSOFTMAX_BWD) = range(10, 18)
@@ -56,7 +56,7 @@ def _instantiations():
     names = []
     for tn, vec in _TNAME.values():
         for v in (1, vec):
-            names += [f"reduce_rows<{tn}, {k}, {v}>" for k in range(5)]
+            names += [f"reduce_rows<{tn}, {k}, {v}>" for k in range(6)]
             names += [f"fused_rows<{tn}, {k}, {v}>" for k in (K_SUM, K_LSE, K_DOT)]
             names += [f"rowbcast<{tn}, {v}>", f"cumsum_rows<{tn}, {v}>"]
     return names
@@ -525,7 +525,7 @@ def _extremum(x, is_min, want_index, initial, trunc):
         if want_index:
             return _shape_out(x, _gpu_reduce(x, K_MAX, mode, np.int64, OUT_I64, trunc))
         has_init = initial is not None
-        return _shape_out(x, _gpu_reduce(x, K_MAX, mode, x.dtype, OUT_T, trunc,
+        return _shape_out(x, _gpu_reduce(x, K_MAXV, mode, x.dtype, OUT_T, trunc,
                                          has_init=int(has_init),
                                          init=float(initial) if has_init else 0.0))
     v = _cpu_vals(x)

@@ -1,0 +1,58 @@
+"""Sweep of rowwise.cu compile-time knobs at the reference shape (B=1024, max_len=1024, fill
+0.25, D=128): each variant rebuilds the kernel family with extra ``-D`` options and times the
+same ops on the same inputs in one process. ``PYTHONPATH=. python3 -m bench.rowwise_variants
+[OUT.json] [-DCJ_X=1,-DCJ_Y=2 ...]`` (variants: comma-separated option lists; the default build
+is always timed first).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from bench.bench_rowwise import _inputs
+from bench.harness import copy_entry, rotate, time_ms
+
+OPS = ("sum", "max", "argmax", "logsumexp", "softmax", "cumsum")
+
+
+def main(argv: list[str]) -> None:
+    import cupy
+
+    import cujagged.rowwise as R
+    from cujagged import bfloat16
+    from cujagged._kernels import KernelFamily
+
+    out = argv[0] if argv and argv[0].endswith(".json") else None
+    variants = [()] + [tuple(a.split(",")) for a in argv if not a.endswith(".json")]
+    copy = copy_entry()
+    res = {"copy_gbps": copy["gbps"], "rows": []}
+    names = R._instantiations()
+    for dt in (bfloat16, np.float32):
+        sets, lens = _inputs(1024, 1024, 0.25, 128, dt)
+        nbytes = sets[0].values.nbytes
+        for opts in variants:
+            R._FAM = KernelFamily("rowwise.cu", names, options=opts)
+            R._KERNELS.clear()
+            for op in OPS:
+                fn = getattr(R, op)
+                it = rotate(sets)
+                ms = time_ms(lambda fn=fn, it=it: fn(next(it)), reps=30)
+                moved = nbytes * (2 if op in ("softmax", "cumsum") else 1)
+                pct = 100 * moved / (ms * 1e-3) / 1e9 / copy["gbps"]
+                row = {"dtype": str(np.dtype(dt)), "opts": list(opts), "op": op,
+                       "ms": round(ms, 5), "pct_copy": round(pct, 1)}
+                res["rows"].append(row)
+                print(f"{row['dtype']:9s} {' '.join(opts) or 'default':32s} {op:10s} "
+                      f"{ms * 1e3:8.2f} us {pct:5.1f}% copy", flush=True)
+        del sets
+        cupy.get_default_memory_pool().free_all_blocks()
+    if out:
+        with open(out, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
