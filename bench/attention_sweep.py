@@ -29,8 +29,8 @@ def main():
     import torch
 
     import cujagged
-    from bench.bench_attention import _fa2, gpu_time_ms
-    from bench.harness import lengths_for, rotate
+    from bench.bench_attention import _fa2
+    from bench.harness import gpu_time_ms, lengths_for, rotate
     from cujagged import JaggedArray
     from cujagged import attention as A
     from cujagged._kernels import KernelFamily

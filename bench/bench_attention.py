@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from bench.harness import cupy_peak, entry, lengths_for, rotate, time_ms, torch_peak
+from bench.harness import cupy_peak, entry, gpu_time_ms, lengths_for, rotate, time_ms, torch_peak
 
 # (B, max_len, fill, H, D, causal)
 SHAPES = [
@@ -28,43 +28,6 @@ SHAPES = [
 FILL_SWEEP = [(1024, 1024, 0.25, 1, 128, False), (1024, 1024, 0.5, 1, 128, False)]
 # float32 inputs: the exact FFMA kernel, TF32 (allow_tf32) and padded SDPA in float32
 FP32_SHAPES = [(1024, 512, 0.25, 1, 128, False), (1024, 1024, 0.1, 1, 64, False)]
-
-
-_SPIN = None
-
-
-def gpu_time_ms(fn, n: int = 20, spin_ms: float = 4.0) -> tuple[float, float]:
-    """(device ms per call, host enqueue ms per call) of ``fn``: a spin kernel holds the GPU while
-    the host enqueues ``n`` calls, so the events see back-to-back device work only (no launch
-    overhead). The device time is only exact when the enqueue time stays under ``spin_ms``."""
-    import time
-
-    import cupy
-
-    global _SPIN
-    if _SPIN is None:
-        _SPIN = cupy.RawKernel(r"""
-extern "C" __global__ void spin(long long ns) {
-  long long t0, t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-  do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); } while (t - t0 < ns);
-}""", "spin")
-    for _ in range(3):
-        fn()
-    cupy.cuda.runtime.deviceSynchronize()
-    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-    dev, host = [], []
-    for _ in range(3):
-        _SPIN((1,), (1,), (np.int64(spin_ms * 1e6),))
-        start.record()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        host.append((time.perf_counter() - t0) * 1e3 / n)
-        stop.record()
-        stop.synchronize()
-        dev.append(cupy.cuda.get_elapsed_time(start, stop) / n)
-    return sorted(dev)[1], sorted(host)[1]
 
 
 def _fa2(torch, q, k, v, cu, max_len, scale, causal):

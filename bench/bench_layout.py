@@ -47,6 +47,14 @@ def _rotated_ms(fn, inputs) -> float:
     return time_ms(lambda: fn(next(it)))
 
 
+def _dev(fn, inputs, nbytes) -> dict:
+    """Device time fields (host overhead excluded) of ``fn(input)`` cycling through ``inputs``."""
+    from bench.harness import device_fields, rotate
+
+    it = rotate(inputs)
+    return device_fields(lambda: fn(next(it)), nbytes)
+
+
 def _case(fill: float, dname: str, rng, torch) -> list[dict]:
     import cupy
 
@@ -78,6 +86,7 @@ def _case(fill: float, dname: str, rng, torch) -> list[dict]:
     with cupy_peak() as p:
         cujagged.to_padded(xs[0], MAX_LEN)
     out.append(entry("to_padded", "cujagged", params, ms, p.mib, nbytes=nbytes["to_padded"]))
+    out[-1].update(_dev(lambda x: cujagged.to_padded(x, MAX_LEN), xs, nbytes["to_padded"]))
     # trusted path (total and longest row given, no host sync), as aten is given the total
     ms = _rotated_ms(lambda d: cujagged.from_padded(d, offsets=offsets, total_length=T,
                                                     max_length=maxlen), denses)
@@ -86,6 +95,9 @@ def _case(fill: float, dname: str, rng, torch) -> list[dict]:
     if not _same_bits(back.values, xs[0].values):
         print(f"bench_layout: from_padded(to_padded(x)) != x at {params}", file=sys.stderr)
     out.append(entry("from_padded", "cujagged", params, ms, p.mib, nbytes=nbytes["from_padded"]))
+    out[-1].update(_dev(lambda d: cujagged.from_padded(d, offsets=offsets, total_length=T,
+                                                       max_length=maxlen), denses,
+                        nbytes["from_padded"]))
     # validated path: one device->host sync learns the total and the longest row
     ms = _rotated_ms(lambda d: cujagged.from_padded(d, offsets=offsets), denses)
     out.append(entry("from_padded_validated", "cujagged", params, ms, p.mib,
@@ -109,6 +121,8 @@ def _case(fill: float, dname: str, rng, torch) -> list[dict]:
             with torch_peak() as p:
                 j2p(tvals[0], [toff], [MAX_LEN], 0.0)
             out.append(entry("to_padded", "aten", params, ms, p.mib, nbytes=nbytes["to_padded"]))
+            out[-1].update(_dev(lambda v: j2p(v, [toff], [MAX_LEN], 0.0), tvals,
+                                nbytes["to_padded"]))
         except Exception as e:  # a peer that cannot run is reported, not fatal
             print(f"bench_layout: aten to_padded failed at {params}: {e}", file=sys.stderr)
         try:
@@ -117,6 +131,7 @@ def _case(fill: float, dname: str, rng, torch) -> list[dict]:
                 p2j(tdense[0], [toff], T)
             out.append(entry("from_padded", "aten", params, ms, p.mib,
                              nbytes=nbytes["from_padded"]))
+            out[-1].update(_dev(lambda d: p2j(d, [toff], T), tdense, nbytes["from_padded"]))
         except Exception as e:
             print(f"bench_layout: aten from_padded failed at {params}: {e}", file=sys.stderr)
         del tvals, tdense
@@ -129,6 +144,7 @@ def _case(fill: float, dname: str, rng, torch) -> list[dict]:
         dst = cupy.empty(n, dtype=np.uint8)
         ms = _rotated_ms(lambda s, d=dst: d.__setitem__(Ellipsis, s), srcs)
         out.append(entry(name, "copy", params, ms, 0.0, nbytes=2 * n))
+        out[-1].update(_dev(lambda s, d=dst: d.__setitem__(Ellipsis, s), srcs, 2 * n))
         del srcs, dst
     del xs, denses, back
     cupy.get_default_memory_pool().free_all_blocks()

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from bench.harness import copy_entry, cupy_peak, entry, lengths_for, rotate, time_ms
+from bench.harness import copy_entry, cupy_peak, device_fields, entry, lengths_for, rotate, time_ms
 
 REGIMES = [  # (label, B, max_len, fill)
     ("ref", 1024, 1024, 0.25),
@@ -149,36 +149,12 @@ def _bench_regime(label, B, max_len, fill, D, dtype, quick, out):
             ms = time_ms(run, reps=20 if quick else 30)
             e = entry(name, "cujagged", params, ms, p.mib,
                       nbytes=_bytes(name, T, B, D, isz, max_len))
-            e.update(_extra(run, _bytes(name, T, B, D, isz, max_len)))
+            e.update(device_fields(run, _bytes(name, T, B, D, isz, max_len)))
             out.append(e)
         except Exception as e:  # keep going: report what failed
             out.append({"name": name, "impl": "cujagged", "params": params,
                         "error": f"{type(e).__name__}: {e}"[:300]})
     _peers(label, sets, lens, B, max_len, D, dtype, params, T, isz, quick, out)
-
-
-def _extra(run, nbytes, n=20):
-    """Host microseconds per call (no sync) and the back-to-back time per call (events around n
-    calls): when the host is faster than the GPU this is the GPU time of one call."""
-    import time
-
-    import cupy
-
-    cupy.cuda.runtime.deviceSynchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        run()
-    host_us = (time.perf_counter() - t0) / n * 1e6
-    cupy.cuda.runtime.deviceSynchronize()
-    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-    start.record()
-    for _ in range(n):
-        run()
-    stop.record()
-    stop.synchronize()
-    ms_b = cupy.cuda.get_elapsed_time(start, stop) / n
-    return {"host_us": round(host_us, 2), "ms_batched": round(ms_b, 5),
-            "gbps_batched": round(nbytes / (ms_b * 1e-3) / 1e9, 2)}
 
 
 def _peers(label, sets, lens, B, max_len, D, dtype, params, T, isz, quick, out):
@@ -197,7 +173,7 @@ def _peers(label, sets, lens, B, max_len, D, dtype, params, T, isz, quick, out):
         try:
             ms = time_ms(lambda: fn(next(it)), reps=20 if quick else 30)
             e = entry(name, impl, params, ms, nbytes=nbytes)
-            e.update(_extra(lambda: fn(next(it)), nbytes))
+            e.update(device_fields(lambda: fn(next(it)), nbytes))
             out.append(e)
         except Exception as e:
             out.append({"name": name, "impl": impl, "params": params,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["time_ms", "wall_ms", "rotate", "entry", "cupy_peak", "torch_peak", "copy_entry",
-           "lengths_for", "git"]
+__all__ = ["time_ms", "gpu_time_ms", "device_fields", "wall_ms", "rotate", "entry", "cupy_peak",
+           "torch_peak", "copy_entry", "lengths_for", "git"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +28,51 @@ def git(*args: str) -> str:
                               check=True).stdout.strip()
     except Exception:
         return ""
+
+
+_SPIN = None
+
+
+def gpu_time_ms(fn, n: int = 20, spin_ms: float = 4.0) -> tuple[float, float]:
+    """(device ms per call, host enqueue ms per call) of ``fn``: a spin kernel holds the GPU while
+    the host enqueues ``n`` calls, so the events see back-to-back device work only (no launch
+    overhead). The device time is only exact when the enqueue time stays under ``spin_ms``."""
+    import cupy
+
+    global _SPIN
+    if _SPIN is None:
+        _SPIN = cupy.RawKernel(r"""
+extern "C" __global__ void spin(long long ns) {
+  long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); } while (t - t0 < ns);
+}""", "spin")
+    for _ in range(3):
+        fn()
+    cupy.cuda.runtime.deviceSynchronize()
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    dev, host = [], []
+    for _ in range(3):
+        _SPIN((1,), (1,), (np.int64(spin_ms * 1e6),))
+        start.record()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        host.append((time.perf_counter() - t0) * 1e3 / n)
+        stop.record()
+        stop.synchronize()
+        dev.append(cupy.cuda.get_elapsed_time(start, stop) / n)
+    return sorted(dev)[1], sorted(host)[1]
+
+
+def device_fields(fn, nbytes: int | None = None) -> dict:
+    """``gpu_ms`` (device time per call, host launch overhead excluded, see :func:`gpu_time_ms`),
+    ``host_us`` (host enqueue time per call) and ``gbps_gpu`` for a results entry."""
+    dev, host = gpu_time_ms(fn)
+    d = {"gpu_ms": round(dev, 5), "host_us": round(host * 1e3, 2)}
+    if nbytes:
+        d["gbps_gpu"] = round(nbytes / (dev * 1e-3) / 1e9, 2)
+    return d
 
 
 def wall_ms(fn, reps: int = 7) -> float:

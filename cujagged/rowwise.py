@@ -283,7 +283,8 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
         else:
             cb = S["scan_chunk"] if kind == "scan" else _builtin_min(
                 S["split_max"], _builtin_max(S["split_min"], (T * ib) // (4 * sm)))
-            chunk, split = _builtin_max(1, cb // ib), True
+            chunk = _builtin_max(1, cb // ib)
+            split = chunk < L  # a chunk holding the longest row: whole rows, nothing to combine
     if chunk >= L:
         nunits = _builtin_max(B, 1)
     else:

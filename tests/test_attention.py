@@ -204,7 +204,9 @@ def check_gpu(p, **kw):
     assert rel_error(out, ref) <= tol, (rel_error(out, ref), p)
     assert np.array_equal(np.isneginf(lse), np.isneginf(ref_lse)), p
     fin = np.isfinite(ref_lse)
-    assert rel_error(lse[fin], ref_lse[fin]) <= max(tol / 10, 1e-5), p
+    # TF32 rounds the scores themselves: an lse near 0 keeps their absolute error
+    lse_tol = tol if kw.get("allow_tf32") else max(tol / 10, 1e-5)
+    assert rel_error(lse[fin], ref_lse[fin]) <= lse_tol, p
     assert np.all(out[~fin] == 0)
     return out, lse
 
