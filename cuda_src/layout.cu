@@ -141,15 +141,15 @@ gather_segments(const Vec* __restrict__ src, Vec* __restrict__ out,
       const int64_t base = (row_base != nullptr ? __ldg(row_base + b) : 0) + b * row_stride;
       const Vec* __restrict__ s = src + base * row_vecs + (e - row_beg);
       Vec* __restrict__ o = out + e;
-      int i = threadIdx.x;
-      for (; i + 3 * nt < n; i += 4 * nt) {  // 4 loads in flight per thread
-        const Vec v0 = s[i], v1 = s[i + nt], v2 = s[i + 2 * nt], v3 = s[i + 3 * nt];
-        o[i] = v0;
-        o[i + nt] = v1;
-        o[i + 2 * nt] = v2;
-        o[i + 3 * nt] = v3;
+      for (int i = threadIdx.x; i < n; i += 4 * nt) {  // up to 4 loads in flight per thread
+        Vec v[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          if (i + k * nt < n) v[k] = s[i + k * nt];
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          if (i + k * nt < n) o[i + k * nt] = v[k];
       }
-      for (; i < n; i += nt) o[i] = s[i];
       e = seg_end;
       if (e >= e_end) break;
       ++b;
