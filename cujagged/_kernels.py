@@ -13,16 +13,22 @@ source text) changes whenever a header changes.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import hashlib
 import os
 import re
+import struct
+import threading
 from pathlib import Path
+
+import numpy as np
 
 from ._backend import cupy
 
-__all__ = ["KernelFamily", "KernelCompileError", "KernelReport", "compile_all", "source_dir"]
+__all__ = ["Kernel", "KernelFamily", "KernelCompileError", "KernelReport", "compile_all",
+           "source_dir"]
 
 _FAMILIES: dict[str, KernelFamily] = {}
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
@@ -31,6 +37,71 @@ _BASE_OPTIONS = ("-std=c++17",)
 
 class KernelCompileError(RuntimeError):
     """NVRTC rejected a source in ``cuda_src/``; the message holds the file name and the log."""
+
+
+_TLS = threading.local()  # per thread: parameter blocks by argument count
+_F32 = struct.Struct("<f")
+_U32 = struct.Struct("<I")
+_M64 = (1 << 64) - 1
+
+
+def _param_block(n: int):
+    """(slots, pointers): n 8-byte parameter slots and the array of their addresses that
+    cuLaunchKernel reads (reused by this thread's launches; the driver copies the values)."""
+    blocks = getattr(_TLS, "blocks", None)
+    if blocks is None:
+        blocks = _TLS.blocks = {}
+    b = blocks.get(n)
+    if b is None:
+        slots = (ctypes.c_uint64 * n)()
+        base = ctypes.addressof(slots)
+        b = blocks[n] = (slots, (ctypes.c_void_p * n)(*(base + 8 * i for i in range(n))))
+    return b
+
+
+class Kernel:
+    """One compiled kernel on one device. Calling it, ``kernel(grid, block, args,
+    shared_mem=0)``, launches through the driver on the current stream with the arguments
+    written into one reused parameter block (8 bytes per argument): about a third of the host
+    time of CuPy's per-argument conversion, which dominated small launches. Arguments: CuPy
+    arrays, ``None`` (a null pointer) and NumPy ``int32``/``int64``/``uint64``/``float32``
+    scalars, matching the kernel's parameter types. ``raw`` is the ``cupy.RawKernel``."""
+
+    __slots__ = ("raw", "ptr")
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.ptr = raw.kernel.ptr  # the CUfunction on the current device (loads the module)
+
+    @property
+    def max_dynamic_shared_size_bytes(self) -> int:
+        return self.raw.max_dynamic_shared_size_bytes
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, n: int) -> None:
+        self.raw.max_dynamic_shared_size_bytes = n
+
+    def __call__(self, grid, block, args, shared_mem: int = 0) -> None:
+        slots, ptrs = _param_block(len(args))
+        for i, a in enumerate(args):
+            t = type(a)
+            if t is cupy.ndarray:
+                slots[i] = a.data.ptr
+            elif a is None:
+                slots[i] = 0
+            elif t is np.int64 or t is np.uint64 or t is np.int32:
+                slots[i] = int(a) & _M64  # int32: the kernel reads the low 4 bytes
+            elif t is np.float32:
+                slots[i] = _U32.unpack(_F32.pack(a))[0]
+            elif isinstance(a, cupy.ndarray):
+                slots[i] = a.data.ptr
+            else:
+                raise TypeError(f"kernel argument {i}: unsupported type {t.__name__}")
+        gx, gy, gz = (*grid, 1, 1)[:3]
+        bx, by, bz = (*block, 1, 1)[:3]
+        cupy.cuda.driver.launchKernel(self.ptr, gx, gy, gz, bx, by, bz, shared_mem,
+                                      cupy.cuda.get_current_stream().ptr,
+                                      ctypes.addressof(ptrs), 0)
 
 
 @functools.cache
@@ -104,15 +175,15 @@ class KernelFamily:
         cc = cupy.cuda.Device().compute_capability
         return self.arch.removeprefix("sm_").rstrip("a") == cc
 
-    def get(self, name: str):
-        """The ``cupy.RawKernel`` of instantiation ``name`` on the current device, compiled once."""
+    def get(self, name: str) -> Kernel:
+        """The :class:`Kernel` of instantiation ``name`` on the current device, compiled once."""
         if name not in self.name_expressions:
             raise KeyError(f"{self.source}: {name!r} is not a declared instantiation")
         key = (name, cupy.cuda.Device().id)
         kernel = self._cache.get(key)
         if kernel is None:
-            kernel = self._load_arch_specific(name) if self.arch else self._load(name)
-            self._cache[key] = kernel
+            raw = self._load_arch_specific(name) if self.arch else self._load(name)
+            kernel = self._cache[key] = Kernel(raw)
         return kernel
 
     def _load(self, name: str):
