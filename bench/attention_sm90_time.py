@@ -16,9 +16,9 @@ from bench.attention_sweep import SHAPES
 # (label, rows per block, (keys per step, K/V stages) or None: the default choice, extra NVRTC
 # options)
 VARIANTS = [("sm90", 64, None, ()), ("sm90_bm128", 128, None, ()),
-            ("bn32_st3", 64, (32, 3), ()), ("bn64_st2", 64, (64, 2), ()),
-            ("bn64_st3", 64, (64, 3), ()), ("bn64_st2_minb1", 64, (64, 2),
-                                           ("-DJFA90_MINB(D,NWG,BN)=1",))]
+            ("bn32_st3", 64, (32, 3), ()), ("bn32_st2", 64, (32, 2), ()),
+            ("bn64_st2", 64, (64, 2), ()), ("bn64_st3", 64, (64, 3), ()),
+            ("bn64_st2_minb1", 64, (64, 2), ("-DJFA90_MINB(D,NWG,BN,ST)=1",))]
 CASES = [(*s, False) for s in SHAPES if s[4] in (64, 128)] + [(1024, 512, 0.25, 1, 128, True)]
 
 
@@ -34,8 +34,8 @@ def main():
     from cujagged._kernels import KernelFamily
 
     default = (A._FAM90, A._SM90_CFG)
-    fams = {(c, op): KernelFamily("attention_sm90.cu", [A._sm90_name("bf16_t", d, 1, *c)
-                                                        for d in A._SM90_DIMS],
+    fams = {(c, op): KernelFamily("attention_sm90.cu", ["jfa_sm90_smem_offset"] + [
+                                  A._sm90_name("bf16_t", d, 1, *c) for d in A._SM90_DIMS],
                                   options=A._FAM90.options[1:] + op, arch="sm_90a",
                                   register=False)
             for _, _, c, op in VARIANTS if c is not None}

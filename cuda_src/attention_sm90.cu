@@ -142,13 +142,23 @@ __device__ __forceinline__ void load_sw(uint32_t dst, const T* src, int64_t rs, 
   }
 }
 
-// Blocks per SM to plan registers for: four 1-warpgroup blocks for D = 64 (<= 128 registers).
+// Blocks per SM to plan registers for: four 1-warpgroup blocks (<= 128 registers) for D = 64 and
+// for D = 128 with 32 keys per step in 2 stages (56 KiB of shared memory: four fit in 228 KiB
+// only when the dynamic shared memory starts 1024-byte aligned, see jfa_sm90_smem_offset).
 #ifndef JFA90_MINB
-#define JFA90_MINB(D, NWG, BN) ((D) == 64 && (NWG) == 1 && (BN) <= 64 ? 4 : 1)
+#define JFA90_MINB(D, NWG, BN, ST) \
+  ((NWG) == 1 && (((D) == 64 && (BN) <= 64) || ((D) == 128 && (BN) == 32 && (ST) == 2)) ? 4 : 1)
 #endif
 
+// The offset of the dynamic shared memory from a 1024-byte boundary (a kernel without static
+// shared memory): 0 lets the host skip the 1 KiB of alignment slack.
+__global__ void jfa_sm90_smem_offset(unsigned int* out) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  if (threadIdx.x == 0) *out = smem_addr(smem_raw) & 1023u;
+}
+
 template <typename T, int D, int NWG, int BN, int ST>
-__global__ void __launch_bounds__(NWG * 128, JFA90_MINB(D, NWG, BN))
+__global__ void __launch_bounds__(NWG * 128, JFA90_MINB(D, NWG, BN, ST))
 jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
              T* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
              const int64_t* __restrict__ k_off, const int32_t* __restrict__ tile_info,

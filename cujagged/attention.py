@@ -83,13 +83,30 @@ def _sm90_name(tname: str, d: int, nwg: int, bn: int, st: int) -> str:
 
 
 def _sm90_smem(d: int, nwg: int, bn: int, st: int) -> int:
-    """Q tile + st K and st + 1 V tiles (16-bit), plus 1 KiB to align the swizzled panels."""
-    return (64 * nwg + (2 * st + 1) * bn) * d * 2 + 1024
+    """Q tile + st K and st + 1 V tiles (16-bit), plus 1 KiB to align the swizzled panels to
+    1024 bytes unless the device's dynamic shared memory starts aligned."""
+    return (64 * nwg + (2 * st + 1) * bn) * d * 2 + _sm90_align_slack()
+
+
+_SLACK: dict = {}
+
+
+def _sm90_align_slack() -> int:
+    """0 when the dynamic shared memory of a kernel without static shared memory starts on a
+    1024-byte boundary on the current device (probed once per device), else 1024."""
+    dev = _cupy.cuda.runtime.getDevice()
+    slack = _SLACK.get(dev)
+    if slack is None:
+        out = _cupy.full(1, 1, dtype=np.uint32)
+        _FAM90.get("jfa_sm90_smem_offset")((1,), (32,), (out,), shared_mem=1024)
+        slack = _SLACK[dev] = 0 if int(out.get()[0]) == 0 else 1024
+    return slack
 
 
 _FAM90 = KernelFamily("attention_sm90.cu",
-                      [_sm90_name(t, d, w, *c) for t in ("bf16_t", "f16_t")
-                       for d in _SM90_DIMS for w in (1, 2) for c in sorted(set(_SM90_CFG[d]))],
+                      ["jfa_sm90_smem_offset"]
+                      + [_sm90_name(t, d, w, *c) for t in ("bf16_t", "f16_t")
+                         for d in _SM90_DIMS for w in (1, 2) for c in sorted(set(_SM90_CFG[d]))],
                       options=("-default-device",), arch="sm_90a")
 _SMEM_SET: set = set()
 
