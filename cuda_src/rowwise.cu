@@ -660,6 +660,36 @@ rowbcast(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__
 }
 
 // ---- cumsum ------------------------------------------------------------------------------------
+// Carry-in of every unit of a chunked scan: carry[u, c] = the sum of part[., c] over the earlier
+// units of u's row (the later ones when reverse), accumulated in fp64 in a fixed order. One thread
+// per (row, column); a row has at most a few hundred units (the host sizes the chunks).
+__global__ void __launch_bounds__(CJ_BLOCK)
+unit_carries(const float* __restrict__ part, const int64_t* __restrict__ chunk_off,
+             int64_t nrows, int64_t C, int reverse, float* __restrict__ carry) {
+  constexpr int UN = 8;  // partial sums loaded before they are used
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < nrows * C;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / C, c = i - r * C;
+    const int64_t g0 = chunk_off[r], n = chunk_off[r + 1] - g0;
+    double run = 0.0;
+    for (int64_t k0 = 0; k0 < n; k0 += UN) {
+      float v[UN];
+#pragma unroll
+      for (int u = 0; u < UN; ++u) {
+        const int64_t k = k0 + u, g = g0 + (reverse ? n - 1 - k : k);
+        v[u] = k < n ? part[g * C + c] : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < UN; ++u) {
+        const int64_t k = k0 + u, g = g0 + (reverse ? n - 1 - k : k);
+        if (k < n) carry[g * C + c] = (float)run;
+        run += v[u];
+      }
+    }
+  }
+}
+
+
 // Inclusive (exclusive=0) or exclusive scan of each column along each row; reverse=1 scans from
 // the row's end (the backward of the forward scan). One unit per block; part_a [unit, C] holds
 // the carry-in of each unit (the sum of the row's earlier units in scan order), or is nullptr

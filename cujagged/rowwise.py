@@ -59,7 +59,7 @@ def _instantiations():
             names += [f"reduce_rows<{tn}, {k}, {v}>" for k in range(6)]
             names += [f"fused_rows<{tn}, {k}, {v}>" for k in (K_SUM, K_LSE, K_DOT)]
             names += [f"rowbcast<{tn}, {v}>", f"cumsum_rows<{tn}, {v}>"]
-    return names
+    return names + ["unit_carries"]
 
 
 _FAM = KernelFamily("rowwise.cu", _instantiations())
@@ -281,8 +281,9 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
         if row_bytes <= whole and (B >= 2 * sm or row_bytes <= S["small_row"]):
             chunk, split = _builtin_max(L, 1), False
         else:
-            cb = S["scan_chunk"] if kind == "scan" else _builtin_min(
-                S["split_max"], _builtin_max(S["split_min"], (T * ib) // (4 * sm)))
+            # scans: at most ~256 chunks per row (their carries are summed serially)
+            cb = _builtin_max(S["scan_chunk"], row_bytes // 256) if kind == "scan" else \
+                _builtin_min(S["split_max"], _builtin_max(S["split_min"], (T * ib) // (4 * sm)))
             chunk = _builtin_max(1, cb // ib)
             split = chunk < L  # a chunk holding the longest row: whole rows, nothing to combine
     if chunk >= L:
@@ -817,20 +818,15 @@ def cumsum_backward(grad, *, exclusive=False, reverse=False):
     return cumsum(grad, exclusive=exclusive, reverse=not reverse)
 
 
-def _unit_carries(part, co, crow, B, reverse):
+def _unit_carries(part, co, B, reverse):
     """Carry-in of every unit of a chunked scan from the units' sums ``part [nunits, C]``: the
-    sum of the row's earlier (``reverse``: later) units, through a float64 prefix sum. Units past
-    the last real one (spare, never written) only pollute entries nobody reads."""
-    p64 = part.astype(np.float64)
-    cs = cupy.cumsum(p64, axis=0)
-    row = cupy.minimum(crow, B - 1)
-    if reverse:
-        row_end = cs[co[1:] - 1]  # inclusive sum at the row's last unit
-        carry = row_end[row] - cs
-    else:
-        excl = cs - p64
-        carry = excl - excl[co[:-1]][row]
-    return carry.astype(np.float32)
+    sum of the row's earlier (``reverse``: later) units, fp64 accumulation (one kernel)."""
+    C = part.shape[1]
+    carry = cupy.empty_like(part)
+    n = B * C
+    _kern("unit_carries")((_builtin_min(-(-n // _BLOCK), 4096),), (_BLOCK,),
+                          (part, co, _i64(B), _i64(C), _i32(int(reverse)), carry))
+    return carry
 
 
 def _gpu_cumsum(x, exclusive, reverse):
@@ -847,7 +843,7 @@ def _gpu_cumsum(x, exclusive, reverse):
     if split:
         part = cupy.empty((nunits, C), dtype=np.float32)
         _gpu_reduce(x, K_SUM, 0, np.float32, OUT_F32, _NOTRUNC, pass_=2, part=part)
-        pa = _unit_carries(part, co, crow, B, reverse)
+        pa = _unit_carries(part, co, B, reverse)
     kern = _kern(f"cumsum_rows<{tn}, {V}>")
     kern((blocks, yt), (_BLOCK,),
          (vals, _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i32(CT),

@@ -620,6 +620,27 @@ def test_gpu_split_paths_match_numba(chunk_bytes, case, special):
         R._SCHED.update(saved)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gpu_cumsum_very_long_row(reverse):
+    """One row of 6e6 items among short ones: 24 MB, so the scan takes ~256 chunks of more than
+    the default 64 KB and sums their carries in one kernel (fp64, in order)."""
+    import cupy
+
+    lens = [3, 6_000_000, 0, 17]
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal(sum(lens)).astype(np.float32)
+    x = JaggedArray(cupy.asarray(v), lengths=cupy.asarray(np.array(lens)))
+    out = cupy.asnumpy(R.cumsum(x, reverse=reverse).values).astype(np.float64)
+    off = np.concatenate([[0], np.cumsum(lens)])
+    for b in range(len(lens)):
+        seg = v[off[b]:off[b + 1]].astype(np.float64)
+        ref = np.cumsum(seg[::-1])[::-1] if reverse else np.cumsum(seg)
+        got = out[off[b]:off[b + 1]]
+        # fp32 running sums within a chunk: error ~ sqrt(n) * eps * scale
+        assert np.allclose(got, ref, rtol=1e-4, atol=2e-2 * np.sqrt(max(len(seg), 1)) * 1e-2), b
+
+
 def _split_paths(case, special):
     lens, inner, dtype, off_dtype, trunc, seed = case
     x = make_x(lens, inner, dtype, off_dtype, seed, special=special)
