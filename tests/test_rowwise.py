@@ -279,30 +279,41 @@ def _expand(x, other, kind):
     return o[rows] if kind == "rows" else o[rows, pos]
 
 
-@pytest.mark.parametrize("op", ["add", "sub", "rsub", "mul", "div", "rdiv", "maximum", "minimum"])
-@given(case=cases(), kind=st.sampled_from(["jagged", "rows", "padded", "scalar"]))
-def test_cpu_elementwise(op, case, kind):
+ELEMENTWISE = {"add": (lambda a, b: a + b), "sub": (lambda a, b: a - b),
+               "rsub": (lambda a, b: b - a), "mul": (lambda a, b: a * b),
+               "div": (lambda a, b: a / b), "rdiv": (lambda a, b: b / a),
+               "maximum": np.maximum, "minimum": np.minimum}
+
+
+def _elementwise_case(case, kind, pad):
+    """(x, other) on the host: ``other`` is a jagged array of x's structure, a per-row array
+    ``[B, *inner]``, a padded array ``[B, max_length + pad, *inner]`` or the scalar 1.5."""
     lens, inner, dtype, off_dtype, _, seed = case
     x = make_x(lens, inner, dtype, off_dtype, seed)
     rng = np.random.default_rng(seed + 1)
     if kind == "jagged":
-        other = JaggedArray(rng.standard_normal(x.values.shape).astype(dtype),
-                            np.asarray(x.offsets).copy())
+        return x, JaggedArray(rng.standard_normal(x.values.shape).astype(dtype),
+                              np.asarray(x.offsets).copy())
+    if kind == "scalar":
+        return x, 1.5
+    shape = (x.nrows, *x.inner_shape) if kind == "rows" else \
+        (x.nrows, x.max_length + pad, *x.inner_shape)
+    return x, (rng.standard_normal(shape) + 3).astype(dtype)
+
+
+@pytest.mark.parametrize("op", list(ELEMENTWISE))
+@given(case=cases(), kind=st.sampled_from(["jagged", "rows", "padded", "scalar"]))
+def test_cpu_elementwise(op, case, kind):
+    dtype = case[2]
+    x, other = _elementwise_case(case, kind, pad=1)
+    if kind == "jagged":
         o64 = np.asarray(other.values, np.float64)
     elif kind == "scalar":
-        other = 1.5
-        o64 = 1.5
+        o64 = other
     else:
-        shape = (x.nrows, *x.inner_shape) if kind == "rows" else \
-            (x.nrows, x.max_length + 1, *x.inner_shape)
-        other = (rng.standard_normal(shape) + 3).astype(dtype)
         o64 = _expand(x, other.astype(np.float64), kind)
     x64 = np.asarray(x.values, np.float64)
-    fns = {"add": (lambda a, b: a + b), "sub": (lambda a, b: a - b),
-           "rsub": (lambda a, b: b - a), "mul": (lambda a, b: a * b),
-           "div": (lambda a, b: a / b), "rdiv": (lambda a, b: b / a),
-           "maximum": np.maximum, "minimum": np.minimum}
-    f = fns[op]
+    f = ELEMENTWISE[op]
     out = f(x, other)
     assert isinstance(out, JaggedArray) and out.same_structure(x)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -571,30 +582,20 @@ def test_gpu_sort_match_numba(case, descending, k):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("op", ["add", "sub", "rsub", "mul", "div", "rdiv", "maximum", "minimum"])
+@pytest.mark.parametrize("op", list(ELEMENTWISE))
 @given(case=cases(), kind=st.sampled_from(["jagged", "rows", "padded", "scalar"]))
 def test_gpu_elementwise_match_cpu(op, case, kind):
     import cupy
 
-    lens, inner, dtype, off_dtype, _, seed = case
-    x = make_x(lens, inner, dtype, off_dtype, seed)
-    rng = np.random.default_rng(seed + 1)
+    dtype = case[2]
+    x, other = _elementwise_case(case, kind, pad=2)
     if kind == "jagged":
-        other = JaggedArray(rng.standard_normal(x.values.shape).astype(dtype),
-                            np.asarray(x.offsets).copy())
         other_g = _gpu(other)
     elif kind == "scalar":
-        other = other_g = 1.5
+        other_g = other
     else:
-        shape = (x.nrows, *x.inner_shape) if kind == "rows" else \
-            (x.nrows, x.max_length + 2, *x.inner_shape)
-        other = (rng.standard_normal(shape) + 3).astype(dtype)
         other_g = cupy.asarray(other)
-    fns = {"add": (lambda a, b: a + b), "sub": (lambda a, b: a - b),
-           "rsub": (lambda a, b: b - a), "mul": (lambda a, b: a * b),
-           "div": (lambda a, b: a / b), "rdiv": (lambda a, b: b / a),
-           "maximum": np.maximum, "minimum": np.minimum}
-    f = fns[op]
+    f = ELEMENTWISE[op]
     with np.errstate(divide="ignore", invalid="ignore"):
         ref = f(x, other)
     out = f(_gpu(x), other_g)
