@@ -26,11 +26,10 @@ def main():
     import cupy
     import torch
 
-    import cujagged
     from bench.bench_attention import _fa2
-    from bench.harness import gpu_time_ms, lengths_for, rotate
-    from cujagged import JaggedArray, jagged_flash_attention
+    from bench.harness import attention_inputs, gpu_time_ms, rotate
     from cujagged import attention as A
+    from cujagged import jagged_flash_attention
     from cujagged._kernels import KernelFamily
 
     default = (A._FAM90, A._SM90_CFG)
@@ -43,16 +42,7 @@ def main():
     dev = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print("device:", dev)
     for B, L, fill, H, D, causal in CASES:
-        lens = lengths_for(B, L, fill)
-        T = int(lens.sum())
-        off = cupy.asarray(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
-        rng = np.random.default_rng(0)
-        sets = [[cupy.asarray(rng.standard_normal((T, H, D), dtype=np.float32))
-                 .astype(cujagged.bfloat16) for _ in range(3)] for _ in range(2)]
-        js = [[JaggedArray(x, off, max_length=int(lens.max()), validate=False) for x in s]
-              for s in sets]
-        ts = [[torch.from_dlpack(x) for x in s] for s in sets]
-        cu = torch.from_dlpack(off)
+        _, js, ts, cu = attention_inputs(B, L, fill, H, D)
         it = rotate(ts)
         sc = 1 / math.sqrt(D)
         fa2 = gpu_time_ms(lambda: _fa2(torch, *next(it), cu, L, sc, causal))[0]  # noqa: B023

@@ -28,27 +28,16 @@ def main():
     import cupy
     import torch
 
-    import cujagged
     from bench.bench_attention import _fa2
-    from bench.harness import gpu_time_ms, lengths_for, rotate
-    from cujagged import JaggedArray
+    from bench.harness import attention_inputs, gpu_time_ms, rotate
     from cujagged import attention as A
     from cujagged._kernels import KernelFamily
 
     default = (A._FAM, A._mma_bn, A._mma_threads, A._mma_stages)
     rows = []
     for B, L, fill, H, D in SHAPES:
-        lens = lengths_for(B, L, fill)
-        T = int(lens.sum())
-        off = cupy.asarray(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
-        rng = np.random.default_rng(0)
-        sets = [[cupy.asarray(rng.standard_normal((T, H, D), dtype=np.float32))
-                 .astype(cujagged.bfloat16) for _ in range(3)] for _ in range(2)]
-        js = [[JaggedArray(x, off, max_length=int(lens.max()), validate=False) for x in s]
-              for s in sets]
+        lens, js, ts, cu = attention_inputs(B, L, fill, H, D)
         flops = 4.0 * H * D * float((lens.astype(np.float64) ** 2).sum())
-        ts = [[torch.from_dlpack(x) for x in s] for s in sets]
-        cu = torch.from_dlpack(off)
         it = rotate(ts)
         sc = 1 / math.sqrt(D)
         fa2 = gpu_time_ms(lambda: _fa2(torch, *next(it), cu, L, sc, False))[0]  # noqa: B023

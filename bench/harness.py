@@ -213,3 +213,25 @@ def lengths_for(B: int, max_len: int, fill: float, seed: int = 0, dist: str = "l
             break
         lens = np.minimum(np.round(lens * (mean / cur)).astype(np.int64), max_len)
     return lens
+
+
+def attention_inputs(B: int, max_len: int, fill: float, H: int, D: int, n_sets: int = 2):
+    """Rotated bf16 self-attention inputs of one shape (lengths from :func:`lengths_for`):
+    ``(lens, js, ts, cu)`` with ``js[i] = [q, k, v]`` JaggedArrays sharing int32 offsets,
+    ``ts[i]`` the same values as torch tensors (zero-copy) and ``cu`` the offsets in torch
+    (FlashAttention-2 varlen's ``cu_seqlens``)."""
+    import cupy
+    import torch
+
+    import cujagged
+
+    lens = lengths_for(B, max_len, fill)
+    off = cupy.asarray(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+    T = int(lens.sum())
+    rng = np.random.default_rng(0)
+    sets = [[cupy.asarray(rng.standard_normal((T, H, D), dtype=np.float32))
+             .astype(cujagged.bfloat16) for _ in range(3)] for _ in range(n_sets)]
+    js = [[cujagged.JaggedArray(x, off, max_length=int(lens.max()), validate=False) for x in s]
+          for s in sets]
+    ts = [[torch.from_dlpack(x) for x in s] for s in sets]
+    return lens, js, ts, torch.from_dlpack(off)

@@ -1,10 +1,6 @@
 // Jagged Flash Attention, forward.
 //
-// Work is a list of real tiles (row, query tile), built on the device from the offsets, rows of most
-// work first: perm[p] is the p-th row in that order, tile_off[p] (cumulative, [B+1]) its first tile
-// and tile_info[t] = (row, query tile) of tile t. Block x handles head x % H of tile x / H; blocks
-// past tile_off[B] * H exit at once, so the grid only needs a host-side upper bound
-// (ceil(T/BM) + B tiles).
+// Work is a list of real tiles, one 32-byte record each (jfa_tiles.cuh), rows of most work first.
 //
 // Row b: queries q[q_off[b] + i], keys/values k,v[k_off[b] + j], with Lq = min(len_q, max_seq_len),
 // Lk = min(len_k, max_seq_len); query rows i >= Lq are written as zeros (lse = -inf). Causal: key j
@@ -12,6 +8,7 @@
 // Bias (optional): bias[b*sb + h*sh + i*si + j] is added to the scaled score (same dtype as q).
 #include "common.cuh"
 #include "mma.cuh"
+#include "jfa_tiles.cuh"
 
 #define JFA_LOG2E 1.4426950408889634f
 #define JFA_LN2 0.6931471805599453f
@@ -32,51 +29,22 @@
 #define JFA_STAGES(D) 2
 #endif
 
-struct TileInfo {
-  int64_t row, q_start, k_start, i0;
-  int Lq_full, Lq, Lk, h, hk;
-  bool live;
-};
-
-// tile_info[t] = (row, query tile) of tile t, filled once per batch by jfa_tile_info.
-__global__ void jfa_tile_info(const int32_t* __restrict__ perm,
-                              const int32_t* __restrict__ tile_off, int64_t B,
-                              int32_t* __restrict__ tile_info) {
+// tile_info[t] for the tiles t of every row: perm[p] is the p-th row in work order, tile_off[p]
+// (cumulative, [B+1]) its first tile; the row's last query tile comes first (most causal work).
+__global__ void jfa_tile_info(const int64_t* __restrict__ q_off, const int64_t* __restrict__ k_off,
+                              const int32_t* __restrict__ perm, const int32_t* __restrict__ tile_off,
+                              int64_t B, int32_t* __restrict__ tile_info) {
   for (int64_t p = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; p < B;
        p += (int64_t)gridDim.x * blockDim.x) {
     const int32_t t0 = tile_off[p], t1 = tile_off[p + 1], row = perm[p];
+    const int64_t qs = q_off[row], ks = k_off[row];
+    const int32_t lq = (int32_t)(q_off[row + 1] - qs), lk = (int32_t)(k_off[row + 1] - ks);
     for (int32_t t = t0; t < t1; ++t) {
-      tile_info[2 * (int64_t)t] = row;
-      tile_info[2 * (int64_t)t + 1] = t1 - 1 - t;  // last query tile first (most causal work)
+      longlong2* rec = reinterpret_cast<longlong2*>(tile_info + 8 * (int64_t)t);
+      rec[0] = make_longlong2(qs, ks);
+      *reinterpret_cast<int4*>(rec + 1) = make_int4(lq, lk, t1 - 1 - t, row);
     }
   }
-}
-
-template <int BM>
-__device__ __forceinline__ TileInfo locate_tile(const int64_t* __restrict__ q_off,
-                                                const int64_t* __restrict__ k_off,
-                                                const int32_t* __restrict__ tile_info,
-                                                const int32_t* __restrict__ tile_off, int64_t B,
-                                                int H, int Hk, int64_t max_seq_len) {
-  TileInfo ti;
-  const int64_t lin = blockIdx.x;
-  ti.h = (int)(lin % H);
-  const int64_t tile = lin / H;
-  const int2 info = __ldg(reinterpret_cast<const int2*>(tile_info) + tile);  // < grid bound
-  ti.live = tile < (int64_t)__ldg(tile_off + B);
-  if (!ti.live) return ti;
-  ti.row = info.x;
-  const int64_t qt = info.y;
-  ti.q_start = __ldg(q_off + ti.row);
-  const int64_t lq = __ldg(q_off + ti.row + 1) - ti.q_start;
-  ti.k_start = __ldg(k_off + ti.row);
-  const int64_t lk = __ldg(k_off + ti.row + 1) - ti.k_start;
-  ti.Lq_full = (int)lq;
-  ti.Lq = (int)(lq < max_seq_len ? lq : max_seq_len);
-  ti.Lk = (int)(lk < max_seq_len ? lk : max_seq_len);
-  ti.i0 = qt * BM;
-  ti.hk = ti.h / (H / Hk);
-  return ti;
 }
 
 // cp.async a ROWS x D tile (global row stride rs; rows >= nvalid are zero-filled, reading `safe`)
@@ -135,8 +103,7 @@ template <typename T, int D, int BM> struct JfaCfg {
 template <typename T, int D, int BM, bool HAS_BIAS>
 __global__ void __launch_bounds__(JfaCfg<T, D, BM>::NT, JFA_MINB(D))
 jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-            T* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
-            const int64_t* __restrict__ k_off, const int32_t* __restrict__ tile_info,
+            T* __restrict__ o, float* __restrict__ lse, const int32_t* __restrict__ tile_info,
             const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
             float scale_log2, int causal, const T* __restrict__ bias, int64_t bias_sb,
             int64_t bias_sh, int64_t bias_si, int write_lse) {
@@ -152,7 +119,7 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
   T* sK = sQ + BM * SD;     // ST slots of BN x SD keys
   T* sV = sK + ST * BN * SD;  // ST slots of BN x SD values
 
-  const TileInfo ti = locate_tile<BM>(q_off, k_off, tile_info, tile_off, B, H, Hk, max_seq_len);
+  const TileInfo ti = locate_tile<BM>(tile_info, tile_off, B, H, Hk, max_seq_len);
   if (!ti.live) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, tq = lane & 3;
@@ -429,8 +396,7 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
 template <int D, bool HAS_BIAS>
 __global__ void __launch_bounds__(128, 1)
 jfa_fwd_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-            float* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
-            const int64_t* __restrict__ k_off, const int32_t* __restrict__ tile_info,
+            float* __restrict__ o, float* __restrict__ lse, const int32_t* __restrict__ tile_info,
             const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
             float scale, int causal, const float* __restrict__ bias, int64_t bias_sb,
             int64_t bias_sh, int64_t bias_si, int write_lse) {
@@ -440,7 +406,7 @@ jfa_fwd_f32(const float* __restrict__ q, const float* __restrict__ k, const floa
   float* sK = sQ + BM * D;                          // BN x (D+1)
   float* sV = sK + BN * (D + 1);                    // BN x D
 
-  const TileInfo ti = locate_tile<BM>(q_off, k_off, tile_info, tile_off, B, H, Hk, max_seq_len);
+  const TileInfo ti = locate_tile<BM>(tile_info, tile_off, B, H, Hk, max_seq_len);
   if (!ti.live) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int Lq = ti.Lq, Lk = ti.Lk;

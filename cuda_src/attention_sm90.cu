@@ -19,6 +19,7 @@
 // (8-key groups 1024 B apart, the next 64 head-dim columns one panel further).
 #include "common.cuh"
 #include "mma.cuh"
+#include "jfa_tiles.cuh"
 
 #define JFA_LOG2E 1.4426950408889634f
 #define JFA_LN2 0.6931471805599453f
@@ -160,8 +161,7 @@ __global__ void jfa_sm90_smem_offset(unsigned int* out) {
 template <typename T, int D, int NWG, int BN, int ST>
 __global__ void __launch_bounds__(NWG * 128, JFA90_MINB(D, NWG, BN, ST))
 jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-             T* __restrict__ o, float* __restrict__ lse, const int64_t* __restrict__ q_off,
-             const int64_t* __restrict__ k_off, const int32_t* __restrict__ tile_info,
+             T* __restrict__ o, float* __restrict__ lse, const int32_t* __restrict__ tile_info,
              const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
              float scale_log2, int causal, const T* __restrict__ bias, int64_t bias_sb,
              int64_t bias_sh, int64_t bias_si, int write_lse) {
@@ -174,23 +174,10 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
   const uint32_t sK = sQ + Q_BYTES;         // ST slots of BN x D
   const uint32_t sV = sK + ST * KV_BYTES;   // ST + 1 slots of BN x D
 
-  // locate the tile (as attention.cu's locate_tile)
-  const int64_t lin = blockIdx.x;
-  const int h = (int)(lin % H);
-  const int64_t tile = lin / H;
-  // both loads at once (tile < the grid's bound, so tile_info[tile] is readable even past the end)
-  const int2 info = __ldg(reinterpret_cast<const int2*>(tile_info) + tile);
-  if (tile >= (int64_t)__ldg(tile_off + B)) return;
-  const int64_t row = info.x;
-  const int64_t q_start = __ldg(q_off + row);
-  const int64_t lq = __ldg(q_off + row + 1) - q_start;
-  const int64_t k_start = __ldg(k_off + row);
-  const int64_t lk = __ldg(k_off + row + 1) - k_start;
-  const int Lq_full = (int)lq;
-  const int Lq = (int)(lq < max_seq_len ? lq : max_seq_len);
-  const int Lk = (int)(lk < max_seq_len ? lk : max_seq_len);
-  const int i0 = info.y * BM;
-  const int hk = h / (H / Hk);
+  const TileInfo ti = locate_tile<BM>(tile_info, tile_off, B, H, Hk, max_seq_len);
+  if (!ti.live) return;
+  const int h = ti.h, hk = ti.hk, Lq_full = ti.Lq_full, Lq = ti.Lq, Lk = ti.Lk;
+  const int i0 = (int)ti.i0;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int wg = warp >> 2, wq = warp & 3;  // warpgroup, warp inside it
@@ -205,8 +192,8 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
   const int n_kv_w = kmax_w > 0 ? (kmax_w + BN - 1) / BN : 0;
 
   const int64_t q_rs = (int64_t)H * D, k_rs = (int64_t)Hk * D;
-  const T* kbase = k + k_start * k_rs + (int64_t)hk * D;
-  const T* vbase = v + k_start * k_rs + (int64_t)hk * D;
+  const T* kbase = k + ti.k_start * k_rs + (int64_t)hk * D;
+  const T* vbase = v + ti.k_start * k_rs + (int64_t)hk * D;
 
   float oacc[D / 2];
 #pragma unroll
@@ -214,7 +201,7 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
   float m0 = -CJ_INF, m1 = -CJ_INF, l0 = 0.f, l1 = 0.f;
 
   if (n_kv > 0) {
-    load_sw<BM, NT, D>(sQ, q + (q_start + i0) * q_rs + (int64_t)h * D, q_rs, Lq - i0, q, tid);
+    load_sw<BM, NT, D>(sQ, q + (ti.q_start + i0) * q_rs + (int64_t)h * D, q_rs, Lq - i0, q, tid);
     // key tile t (keys and values) is one cp.async group (Q joins tile 0's), in K slot t % ST and
     // V slot t % (ST + 1); tiles 0 .. ST - 2 now, tile j + ST - 1 at the top of step j
     auto load_kv = [&](const int t) {
@@ -360,6 +347,8 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
     __syncthreads();  // every warpgroup is done reading sQ
   }
 
+  // the row's first query, read again here rather than held in registers through the loop
+  const int64_t q_start = tile_q_start(tile_info, blockIdx.x / H);
   // finish: normalise, stage this warpgroup's rows in its rows of sQ (swizzled), store coalesced
   l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
   l0 += __shfl_xor_sync(0xffffffffu, l0, 2);

@@ -5,10 +5,11 @@
 // Data layout: values [T, C] (C = prod(inner), contiguous); row r is the [L_r, C] slab starting at
 // offsets[r]. Work is a list of *units* built on the host without a sync (cached per structure):
 // chunk_off[r] .. chunk_off[r+1] are the units of row r (at least one per row, so empty rows are
-// written), each covering `chunk` consecutive items; chunk_row[u] is the row of unit u (>= nrows
-// for the spare units of a grid sized by an upper bound). When every row is one unit the units
-// are the rows longest first (chunk_off[r] is then the unit of row r), so that long rows start
-// in the first wave instead of trailing the kernel.
+// written), each covering `chunk` consecutive items; the unit table units[u] = (row, row begin,
+// row length, first item) describes unit u in one 32-byte record (row -1: a spare unit of a grid
+// sized by an upper bound). When every row is one unit the units are the rows longest first
+// (chunk_off[r] is then the unit of row r), so that long rows start in the first wave instead of
+// trailing the kernel.
 //
 // Inside a block (256 threads): CT column threads (each owning V consecutive columns, 16-byte
 // vector loads when V > 1) times R = 256 / CT lanes. Lanes form groups of LPR lanes, one unit per
@@ -206,49 +207,69 @@ __device__ __forceinline__ float apply(int mode, float a, float b, float p, floa
 }
 
 
-struct Unit { int64_t row, start, end, rbeg, len, id; };
+struct Unit { int64_t row, start, end, rbeg, len; };
 
-// Unit `id`: row, item range [start, end) within the row (end limited by `limit`), row begin and
-// (untruncated) length; row < 0 for a spare unit.
-__device__ __forceinline__ Unit get_unit(const int64_t* __restrict__ offsets,
-                                         const int64_t* __restrict__ chunk_off,
-                                         const int64_t* __restrict__ chunk_row, int64_t nunits,
-                                         int64_t nrows, int64_t chunk, int64_t limit, int64_t id) {
+// Unit `id` from the unit table units[id] = (row, row begin, untruncated row length, first item
+// of the unit within the row): one 32-byte record, two independent loads (the row's offsets are
+// folded in on the host, so a block waits for one load before streaming its data). end is
+// limited by `limit`; row < 0 for a spare unit (a grid sized by an upper bound).
+__device__ __forceinline__ Unit get_unit(const int64_t* __restrict__ units, int64_t nunits,
+                                         int64_t chunk, int64_t limit, int64_t id) {
   Unit u;
   u.row = -1;
-  u.id = id;
   u.start = u.end = u.rbeg = u.len = 0;
   if (id >= nunits) return u;
-  const int64_t r = chunk_row[id];
-  if (r < 0 || r >= nrows) return u;
-  u.row = r;
-  u.rbeg = offsets[r];
-  u.len = offsets[r + 1] - u.rbeg;
+  const longlong2 a = __ldg(reinterpret_cast<const longlong2*>(units) + 2 * id);
+  const longlong2 b = __ldg(reinterpret_cast<const longlong2*>(units) + 2 * id + 1);
+  if (a.x < 0) return u;
+  u.row = a.x;
+  u.rbeg = a.y;
+  u.len = b.x;
+  u.start = b.y;
   const int64_t le = u.len < limit ? u.len : limit;
-  u.start = (id - chunk_off[r]) * chunk;
   u.end = u.start + chunk < le ? u.start + chunk : le;
   return u;
 }
 
-// Merge the states of the LPR lanes of each group through shared memory (tree, fixed order).
+template <int K> __device__ __forceinline__ St st_shfl_xor(const St& s, int o) {
+  St t;
+  t.a = __shfl_xor_sync(0xffffffffu, s.a, o);
+  t.b = (K == K_LSE) ? __shfl_xor_sync(0xffffffffu, s.b, o) : 0.f;
+  t.i = (K == K_MAX) ? __shfl_xor_sync(0xffffffffu, s.i, o) : CJ_NOIDX;
+  return t;
+}
+
+// Merge the states of the LPR lanes of each group (lane = thread / CT, l = lane % LPR): a
+// butterfly over the group's lanes that share a warp (CT < 32), then the first of those lanes
+// leaves the state in shared memory and the group's lane 0 folds the others' in order (at most 8:
+// one per warp, or one per lane when CT >= 32). Lane 0 of the group (l == 0) gets the result;
+// no barrier when a group fits in a warp, else two (sa/sb/si are free again on return).
+// Deterministic (fixed order); every thread of the block must call it.
 template <int K, int V>
 __device__ __forceinline__ void group_merge(St (&s)[V], float* sa, float* sb, int* si, int lane,
                                             int l, int ct, int CT, int LPR) {
-  for (int h = LPR >> 1; h > 0; h >>= 1) {
-    if (l >= h && l < 2 * h) {
+  const int lpw = CT < 32 ? 32 / CT : 1;  // lanes per warp
+  for (int o = CT; o < 32 && o < LPR * CT; o <<= 1) {
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const int k = ((lane - h) * CT + ct) * V + j;
-        sa[k] = s[j].a;
-        if (K == K_LSE) sb[k] = s[j].b;
-        if (K == K_MAX) si[k] = s[j].i;
-      }
+    for (int j = 0; j < V; ++j) st_merge<K>(s[j], st_shfl_xor<K>(s[j], o));
+  }
+  if (LPR <= lpw) return;
+  const int slot = lane / lpw;  // this lane's warp-chunk of lanes
+  if (l % lpw == 0) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const int k = (slot * CT + ct) * V + j;
+      sa[k] = s[j].a;
+      if (K == K_LSE) sb[k] = s[j].b;
+      if (K == K_MAX) si[k] = s[j].i;
     }
-    __syncthreads();
-    if (l < h) {
+  }
+  __syncthreads();
+  if (l == 0) {
+    for (int x = 1; x < LPR / lpw; ++x) {
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        const int k = (lane * CT + ct) * V + j;
+        const int k = ((slot + x) * CT + ct) * V + j;
         St t;
         t.a = sa[k];
         t.b = (K == K_LSE) ? sb[k] : 0.f;
@@ -256,8 +277,8 @@ __device__ __forceinline__ void group_merge(St (&s)[V], float* sa, float* sb, in
         st_merge<K>(s[j], t);
       }
     }
-    __syncthreads();
   }
+  __syncthreads();
 }
 
 template <typename T, int K, int V>
@@ -426,17 +447,16 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
 // pass 2: as pass 1 but only the partial states (the carries of a chunked cumsum).
 template <typename T, int K, int V, bool FUSED>
 __device__ __forceinline__ void
-reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __restrict__ offsets,
-            const int64_t* __restrict__ chunk_off, const int64_t* __restrict__ chunk_row,
-            int64_t nunits, int64_t nrows, int64_t C, int64_t chunk, int64_t trunc, int CT,
-            int LPR, int mode, int pass, float* __restrict__ part_a, float* __restrict__ part_b,
+reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __restrict__ units,
+            const int64_t* __restrict__ chunk_off, int64_t nunits, int64_t C, int64_t chunk,
+            int64_t trunc, int CT, int LPR, int mode, int pass, float* __restrict__ part_a, float* __restrict__ part_b,
             int* __restrict__ part_i, int* __restrict__ counters, void* __restrict__ out,
             int out_kind, int has_init, float init, int fmode, T* __restrict__ fout, float* sa,
             float* sb, int* si, int& s_last) {
   const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
   const int l = lane % LPR, sub = lane / LPR;
-  const Unit un = get_unit(offsets, chunk_off, chunk_row, nunits, nrows, chunk, trunc,
-                           (int64_t)blockIdx.x * (R / LPR) + sub);
+  const int64_t uid = (int64_t)blockIdx.x * (R / LPR) + sub;
+  const Unit un = get_unit(units, nunits, chunk, trunc, uid);
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
   const bool active = col < C && un.row >= 0;
   const T* ar = a + un.rbeg * C + col;
@@ -454,7 +474,7 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
 
   if (!FUSED && pass != 0) {
     if (l == 0 && active) {
-      const int64_t g = un.id;
+      const int64_t g = uid;
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         part_a[g * C + col + j] = s[j].a;
@@ -538,10 +558,10 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
 // The plain reductions (reduce_rows, few registers: more blocks per SM) and the reductions fused
 // with a rewrite of their rows (fused_rows: K_LSE, K_SUM, K_DOT; pass 0 only). Same arguments.
 #define CJ_REDUCE_ARGS                                                                            \
-  const T *__restrict__ a, const T *__restrict__ b, const int64_t *__restrict__ offsets,        \
-      const int64_t *__restrict__ chunk_off, const int64_t *__restrict__ chunk_row,             \
-      int64_t nunits, int64_t nrows, int64_t C, int64_t chunk, int64_t trunc, int CT, int LPR,  \
-      int mode, int pass, float *__restrict__ part_a, float *__restrict__ part_b,               \
+  const T *__restrict__ a, const T *__restrict__ b, const int64_t *__restrict__ units,          \
+      const int64_t *__restrict__ chunk_off, int64_t nunits, int64_t C, int64_t chunk,          \
+      int64_t trunc, int CT, int LPR, int mode, int pass, float *__restrict__ part_a,           \
+      float *__restrict__ part_b,                                                               \
       int *__restrict__ part_i, int *__restrict__ counters, void *__restrict__ out,             \
       int out_kind, int has_init, float init, int fmode, T *__restrict__ fout
 #define CJ_REDUCE_SHARED                                                                          \
@@ -550,9 +570,9 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
   __shared__ int si[(K == K_MAX) ? CJ_BLOCK * V : 1];                                             \
   __shared__ int s_last;
 #define CJ_REDUCE(F)                                                                              \
-  reduce_body<T, K, V, F>(a, b, offsets, chunk_off, chunk_row, nunits, nrows, C, chunk, trunc, CT, \
-                          LPR, mode, pass, part_a, part_b, part_i, counters, out, out_kind,        \
-                          has_init, init, fmode, fout, sa, sb, si, s_last)
+  reduce_body<T, K, V, F>(a, b, units, chunk_off, nunits, C, chunk, trunc, CT, LPR, mode, pass, \
+                          part_a, part_b, part_i, counters, out, out_kind, has_init, init, fmode, \
+                          fout, sa, sb, si, s_last)
 
 template <typename T, int K, int V>
 __global__ void __launch_bounds__(CJ_BLOCK, (K == K_MAX || K == K_LSE || K == K_DOT) ? CJ_MINB_RH
@@ -637,13 +657,12 @@ template <typename T, int V>
 __global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB)
 rowbcast(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ p,
          int64_t p_row, int64_t p_pos, const float* __restrict__ q,
-         const int64_t* __restrict__ ix, const int64_t* __restrict__ offsets,
-         const int64_t* __restrict__ chunk_off, const int64_t* __restrict__ chunk_row,
-         int64_t nunits, int64_t nrows, int64_t C, int64_t chunk, int64_t trunc, int CT, int LPR,
-         int mode, T* __restrict__ out) {
+         const int64_t* __restrict__ ix, const int64_t* __restrict__ units, int64_t nunits,
+         int64_t C, int64_t chunk, int64_t trunc, int CT, int LPR, int mode,
+         T* __restrict__ out) {
   const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
   const int l = lane % LPR, sub = lane / LPR;
-  const Unit un = get_unit(offsets, chunk_off, chunk_row, nunits, nrows, chunk, (int64_t)1 << 62,
+  const Unit un = get_unit(units, nunits, chunk, (int64_t)1 << 62,
                            (int64_t)blockIdx.x * (R / LPR) + sub);
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
   if (un.row < 0 || col >= C) return;
@@ -698,18 +717,15 @@ unit_carries(const float* __restrict__ part, const int64_t* __restrict__ chunk_o
 // totals (shared memory) gives every lane its offset.
 template <typename T, int V>
 __global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB)
-cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ offsets,
-            const int64_t* __restrict__ chunk_off, const int64_t* __restrict__ chunk_row,
-            int64_t nunits, int64_t nrows, int64_t C, int64_t chunk, int CT, int LPR,
-            int exclusive, int reverse, const float* __restrict__ part_a, T* __restrict__ out) {
+cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t nunits,
+            int64_t C, int64_t chunk, int CT, int LPR, int exclusive, int reverse, const float* __restrict__ part_a, T* __restrict__ out) {
   constexpr int U = CJ_U;
   __shared__ float sm[CJ_BLOCK * V];
   const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
   const bool active = col < C;
   if (LPR == 1) {  // short whole rows: lane k of block b scans unit b * R + k alone, no barrier
-    const Unit un = get_unit(offsets, chunk_off, chunk_row, nunits, nrows, chunk,
-                             (int64_t)1 << 62, (int64_t)blockIdx.x * R + lane);
+    const Unit un = get_unit(units, nunits, chunk, (int64_t)1 << 62, (int64_t)blockIdx.x * R + lane);
     if (un.row < 0 || !active) return;
     const int64_t n = un.end - un.start;
     const T* src = a + un.rbeg * C + col;
@@ -741,15 +757,14 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ offsets,
     }
     return;
   }
-  const Unit un = get_unit(offsets, chunk_off, chunk_row, nunits, nrows, chunk, (int64_t)1 << 62,
-                           blockIdx.x);
+  const Unit un = get_unit(units, nunits, chunk, (int64_t)1 << 62, blockIdx.x);
   if (un.row < 0) return;
   float carry[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) carry[j] = 0.f;
   if (part_a && active) {
 #pragma unroll
-    for (int j = 0; j < V; ++j) carry[j] = part_a[un.id * C + col + j];
+    for (int j = 0; j < V; ++j) carry[j] = part_a[blockIdx.x * C + col + j];
   }
   const int64_t n = un.end - un.start;
   const T* src = a + un.rbeg * C + col;

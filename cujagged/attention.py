@@ -153,11 +153,12 @@ def _as_jagged(x, offsets, name: str, off_name: str) -> JaggedArray:
 
 
 def _tile_list(xp, q_off, k_off, bm: int, msl: int, cache, bound: int):
-    """(q_off int64, k_off int64, tile_info int32 [bound, 2], tile_off int32 [B+1]).
+    """(tile_info int32 [bound, 8], tile_off int32 [B+1]).
 
     Rows sorted by work (most first); ``tile_off`` counts their query tiles cumulatively and
-    ``tile_info[t] = (row, query tile)``; ``bound`` (host-known) >= the tile count. Built on the
-    device without a host sync; cached in the JaggedArray's ``_cache``."""
+    ``tile_info[t]`` is tile t's record (q start, k start as int64; query and key lengths, query
+    tile, row: see ``cuda_src/jfa_tiles.cuh``); ``bound`` (host-known) >= the tile count. Built
+    on the device without a host sync; cached in the JaggedArray's ``_cache``."""
     key = ("jfa_tiles", bm, msl, bound)
     if cache is not None:
         hit = cache.get(key)
@@ -170,11 +171,11 @@ def _tile_list(xp, q_off, k_off, bm: int, msl: int, cache, bound: int):
     perm = xp.argsort(-work).astype(np.int32)
     tile_off = xp.zeros(nt.shape[0] + 1, dtype=np.int32)
     tile_off[1:] = xp.cumsum(nt[perm])
-    info = xp.empty((bound, 2), dtype=np.int32)
+    info = xp.empty((bound, 8), dtype=np.int32)
     B = nt.shape[0]
     _FAM.get("jfa_tile_info")((min((B + 127) // 128, 1024),), (128,),
-                              (perm, tile_off, np.int64(B), info))
-    out = (qo, ko, info, tile_off)
+                              (qo, ko, perm, tile_off, np.int64(B), info))
+    out = (info, tile_off)
     if cache is not None:
         cache[key] = (k_off, out)
     return out
@@ -386,12 +387,11 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                     kern.max_dynamic_shared_size_bytes = smem
                     _SMEM_SET.add(kid)
             bound = (T + bm - 1) // bm + B
-            qo, ko, info, tile_off = _tile_list(xp, qj.offsets, kj.offsets, bm, msl, qj._cache,
-                                                bound)
+            info, tile_off = _tile_list(xp, qj.offsets, kj.offsets, bm, msl, qj._cache, bound)
             grid = bound * H
             if grid >= 2**31:
                 raise ValueError("batch too large for one launch (tile count * heads >= 2**31)")
-            tail = (qo, ko, info, tile_off, np.int64(B), np.int32(H), np.int32(Hk),
+            tail = (info, tile_off, np.int64(B), np.int32(H), np.int32(Hk),
                     np.int64(msl), np.float32(sc), np.int32(bool(causal)))
             kern((grid,), (threads,),
                  (qv, kv, vv, out, lse, *tail, bias if has_bias else qv, np.int64(sb),

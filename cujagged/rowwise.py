@@ -251,14 +251,15 @@ _SCHED = {"whole_reduce": 512 * _KB, "whole_fused": 512 * _KB, "whole_scan": 512
 
 def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     """Work split of x's rows (cached per structure): (chunk, nunits, LPR, split, blocks,
-    chunk_off, chunk_row).
+    chunk_off, units).
 
     ``kind``: "reduce" (a block may own whole rows up to 512 KB, longer rows are split in
     chunks of 64 KB .. 1 MB combined by the last block), "fused" (the same: softmax in one
     kernel for whole rows), "bcast" (chunks of at most 64 KB, no combine) or "scan"
     (whole rows up to 512 KB, else 64 KB chunks with carries). LPR lanes per unit, R / LPR units
     per block: several short rows share a block (a scan of rows of at most 64 items: one lane
-    per row)."""
+    per row). ``units [nunits, 4]`` int64: (row or -1 for a spare unit, row begin, untruncated
+    row length, first item of the unit in the row): a block reads its unit in one record."""
     key = ("rowwise.sched", kind, item_bytes, trunc if trunc < x.max_length else None, CT,
            tuple(_SCHED.values()))
     c = x._cache
@@ -317,7 +318,16 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
         co[1:] = cupy.cumsum(n)
         crow = cupy.searchsorted(co[1:], cupy.arange(nunits, dtype=np.int64), side="right")
         crow = crow.astype(np.int64, copy=False)
-    hit = (chunk, nunits, LPR, split, blocks, co, crow)
+    units = cupy.empty((nunits, 4), dtype=np.int64)
+    if B:
+        rc = cupy.minimum(crow, B - 1)
+        units[:, 0] = cupy.where(crow < B, crow, -1)
+        units[:, 1] = off[rc]
+        units[:, 2] = off[rc + 1] - off[rc]
+        units[:, 3] = (cupy.arange(nunits, dtype=np.int64) - co[rc]) * chunk
+    else:
+        units[:, 0] = -1
+    hit = (chunk, nunits, LPR, split, blocks, co, units)
     c[key] = hit
     return hit
 
@@ -362,7 +372,7 @@ def _gpu_reduce(x, K, mode, out_dtype, out_kind, trunc, *, has_init=0, init=0.0,
     V, CT, yt = _geom(C, x.dtype, vals, bv)
     ib = C * x.dtype.itemsize * (2 if K == K_DOT else 1)
     kind = "scan" if pass_ == 2 else "reduce"
-    chunk, nunits, LPR, split, blocks, co, crow = _schedule(x, kind, ib, trunc, CT)
+    chunk, nunits, LPR, split, blocks, co, units = _schedule(x, kind, ib, trunc, CT)
     kern = _kern(f"reduce_rows<{tn}, {K}, {V}>")
     pa = pb = pi = ctr = None
     if split:
@@ -372,8 +382,8 @@ def _gpu_reduce(x, K, mode, out_dtype, out_kind, trunc, *, has_init=0, init=0.0,
         ctr = _counters(x, B * yt) if pass_ != 2 else None
     p = pass_ if pass_ is not None else (1 if split else 0)
     kern((blocks, yt), (_BLOCK,),
-         (vals, _ptr(bv), _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk),
-          _i64(trunc), _i32(CT), _i32(LPR), _i32(mode), _i32(p), _ptr(pa), _ptr(pb), _ptr(pi),
+         (vals, _ptr(bv), units, co, _i64(nunits), _i64(C), _i64(chunk), _i64(trunc), _i32(CT),
+          _i32(LPR), _i32(mode), _i32(p), _ptr(pa), _ptr(pb), _ptr(pi),
           _ptr(ctr), _ptr(out), _i32(out_kind), _i32(has_init), np.float32(init), _i32(-1),
           _NULL))
     return out
@@ -384,14 +394,14 @@ def _gpu_rowbcast(x, mode, *, a=None, b=None, p=None, padded=False, q=None, ix=N
     """``out[t, c] = apply(mode, a, b, p[row(, pos)], q[row], ix[row])`` over every item of x's
     structure (see ``apply`` in rowwise.cu). ``a``/``b``: ``[T, C]``; ``p``: ``[B, C]`` or padded
     ``[B, Lp, C]`` of x's dtype; ``q``: ``[B, C]`` float32; ``ix``: ``[B, C]`` int64."""
-    T, C, B = x.values.shape[0], _ncols(x), x.nrows
+    T, C = x.values.shape[0], _ncols(x)
     if out is None:
         out = cupy.empty(x.values.shape, dtype=x.dtype)
     if T == 0 or C == 0:
         return out
     tn = _TNAME[x.dtype][0]
     V, CT, yt = _geom(C, x.dtype, a, b, out, p if padded else None)
-    chunk, nunits, LPR, _, blocks, co, crow = _schedule(x, "bcast", C * x.dtype.itemsize,
+    chunk, nunits, LPR, _, blocks, _, units = _schedule(x, "bcast", C * x.dtype.itemsize,
                                                         _NOTRUNC, CT)
     if p is None:
         p_row = p_pos = 0
@@ -401,9 +411,8 @@ def _gpu_rowbcast(x, mode, *, a=None, b=None, p=None, padded=False, q=None, ix=N
         p_row, p_pos = C, 0
     kern = _kern(f"rowbcast<{tn}, {V}>")
     kern((blocks, yt), (_BLOCK,),
-         (_ptr(a), _ptr(b), _ptr(p), _i64(p_row), _i64(p_pos), _ptr(q), _ptr(ix), _off64(x), co,
-          crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i64(trunc), _i32(CT), _i32(LPR),
-          _i32(mode), out))
+         (_ptr(a), _ptr(b), _ptr(p), _i64(p_row), _i64(p_pos), _ptr(q), _ptr(ix), units,
+          _i64(nunits), _i64(C), _i64(chunk), _i64(trunc), _i32(CT), _i32(LPR), _i32(mode), out))
     return out
 
 
@@ -411,22 +420,22 @@ def _gpu_fused(x, K, mode, fmode, trunc, b=None):
     """Reduce each row (kind K) then rewrite it with ``apply(fmode, x, b, q=reduced)``: one
     kernel when a block can own a whole row, else a split reduction plus ``rowbcast``."""
     vals = x.values
-    T, C, B = vals.shape[0], _ncols(x), x.nrows
+    T, C = vals.shape[0], _ncols(x)
     out = cupy.empty(vals.shape, dtype=x.dtype)
     if T == 0 or C == 0:
         return out
     bv = None if b is None else b.values
     V, CT, yt = _geom(C, x.dtype, vals, bv, out)
     ib = C * x.dtype.itemsize * (1 if b is None else 2)  # bytes read per item
-    chunk, nunits, LPR, split, blocks, co, crow = _schedule(x, "fused", ib, trunc, CT)
+    chunk, nunits, LPR, split, blocks, co, units = _schedule(x, "fused", ib, trunc, CT)
     if split:
         q = _gpu_reduce(x, K, mode, np.float32, OUT_F32, trunc, b=b)
         return _gpu_rowbcast(x, fmode, a=vals, b=bv, q=q, trunc=trunc, out=out)
     tn = _TNAME[x.dtype][0]
     kern = _kern(f"fused_rows<{tn}, {K}, {V}>")
     kern((blocks, yt), (_BLOCK,),
-         (vals, _ptr(bv), _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk),
-          _i64(trunc), _i32(CT), _i32(LPR), _i32(mode), _i32(0), _NULL, _NULL, _NULL, _NULL,
+         (vals, _ptr(bv), units, co, _i64(nunits), _i64(C), _i64(chunk), _i64(trunc), _i32(CT),
+          _i32(LPR), _i32(mode), _i32(0), _NULL, _NULL, _NULL, _NULL,
           _NULL, _i32(OUT_T), _i32(0), np.float32(0), _i32(fmode), out))
     return out
 
@@ -837,8 +846,8 @@ def _gpu_cumsum(x, exclusive, reverse):
         return out
     tn = _TNAME[x.dtype][0]
     V, CT, yt = _geom(C, x.dtype, vals, out)
-    chunk, nunits, LPR, split, blocks, co, crow = _schedule(x, "scan", C * x.dtype.itemsize,
-                                                            _NOTRUNC, CT)
+    chunk, nunits, LPR, split, blocks, co, units = _schedule(x, "scan", C * x.dtype.itemsize,
+                                                             _NOTRUNC, CT)
     pa = None
     if split:
         part = cupy.empty((nunits, C), dtype=np.float32)
@@ -846,8 +855,8 @@ def _gpu_cumsum(x, exclusive, reverse):
         pa = _unit_carries(part, co, B, reverse)
     kern = _kern(f"cumsum_rows<{tn}, {V}>")
     kern((blocks, yt), (_BLOCK,),
-         (vals, _off64(x), co, crow, _i64(nunits), _i64(B), _i64(C), _i64(chunk), _i32(CT),
-          _i32(LPR), _i32(exclusive), _i32(reverse), _ptr(pa), out))
+         (vals, units, _i64(nunits), _i64(C), _i64(chunk), _i32(CT), _i32(LPR),
+          _i32(exclusive), _i32(reverse), _ptr(pa), out))
     return out
 
 

@@ -1,0 +1,46 @@
+// The tile list of the Jagged Flash Attention kernels (attention.cu, attention_sm90.cu).
+//
+// Work is a list of real tiles (row, query tile), built on the device from the offsets, rows of
+// most work first. Tile t is one 32-byte record tile_info[t] (int32 x 8):
+//   q_start (int64), k_start (int64), len_q, len_k (untruncated), query tile, row
+// so that a block reads everything it needs about its tile in one round trip (two independent
+// 16-byte loads, no dependent offsets lookup). Block x handles head x % H of tile x / H; blocks
+// past tile_off[B] * H exit at once, so the grid only needs a host-side upper bound.
+#pragma once
+#include "common.cuh"
+
+struct TileInfo {
+  int64_t q_start, k_start;
+  int row, i0, Lq_full, Lq, Lk, h, hk;
+  bool live;
+};
+
+template <int BM>
+__device__ __forceinline__ TileInfo locate_tile(const int32_t* __restrict__ tile_info,
+                                                const int32_t* __restrict__ tile_off, int64_t B,
+                                                int H, int Hk, int64_t max_seq_len) {
+  TileInfo ti;
+  const int64_t lin = blockIdx.x;
+  ti.h = (int)(lin % H);
+  const int64_t tile = lin / H;
+  // three independent loads (tile < the grid's bound: its record is readable even past the end)
+  const longlong2 st = __ldg(reinterpret_cast<const longlong2*>(tile_info) + 2 * tile);
+  const int4 info = __ldg(reinterpret_cast<const int4*>(tile_info) + 2 * tile + 1);
+  ti.live = tile < (int64_t)__ldg(tile_off + B);
+  if (!ti.live) return ti;
+  ti.q_start = st.x;
+  ti.k_start = st.y;
+  ti.Lq_full = info.x;
+  ti.Lq = (int)(info.x < max_seq_len ? info.x : max_seq_len);
+  ti.Lk = (int)(info.y < max_seq_len ? info.y : max_seq_len);
+  ti.i0 = info.z * BM;
+  ti.row = info.w;
+  ti.hk = ti.h / (H / Hk);
+  return ti;
+}
+
+// q_start of tile `tile` again (kernels near their register cap reload it for the epilogue).
+__device__ __forceinline__ int64_t tile_q_start(const int32_t* __restrict__ tile_info,
+                                                int64_t tile) {
+  return __ldg(reinterpret_cast<const int64_t*>(tile_info) + 4 * tile);
+}
