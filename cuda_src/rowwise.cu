@@ -4,12 +4,10 @@
 //
 // Data layout: values [T, C] (C = prod(inner), contiguous); row r is the [L_r, C] slab starting at
 // offsets[r]. Work is a list of *units* built on the host without a sync (cached per structure):
-// chunk_off[r] .. chunk_off[r+1] are the units of row r (at least one per row, so empty rows are
-// written), each covering `chunk` consecutive items; the unit table units[u] = (row, row begin,
-// row length, first item) describes unit u in one 32-byte record (row -1: a spare unit of a grid
-// sized by an upper bound). When every row is one unit the units are the rows longest first
-// (chunk_off[r] is then the unit of row r), so that long rows start in the first wave instead of
-// trailing the kernel.
+// each row is cut into units of `chunk` consecutive items (at least one unit per row, so empty
+// rows are written), a row's units consecutive, described by a unit table (get_unit). Rows come
+// longest first (chunked scans: in row order), so that long rows start in the first wave
+// instead of trailing the kernel.
 //
 // Inside a block (256 threads): CT column threads (each owning V consecutive columns, 16-byte
 // vector loads when V > 1) times R = 256 / CT lanes. Lanes form groups of LPR lanes, one unit per
@@ -207,17 +205,20 @@ __device__ __forceinline__ float apply(int mode, float a, float b, float p, floa
 }
 
 
-struct Unit { int64_t row, start, end, rbeg, len; };
+struct Unit { int64_t row, start, end, rbeg, len; int k, nu; };
 
-// Unit `id` from the unit table units[id] = (row, row begin, untruncated row length, first item
-// of the unit within the row): one 32-byte record, two independent loads (the row's offsets are
-// folded in on the host, so a block waits for one load before streaming its data). end is
-// limited by `limit`; row < 0 for a spare unit (a grid sized by an upper bound).
+// Unit `id` from the unit table units[id] = (row, row begin, untruncated row length, k | nu << 32)
+// where the unit is the k-th of the row's nu units (items from k * chunk): one 32-byte record, two
+// independent loads (the row's offsets are folded in on the host, so a block waits for one load
+// before streaming its data). end is limited by `limit`; row < 0 for a spare unit (a grid sized
+// by an upper bound).
 __device__ __forceinline__ Unit get_unit(const int64_t* __restrict__ units, int64_t nunits,
                                          int64_t chunk, int64_t limit, int64_t id) {
   Unit u;
   u.row = -1;
   u.start = u.end = u.rbeg = u.len = 0;
+  u.k = 0;
+  u.nu = 1;
   if (id >= nunits) return u;
   const longlong2 a = __ldg(reinterpret_cast<const longlong2*>(units) + 2 * id);
   const longlong2 b = __ldg(reinterpret_cast<const longlong2*>(units) + 2 * id + 1);
@@ -225,7 +226,9 @@ __device__ __forceinline__ Unit get_unit(const int64_t* __restrict__ units, int6
   u.row = a.x;
   u.rbeg = a.y;
   u.len = b.x;
-  u.start = b.y;
+  u.k = (int)(b.y & 0xffffffff);
+  u.nu = (int)(b.y >> 32);
+  u.start = (int64_t)u.k * chunk;
   const int64_t le = u.len < limit ? u.len : limit;
   u.end = u.start + chunk < le ? u.start + chunk : le;
   return u;
@@ -239,12 +242,10 @@ template <int K> __device__ __forceinline__ St st_shfl_xor(const St& s, int o) {
   return t;
 }
 
-// Merge the states of the LPR lanes of each group (lane = thread / CT, l = lane % LPR): a
-// butterfly over the group's lanes that share a warp (CT < 32), then the first of those lanes
-// leaves the state in shared memory and the group's lane 0 folds the others' in order (at most 8:
-// one per warp, or one per lane when CT >= 32). Lane 0 of the group (l == 0) gets the result;
-// no barrier when a group fits in a warp, else two (sa/sb/si are free again on return).
-// Deterministic (fixed order); every thread of the block must call it.
+// Merge the states of the LPR lanes of each group (lane = thread / CT, l = lane % LPR) into
+// lane 0 of the group (l == 0): a butterfly over the lanes that share a warp (CT < 32), then a
+// tree through shared memory over the rest (lanes l < h take lane l + h). Deterministic (fixed
+// order); every thread of the block must call it; sa/sb/si are free again on return.
 template <int K, int V>
 __device__ __forceinline__ void group_merge(St (&s)[V], float* sa, float* sb, int* si, int lane,
                                             int l, int ct, int CT, int LPR) {
@@ -253,23 +254,21 @@ __device__ __forceinline__ void group_merge(St (&s)[V], float* sa, float* sb, in
 #pragma unroll
     for (int j = 0; j < V; ++j) st_merge<K>(s[j], st_shfl_xor<K>(s[j], o));
   }
-  if (LPR <= lpw) return;
-  const int slot = lane / lpw;  // this lane's warp-chunk of lanes
-  if (l % lpw == 0) {
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      const int k = (slot * CT + ct) * V + j;
-      sa[k] = s[j].a;
-      if (K == K_LSE) sb[k] = s[j].b;
-      if (K == K_MAX) si[k] = s[j].i;
-    }
-  }
-  __syncthreads();
-  if (l == 0) {
-    for (int x = 1; x < LPR / lpw; ++x) {
+  for (int h = LPR >> 1; h >= lpw; h >>= 1) {
+    if (l >= h && l < 2 * h) {
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        const int k = ((slot + x) * CT + ct) * V + j;
+        const int k = ((lane - h) * CT + ct) * V + j;
+        sa[k] = s[j].a;
+        if (K == K_LSE) sb[k] = s[j].b;
+        if (K == K_MAX) si[k] = s[j].i;
+      }
+    }
+    __syncthreads();
+    if (l < h) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const int k = (lane * CT + ct) * V + j;
         St t;
         t.a = sa[k];
         t.b = (K == K_LSE) ? sb[k] : 0.f;
@@ -277,8 +276,8 @@ __device__ __forceinline__ void group_merge(St (&s)[V], float* sa, float* sb, in
         st_merge<K>(s[j], t);
       }
     }
+    __syncthreads();
   }
-  __syncthreads();
 }
 
 template <typename T, int K, int V>
@@ -442,15 +441,15 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
 // pass 0: every unit is a whole row: lane 0 of each group finalises and writes out[row, col]
 //         (kind out_kind), unless FUSED: then the group rewrites its whole row with
 //         apply(fmode, a, b, q = result) into fout (items past trunc get 0).
-// pass 1: one unit per block (LPR == R); partial states go to part_* [unit, C]; the last block of
-//         each row (counters [nrows, gridDim.y], zero between launches) combines and writes out.
-// pass 2: as pass 1 but only the partial states (the carries of a chunked cumsum).
+// pass 1: one unit per block (LPR == R); a row of one unit is written at once, else partial states
+//         go to part_* [unit, C] and the last block of the row (counters [nrows, gridDim.y], zero
+//         between launches) combines them in order and writes out (a row's units are consecutive).
+// pass 2: as pass 1 but only the partial states, every unit (the carries of a chunked cumsum).
 template <typename T, int K, int V, bool FUSED>
 __device__ __forceinline__ void
 reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __restrict__ units,
-            const int64_t* __restrict__ chunk_off, int64_t nunits, int64_t C, int64_t chunk,
-            int64_t trunc, int CT, int LPR, int mode, int pass, float* __restrict__ part_a, float* __restrict__ part_b,
-            int* __restrict__ part_i, int* __restrict__ counters, void* __restrict__ out,
+            int64_t nunits, int64_t C, int64_t chunk, int64_t trunc, int CT, int LPR, int mode,
+            int pass, float* __restrict__ part_a, float* __restrict__ part_b, int* __restrict__ part_i, int* __restrict__ counters, void* __restrict__ out,
             int out_kind, int has_init, float init, int fmode, T* __restrict__ fout, float* sa,
             float* sb, int* si, int& s_last) {
   const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
@@ -472,7 +471,7 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
   group_merge<K, V>(s, sa, sb, si, lane, l, ct, CT, LPR);
   const int64_t n = un.len < trunc ? un.len : trunc;
 
-  if (!FUSED && pass != 0) {
+  if (!FUSED && (pass == 2 || (pass == 1 && un.nu > 1))) {
     if (l == 0 && active) {
       const int64_t g = uid;
 #pragma unroll
@@ -488,9 +487,8 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
     if (threadIdx.x == 0) {
       int last = 0;
       if (un.row >= 0) {
-        const int cnt = (int)(chunk_off[un.row + 1] - chunk_off[un.row]);
         int* ctr = counters + un.row * gridDim.y + blockIdx.y;
-        last = atomicAdd(ctr, 1) == cnt - 1;
+        last = atomicAdd(ctr, 1) == un.nu - 1;
         if (last) *ctr = 0;  // every block of the row has arrived: ready for the next launch
       }
       s_last = last;
@@ -499,7 +497,7 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
     if (!s_last) return;
     __threadfence();
     // the last block folds the row's unit states: lane k takes units g0 + k, g0 + k + R, ...
-    const int64_t g0 = chunk_off[un.row], g1 = chunk_off[un.row + 1];
+    const int64_t g0 = uid - un.k, g1 = g0 + un.nu;
     St t[V];
 #pragma unroll
     for (int j = 0; j < V; ++j) t[j] = st_init<K>();
@@ -559,9 +557,8 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
 // with a rewrite of their rows (fused_rows: K_LSE, K_SUM, K_DOT; pass 0 only). Same arguments.
 #define CJ_REDUCE_ARGS                                                                            \
   const T *__restrict__ a, const T *__restrict__ b, const int64_t *__restrict__ units,          \
-      const int64_t *__restrict__ chunk_off, int64_t nunits, int64_t C, int64_t chunk,          \
-      int64_t trunc, int CT, int LPR, int mode, int pass, float *__restrict__ part_a,           \
-      float *__restrict__ part_b,                                                               \
+      int64_t nunits, int64_t C, int64_t chunk, int64_t trunc, int CT, int LPR, int mode,       \
+      int pass, float *__restrict__ part_a, float *__restrict__ part_b,                         \
       int *__restrict__ part_i, int *__restrict__ counters, void *__restrict__ out,             \
       int out_kind, int has_init, float init, int fmode, T *__restrict__ fout
 #define CJ_REDUCE_SHARED                                                                          \
@@ -570,7 +567,7 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
   __shared__ int si[(K == K_MAX) ? CJ_BLOCK * V : 1];                                             \
   __shared__ int s_last;
 #define CJ_REDUCE(F)                                                                              \
-  reduce_body<T, K, V, F>(a, b, units, chunk_off, nunits, C, chunk, trunc, CT, LPR, mode, pass, \
+  reduce_body<T, K, V, F>(a, b, units, nunits, C, chunk, trunc, CT, LPR, mode, pass,            \
                           part_a, part_b, part_i, counters, out, out_kind, has_init, init, fmode, \
                           fout, sa, sb, si, s_last)
 

@@ -241,9 +241,11 @@ def _geom(C: int, dtype, *arrays):
 
 
 # Scheduling thresholds in bytes (tests shrink them to exercise the split paths on small data).
-# A block owns whole rows up to 512 KB (one kernel, no combine: faster than splitting at the
-# reference shape, H200); fused softmax reads such a row twice, the second time mostly from L2.
-_SCHED = {"whole_reduce": 512 * _KB, "whole_fused": 512 * _KB, "whole_scan": 512 * _KB,
+# Reductions cut rows longer than a unit of split_min .. split_max (about 8 units per SM) into
+# units combined by the last block: the longest rows then no longer trail the kernel. Fused
+# softmax and scans let a block own whole rows up to 512 KB (fused softmax reads such a row
+# twice, the second time mostly from L2; split, it would read it twice from DRAM).
+_SCHED = {"whole_fused": 512 * _KB, "whole_scan": 512 * _KB,
           "small_row": 32 * _KB, "lane_items": 8, "lane_scan": 64,
           "split_min": 64 * _KB, "split_max": 1024 * _KB, "bcast_chunk": 64 * _KB,
           "scan_chunk": 64 * _KB}
@@ -253,13 +255,16 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     """Work split of x's rows (cached per structure): (chunk, nunits, LPR, split, blocks,
     chunk_off, units).
 
-    ``kind``: "reduce" (a block may own whole rows up to 512 KB, longer rows are split in
-    chunks of 64 KB .. 1 MB combined by the last block), "fused" (the same: softmax in one
-    kernel for whole rows), "bcast" (chunks of at most 64 KB, no combine) or "scan"
+    ``kind``: "reduce" (rows longer than a unit of 64 KB .. 1 MB are split in units combined by
+    the last block), "fused" (a block may own whole rows up to 512 KB: softmax in one kernel;
+    longer rows are split as "reduce"), "bcast" (chunks of at most 64 KB, no combine) or "scan"
     (whole rows up to 512 KB, else 64 KB chunks with carries). LPR lanes per unit, R / LPR units
     per block: several short rows share a block (a scan of rows of at most 64 items: one lane
     per row). ``units [nunits, 4]`` int64: (row or -1 for a spare unit, row begin, untruncated
-    row length, first item of the unit in the row): a block reads its unit in one record."""
+    row length, ``k | nu << 32``: the unit is the k-th of the row's nu, from item ``k * chunk``),
+    rows longest first, a row's units consecutive: a block reads its unit in one record.
+    ``chunk_off [B+1]`` (chunked scans only, else None): the first unit of each row, units in
+    row order."""
     key = ("rowwise.sched", kind, item_bytes, trunc if trunc < x.max_length else None, CT,
            tuple(_SCHED.values()))
     c = x._cache
@@ -277,16 +282,17 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     if kind == "bcast":
         chunk = _builtin_max(1, _builtin_min(_builtin_max(L, 1), S["bcast_chunk"] // ib))
         split = False
+    elif kind == "reduce" or row_bytes > S["whole_" + kind] or (
+            B < 2 * sm and row_bytes > S["small_row"]):
+        # scans: at most ~256 chunks per row (their carries are summed serially)
+        cb = _builtin_max(S["scan_chunk"], row_bytes // 256) if kind == "scan" else \
+            _builtin_min(S["split_max"], _builtin_max(S["split_min"], (T * ib) // (8 * sm)))
+        chunk = _builtin_max(1, cb // ib)
+        split = chunk < L
+        if not split:  # a chunk holding the longest row: whole rows, nothing to combine
+            chunk = _builtin_max(L, 1)
     else:
-        whole = S["whole_" + kind]
-        if row_bytes <= whole and (B >= 2 * sm or row_bytes <= S["small_row"]):
-            chunk, split = _builtin_max(L, 1), False
-        else:
-            # scans: at most ~256 chunks per row (their carries are summed serially)
-            cb = _builtin_max(S["scan_chunk"], row_bytes // 256) if kind == "scan" else \
-                _builtin_min(S["split_max"], _builtin_max(S["split_min"], (T * ib) // (4 * sm)))
-            chunk = _builtin_max(1, cb // ib)
-            split = chunk < L  # a chunk holding the longest row: whole rows, nothing to combine
+        chunk, split = _builtin_max(L, 1), False
     if chunk >= L:
         nunits = _builtin_max(B, 1)
     else:
@@ -304,27 +310,28 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     lens = off[1:] - off[:-1]
     if trunc < x.max_length:
         lens = cupy.minimum(lens, trunc)
-    if chunk >= L and B:
-        # one unit per row, longest rows first: they start in the first wave instead of trailing
-        # the kernel (a block streams one row at ~1/400 of the bandwidth while all are busy).
-        # Unit k is row crow[k]; co[r] is the unit of row r.
-        crow = cupy.argsort(-lens).astype(np.int64, copy=False)  # stable: ties keep row order
-        co = cupy.empty(B + 1, dtype=np.int64)
-        co[crow] = cupy.arange(B, dtype=np.int64)
-        co[B] = B
-    else:
-        n = cupy.maximum((lens + (chunk - 1)) // chunk, 1)
-        co = cupy.zeros(B + 1, dtype=np.int64)
-        co[1:] = cupy.cumsum(n)
-        crow = cupy.searchsorted(co[1:], cupy.arange(nunits, dtype=np.int64), side="right")
-        crow = crow.astype(np.int64, copy=False)
     units = cupy.empty((nunits, 4), dtype=np.int64)
+    co = None
     if B:
-        rc = cupy.minimum(crow, B - 1)
-        units[:, 0] = cupy.where(crow < B, crow, -1)
-        units[:, 1] = off[rc]
-        units[:, 2] = off[rc + 1] - off[rc]
-        units[:, 3] = (cupy.arange(nunits, dtype=np.int64) - co[rc]) * chunk
+        n = cupy.maximum((lens + (chunk - 1)) // chunk, 1)  # units per row
+        # Rows longest first: they start in the first wave instead of trailing the kernel (a
+        # block streams its unit at a small share of the bandwidth while all are busy). A
+        # chunked scan keeps row order: its carries walk each row's units.
+        scan_split = split and kind == "scan"
+        order = cupy.arange(B, dtype=np.int64) if scan_split else cupy.argsort(-lens)  # stable
+        n_o = n[order]
+        ends = cupy.cumsum(n_o)
+        u = cupy.arange(nunits, dtype=np.int64)
+        k = cupy.searchsorted(ends, u, side="right")  # unit u belongs to the k-th row in order
+        kc = cupy.minimum(k, B - 1)
+        row = order[kc]
+        units[:, 0] = cupy.where(k < B, row, -1)
+        units[:, 1] = off[row]
+        units[:, 2] = off[row + 1] - off[row]
+        units[:, 3] = (u - (ends[kc] - n_o[kc])) | (n_o[kc] << 32)  # k-th of the row's nu
+        if scan_split:
+            co = cupy.zeros(B + 1, dtype=np.int64)
+            co[1:] = ends
     else:
         units[:, 0] = -1
     hit = (chunk, nunits, LPR, split, blocks, co, units)
@@ -372,7 +379,7 @@ def _gpu_reduce(x, K, mode, out_dtype, out_kind, trunc, *, has_init=0, init=0.0,
     V, CT, yt = _geom(C, x.dtype, vals, bv)
     ib = C * x.dtype.itemsize * (2 if K == K_DOT else 1)
     kind = "scan" if pass_ == 2 else "reduce"
-    chunk, nunits, LPR, split, blocks, co, units = _schedule(x, kind, ib, trunc, CT)
+    chunk, nunits, LPR, split, blocks, _, units = _schedule(x, kind, ib, trunc, CT)
     kern = _kern(f"reduce_rows<{tn}, {K}, {V}>")
     pa = pb = pi = ctr = None
     if split:
@@ -382,7 +389,7 @@ def _gpu_reduce(x, K, mode, out_dtype, out_kind, trunc, *, has_init=0, init=0.0,
         ctr = _counters(x, B * yt) if pass_ != 2 else None
     p = pass_ if pass_ is not None else (1 if split else 0)
     kern((blocks, yt), (_BLOCK,),
-         (vals, _ptr(bv), units, co, _i64(nunits), _i64(C), _i64(chunk), _i64(trunc), _i32(CT),
+         (vals, _ptr(bv), units, _i64(nunits), _i64(C), _i64(chunk), _i64(trunc), _i32(CT),
           _i32(LPR), _i32(mode), _i32(p), _ptr(pa), _ptr(pb), _ptr(pi),
           _ptr(ctr), _ptr(out), _i32(out_kind), _i32(has_init), np.float32(init), _i32(-1),
           _NULL))
@@ -427,14 +434,14 @@ def _gpu_fused(x, K, mode, fmode, trunc, b=None):
     bv = None if b is None else b.values
     V, CT, yt = _geom(C, x.dtype, vals, bv, out)
     ib = C * x.dtype.itemsize * (1 if b is None else 2)  # bytes read per item
-    chunk, nunits, LPR, split, blocks, co, units = _schedule(x, "fused", ib, trunc, CT)
+    chunk, nunits, LPR, split, blocks, _, units = _schedule(x, "fused", ib, trunc, CT)
     if split:
         q = _gpu_reduce(x, K, mode, np.float32, OUT_F32, trunc, b=b)
         return _gpu_rowbcast(x, fmode, a=vals, b=bv, q=q, trunc=trunc, out=out)
     tn = _TNAME[x.dtype][0]
     kern = _kern(f"fused_rows<{tn}, {K}, {V}>")
     kern((blocks, yt), (_BLOCK,),
-         (vals, _ptr(bv), units, co, _i64(nunits), _i64(C), _i64(chunk), _i64(trunc), _i32(CT),
+         (vals, _ptr(bv), units, _i64(nunits), _i64(C), _i64(chunk), _i64(trunc), _i32(CT),
           _i32(LPR), _i32(mode), _i32(0), _NULL, _NULL, _NULL, _NULL,
           _NULL, _i32(OUT_T), _i32(0), np.float32(0), _i32(fmode), out))
     return out
