@@ -502,17 +502,28 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
 #pragma unroll
     for (int j = 0; j < V; ++j) t[j] = st_init<K>();
     if (col < C) {
-      const volatile float* va = part_a;
-      const volatile float* vb = part_b;
-      const volatile int* vi = part_i;
-      for (int64_t g = g0 + lane; g < g1; g += R) {
+      // UF units' states loaded at once (L2, not L1: other blocks wrote them), then folded in
+      // order: a row of hundreds of units is not a chain of dependent loads
+      constexpr int UF = V >= 8 ? 2 : 4;
+      for (int64_t g = g0 + lane; g < g1; g += (int64_t)UF * R) {
+        St u[UF][V];
 #pragma unroll
-        for (int j = 0; j < V; ++j) {
-          St u;
-          u.a = va[g * C + col + j];
-          u.b = (K == K_LSE) ? vb[g * C + col + j] : 0.f;
-          u.i = (K == K_MAX) ? vi[g * C + col + j] : CJ_NOIDX;
-          st_merge<K>(t[j], u);
+        for (int f = 0; f < UF; ++f) {
+          const int64_t gf = g + (int64_t)f * R;
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const int64_t k = (gf < g1 ? gf : g) * C + col + j;
+            u[f][j].a = __ldcg(part_a + k);
+            u[f][j].b = (K == K_LSE) ? __ldcg(part_b + k) : 0.f;
+            u[f][j].i = (K == K_MAX) ? __ldcg(part_i + k) : CJ_NOIDX;
+          }
+        }
+#pragma unroll
+        for (int f = 0; f < UF; ++f) {
+          if (g + (int64_t)f * R < g1) {
+#pragma unroll
+            for (int j = 0; j < V; ++j) st_merge<K>(t[j], u[f][j]);
+          }
         }
       }
     }

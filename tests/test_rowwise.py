@@ -611,8 +611,9 @@ def test_gpu_split_paths_match_numba(chunk_bytes, case, special):
     """Tiny scheduling thresholds: every row split in many chunks (last-block combine, split
     softmax, chunked cumsum carries, chunked elementwise)."""
     saved = dict(R._SCHED)
-    R._SCHED.update(whole_fused=0, whole_scan=0, small_row=-1, split_min=chunk_bytes,
-                    split_max=chunk_bytes, bcast_chunk=chunk_bytes, scan_chunk=chunk_bytes)
+    R._SCHED.update(whole_reduce=0, whole_fused=0, whole_scan=0, small_row=-1,
+                    split_min=chunk_bytes, split_max=chunk_bytes, bcast_chunk=chunk_bytes,
+                    scan_chunk=chunk_bytes)
     try:
         _split_paths(case, special)
     finally:
