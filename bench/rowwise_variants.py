@@ -1,8 +1,9 @@
-"""Sweep of rowwise.cu compile-time knobs at the reference shape (B=1024, max_len=1024, fill
-0.25, D=128): each variant rebuilds the kernel family with extra ``-D`` options and times the
-same ops on the same inputs in one process. ``PYTHONPATH=. python3 -m bench.rowwise_variants
-[OUT.json] [-DCJ_X=1,-DCJ_Y=2 ...]`` (variants: comma-separated option lists; the default build
-is always timed first).
+"""Sweep of rowwise.cu compile-time knobs and scheduling thresholds at the reference shape
+(B=1024, max_len=1024, fill 0.25, D=128): each variant rebuilds the kernel family with extra
+``-D`` options and/or sets ``cujagged.rowwise._SCHED`` entries, and times the same ops on the same
+inputs in one process. ``PYTHONPATH=. python3 -m bench.rowwise_variants [OUT.json]
+[-DCJ_X=1,whole_reduce=131072 ...]`` (variants: comma-separated lists of ``-D`` options and
+``key=bytes`` threshold overrides; the default is always timed first).
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ def main(argv: list[str]) -> None:
     copy = copy_entry()
     res = {"copy_gbps": copy["gbps"], "rows": []}
     names = R._instantiations()
+    sched0 = dict(R._SCHED)
     for dt in (bfloat16, np.float32):
         sets, lens = _inputs(1024, 1024, 0.25, 128, dt)
         nbytes = sets[0].values.nbytes
         for opts in variants:
-            R._FAM = KernelFamily("rowwise.cu", names, options=opts)
+            R._FAM = KernelFamily("rowwise.cu", names, options=[o for o in opts if o[:2] == "-D"])
             R._KERNELS.clear()
+            R._SCHED.clear()
+            R._SCHED.update(sched0)
+            R._SCHED.update({k: int(v) for k, v in (o.split("=") for o in opts if o[:2] != "-D")})
+            for x in sets:
+                x._cache.clear()
             for op in OPS:
                 fn = getattr(R, op)
                 it = rotate(sets)
