@@ -18,7 +18,8 @@ try:
 except ImportError:  # pragma: no cover - ml_dtypes is a hard dependency
     bfloat16 = None
 
-__all__ = ["cupy", "bfloat16", "gpu_available", "is_gpu_array", "xp_of", "device_of"]
+__all__ = ["cupy", "bfloat16", "gpu_available", "is_gpu_array", "xp_of", "device_of",
+           "on_array_device"]
 
 
 @functools.cache
@@ -45,3 +46,24 @@ def xp_of(a):
 def device_of(a) -> str:
     """``"cpu"`` or ``"cuda:<id>"``."""
     return f"cuda:{a.device.id}" if is_gpu_array(a) else "cpu"
+
+
+def on_array_device(fn):
+    """Decorator: run ``fn`` with the CUDA device of its first GPU argument (a CuPy array, or a
+    JaggedArray of CuPy arrays) as the current device. CuPy allocates and launches on the
+    current device, so without it an array on GPU 1 would be worked on from GPU 0 (peer reads,
+    or an error). Costs one ``cudaGetDevice`` when the device is already current."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for a in args:
+            v = getattr(a, "_values", a)
+            if is_gpu_array(v):
+                dev = v.device.id
+                if dev != cupy.cuda.runtime.getDevice():
+                    with cupy.cuda.Device(dev):
+                        return fn(*args, **kwargs)
+                break
+        return fn(*args, **kwargs)
+
+    return wrapper

@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from ._backend import bfloat16, is_gpu_array, xp_of
+from ._backend import bfloat16, is_gpu_array, on_array_device, xp_of
 from ._backend import cupy as _cupy
 from ._kernels import KernelFamily
 from .jagged import JaggedArray
@@ -200,6 +200,7 @@ def _launch_plan(plan, q, k, v, return_lse):
     return (o, lse) if return_lse else o
 
 
+@on_array_device
 def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_len=None,
                            scale=None, causal=False, bias=None, return_lse=False,
                            allow_tf32=False, _bm=None, _impl=None):

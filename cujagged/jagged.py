@@ -6,7 +6,7 @@ import operator
 
 import numpy as np
 
-from ._backend import cupy, device_of, is_gpu_array, xp_of
+from ._backend import cupy, device_of, is_gpu_array, on_array_device, xp_of
 
 __all__ = ["JaggedArray", "OFFSET_DTYPES"]
 
@@ -105,6 +105,7 @@ class JaggedArray:
 
     __slots__ = ("_values", "_offsets", "_max_length", "_cache", "__weakref__")
 
+    @on_array_device
     def __init__(self, values, offsets=None, lengths=None, *, max_length=None, validate=True):
         if isinstance(values, (list, tuple)) or not hasattr(values, "dtype"):
             raise TypeError(f"values must be a NumPy or CuPy array, got {type(values).__name__}"
@@ -170,6 +171,7 @@ class JaggedArray:
         return self._offsets
 
     @property
+    @on_array_device
     def lengths(self):
         """Row lengths ``[B]``, same dtype as ``offsets``."""
         return self._offsets[1:] - self._offsets[:-1]
@@ -367,6 +369,7 @@ class JaggedArray:
             self._cache[key] = _layout().positions(self, dtype)
         return self._cache[key]
 
+    @on_array_device
     def cu_seqlens(self, dtype=np.int32):
         """The offsets as ``dtype`` (int32 by default), the ``cu_seqlens`` of flash-attention
         style APIs. ``ValueError`` when the total does not fit int32."""
@@ -393,6 +396,7 @@ class JaggedArray:
             self._cache["host_offsets"] = h
         return h
 
+    @on_array_device
     def __getitem__(self, key):
         """``x[i]`` -> row ``i`` (an array view); ``x[a:b]`` -> JaggedArray (values zero-copy);
         ``x[int_array]`` / ``x[bool_mask]`` -> JaggedArray (gather); ``x[rows, a:b:c]`` -> per-row

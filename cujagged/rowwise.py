@@ -27,7 +27,7 @@ import operator
 
 import numpy as np
 
-from ._backend import bfloat16, cupy, is_gpu_array
+from ._backend import bfloat16, cupy, is_gpu_array, on_array_device
 from ._kernels import KernelFamily
 from .cpu import rowwise as _cpu
 
@@ -494,6 +494,7 @@ def _reduce_common(x, axis, dim, max_length):
     return _trunc(max_length)
 
 
+@on_array_device
 def sum(x, axis=1, *, dim=None, max_length=None):  # noqa: A001
     """Sum of each row: ``[B, *inner]``. Floats keep their dtype (fp32 accumulation on the GPU),
     integers/bool give int64 (uint64 for unsigned). Empty rows give 0."""
@@ -508,6 +509,7 @@ def sum(x, axis=1, *, dim=None, max_length=None):  # noqa: A001
     return _shape_out(x, out.astype(x.dtype if _is_float(x.dtype) else acc))
 
 
+@on_array_device
 def mean(x, axis=1, *, dim=None, max_length=None):
     """Mean of each row: ``[B, *inner]`` (float64 for integer values). Empty rows give nan."""
     trunc = _reduce_common(x, axis, dim, max_length)
@@ -523,6 +525,7 @@ def mean(x, axis=1, *, dim=None, max_length=None):
     return _shape_out(x, out.astype(_float_out(x.dtype)))
 
 
+@on_array_device
 def prod(x, axis=1, *, dim=None, max_length=None):
     """Product of each row: ``[B, *inner]`` (int64 for integers). Empty rows give 1."""
     trunc = _reduce_common(x, axis, dim, max_length)
@@ -565,6 +568,7 @@ def _extremum(x, is_min, want_index, initial, trunc):
     return _shape_out(x, outv.astype(x.dtype, copy=False))
 
 
+@on_array_device
 def max(x, axis=1, *, dim=None, initial=None, max_length=None):  # noqa: A001
     """Maximum of each row: ``[B, *inner]``. Empty rows give -inf (integers: the dtype's min)
     or ``initial`` (which, as in NumPy, also takes part in every row). NaN propagates."""
@@ -574,6 +578,7 @@ def max(x, axis=1, *, dim=None, initial=None, max_length=None):  # noqa: A001
     return _extremum(x, False, False, initial, trunc)
 
 
+@on_array_device
 def min(x, axis=1, *, dim=None, initial=None, max_length=None):  # noqa: A001
     """Minimum of each row: ``[B, *inner]``. Empty rows give +inf (integers: the dtype's max)
     or ``initial``. NaN propagates."""
@@ -583,6 +588,7 @@ def min(x, axis=1, *, dim=None, initial=None, max_length=None):  # noqa: A001
     return _extremum(x, True, False, initial, trunc)
 
 
+@on_array_device
 def argmax(x, axis=1, *, dim=None, max_length=None):
     """Position within the row of each row's maximum (first one; first NaN if any): int64
     ``[B, *inner]``; empty rows give -1."""
@@ -592,6 +598,7 @@ def argmax(x, axis=1, *, dim=None, max_length=None):
     return _extremum(x, False, True, None, trunc)
 
 
+@on_array_device
 def argmin(x, axis=1, *, dim=None, max_length=None):
     """Position within the row of each row's minimum (first one): int64 ``[B, *inner]``; -1 for
     empty rows."""
@@ -601,6 +608,7 @@ def argmin(x, axis=1, *, dim=None, max_length=None):
     return _extremum(x, True, True, None, trunc)
 
 
+@on_array_device
 def logsumexp(x, axis=1, *, dim=None, max_length=None):
     """``log(sum(exp(row)))`` per column, stable for large values: ``[B, *inner]``. Empty or
     all -inf rows give -inf."""
@@ -625,6 +633,7 @@ def _anyall(x, is_all, trunc):
     return _shape_out(x, (out == 0) if is_all else (out > 0))
 
 
+@on_array_device
 def any(x, axis=1, *, dim=None, max_length=None):  # noqa: A001
     """True where some item of the row is non-zero: bool ``[B, *inner]``; empty rows False."""
     trunc = _reduce_common(x, axis, dim, max_length)
@@ -633,6 +642,7 @@ def any(x, axis=1, *, dim=None, max_length=None):  # noqa: A001
     return _anyall(x, False, trunc)
 
 
+@on_array_device
 def all(x, axis=1, *, dim=None, max_length=None):  # noqa: A001
     """True where every item of the row is non-zero: bool ``[B, *inner]``; empty rows True."""
     trunc = _reduce_common(x, axis, dim, max_length)
@@ -680,6 +690,7 @@ def _float_jagged(x, name="x"):
         raise TypeError(f"{name} must have a floating dtype for a gradient, got {x.dtype}")
 
 
+@on_array_device
 def sum_backward(grad, x, *, max_length=None):
     """Gradient of :func:`sum`: ``grad [B, *inner]`` broadcast over each row -> JaggedArray like
     ``x`` (0 past ``max_length``)."""
@@ -694,6 +705,7 @@ def sum_backward(grad, x, *, max_length=None):
     return _jagged_like(x, _cpu_bcast(x, g, trunc).astype(x.dtype))
 
 
+@on_array_device
 def mean_backward(grad, x, *, max_length=None):
     """Gradient of :func:`mean`: ``grad / len(row)`` over each row -> JaggedArray like ``x``."""
     _float_jagged(x)
@@ -722,17 +734,20 @@ def _extremum_backward(grad, x, indices, max_length, is_min):
     return _jagged_like(x, _cpu_bcast(x, g, trunc, select=ix).astype(x.dtype))
 
 
+@on_array_device
 def max_backward(grad, x, *, indices=None, max_length=None):
     """Gradient of :func:`max`: ``grad`` goes to the first maximum of each row (``indices``, the
     :func:`argmax`, is recomputed when not given); JaggedArray like ``x``."""
     return _extremum_backward(grad, x, indices, max_length, False)
 
 
+@on_array_device
 def min_backward(grad, x, *, indices=None, max_length=None):
     """Gradient of :func:`min` (to the first minimum of each row); JaggedArray like ``x``."""
     return _extremum_backward(grad, x, indices, max_length, True)
 
 
+@on_array_device
 def logsumexp_backward(grad, x, result=None, *, max_length=None):
     """Gradient of :func:`logsumexp`: ``grad * exp(x - result)`` per row (``result``, the
     forward output ``[B, *inner]``, is recomputed when not given). Rows whose result is -inf
@@ -766,12 +781,14 @@ def _softmax(x, axis, dim, max_length, log):
     return _jagged_like(x, out.astype(x.dtype))
 
 
+@on_array_device
 def softmax(x, axis=1, *, dim=None, max_length=None):
     """Softmax over each row, per column of ``inner``: JaggedArray like ``x``. Stable for large
     values; items past ``max_length`` and rows of all -inf give 0 (never NaN)."""
     return _softmax(x, axis, dim, max_length, False)
 
 
+@on_array_device
 def log_softmax(x, axis=1, *, dim=None, max_length=None):
     """Log-softmax over each row, per column: JaggedArray like ``x``; 0 past ``max_length`` and
     for rows of all -inf."""
@@ -796,12 +813,14 @@ def _softmax_backward(grad, out, max_length, log):
     return _jagged_like(out, res.astype(out.dtype))
 
 
+@on_array_device
 def softmax_backward(grad, out, *, max_length=None):
     """Gradient of :func:`softmax` from the gradient ``grad`` of its output and the output
     ``out`` itself: ``out * (grad - sum(grad * out))`` per row; 0 past ``max_length``."""
     return _softmax_backward(grad, out, max_length, False)
 
 
+@on_array_device
 def log_softmax_backward(grad, out, *, max_length=None):
     """Gradient of :func:`log_softmax` from ``grad`` and its output ``out``:
     ``grad - exp(out) * sum(grad)`` per row; 0 past ``max_length``."""
@@ -809,6 +828,7 @@ def log_softmax_backward(grad, out, *, max_length=None):
 
 
 # ---- cumsum --------------------------------------------------------------------------------
+@on_array_device
 def cumsum(x, axis=1, *, dim=None, exclusive=False, reverse=False):
     """Cumulative sum along each row, per column: JaggedArray like ``x`` (floats keep their
     dtype with fp32 accumulation on the GPU; integers give int64). ``exclusive``: item i gets
@@ -826,6 +846,7 @@ def cumsum(x, axis=1, *, dim=None, exclusive=False, reverse=False):
     return _jagged_like(x, out.astype(x.dtype if _is_float(x.dtype) else acc))
 
 
+@on_array_device
 def cumsum_backward(grad, *, exclusive=False, reverse=False):
     """Gradient of :func:`cumsum` from the gradient of its output (a JaggedArray): the same
     scan run the other way."""
@@ -896,6 +917,7 @@ def _perm_to_pos(x, perm):
     return pos[src].reshape(C, T).T
 
 
+@on_array_device
 def argsort(x, axis=1, *, dim=None, descending=False):
     """Stable argsort within each row, per column: JaggedArray (int64 positions within the row)
     like ``x``. NaN sorts last."""
@@ -907,6 +929,7 @@ def argsort(x, axis=1, *, dim=None, descending=False):
     return _jagged_like(x, xp.ascontiguousarray(pos))
 
 
+@on_array_device
 def sort(x, axis=1, *, dim=None, descending=False):
     """Stable sort within each row, per column: JaggedArray like ``x``. NaN sorts last."""
     _check_numeric(x)
@@ -918,6 +941,7 @@ def sort(x, axis=1, *, dim=None, descending=False):
     return _jagged_like(x, xp.ascontiguousarray(out))
 
 
+@on_array_device
 def topk(x, k, axis=1, *, dim=None, largest=True):
     """The ``k`` largest (``largest=False``: smallest) items of each row, per column, in order
     (stable): ``(values, indices)`` JaggedArrays with ``min(len(row), k)`` items per row;
@@ -988,6 +1012,7 @@ def _classify(a, x, name):
         f"array [B, max_len >= {x.max_length}, *inner]")
 
 
+@on_array_device
 def elementwise(ufunc, *inputs, **kwargs):
     """Apply a NumPy ufunc to JaggedArrays of equal structure, scalars, per-row arrays
     ``[B, *inner]`` (broadcast over each row) and padded dense arrays ``[B, max_len, *inner]``
@@ -1034,6 +1059,7 @@ def elementwise(ufunc, *inputs, **kwargs):
     return x._with_values(res)
 
 
+@on_array_device
 def jagged_dense_elementwise_add(x, dense):
     """FBGEMM's ``jagged_dense_elementwise_add``: ``x + dense`` where ``dense`` is padded
     ``[B, max_len >= x.max_length, *inner]`` (item j of row b meets ``dense[b, j]``) or per-row
@@ -1042,6 +1068,7 @@ def jagged_dense_elementwise_add(x, dense):
     return elementwise(np.add, x, dense)
 
 
+@on_array_device
 def jagged_dense_elementwise_mul(x, dense):
     """FBGEMM's ``jagged_dense_elementwise_mul``: ``x * dense`` (see
     :func:`jagged_dense_elementwise_add`)."""
@@ -1049,6 +1076,7 @@ def jagged_dense_elementwise_mul(x, dense):
     return elementwise(np.multiply, x, dense)
 
 
+@on_array_device
 def array_ufunc(x, ufunc, method, *inputs, **kwargs):
     """``JaggedArray.__array_ufunc__``: ``method == "__call__"`` through :func:`elementwise`."""
     if method != "__call__":
