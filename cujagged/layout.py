@@ -18,7 +18,7 @@ import operator
 
 import numpy as np
 
-from ._backend import bfloat16, device_of, is_gpu_array, xp_of
+from ._backend import bfloat16, device_of, is_gpu_array, on_array_device, xp_of
 from ._kernels import KernelFamily
 from .cpu import layout as _cpu
 
@@ -120,6 +120,7 @@ def _host_ints(*scalars):
     return tuple(int(v) for v in (s.get() if is_gpu_array(s) else s))
 
 
+@on_array_device
 def offsets_from_lengths(lengths, dtype=np.int64):
     """``offsets [B+1]`` (``offsets[0] = 0``, then the running sum) from ``lengths [B]``."""
     xp = xp_of(lengths)
@@ -157,20 +158,18 @@ def _gather(src, src_lead: int, out, out_offsets, total: int, row_base, row_stri
         mean_vecs = total * row_vecs // nrows
         chunk = min(threads * per_thread, max(threads, 1 << max(mean_vecs - 1, 0).bit_length()))
         kern = _FAM.get(f"gather_segments<{vname}, {_OFF_C[out_offsets.dtype]}>")
-        with out.device:
-            kern((_launch_grid(-(-total * row_vecs // chunk)),), (threads,),
-                 (src, out, out_offsets, np.int64(nrows), np.int64(total),
-                  row_base if row_base is not None else np.uint64(0), np.int64(row_stride),
-                  np.int64(row_vecs), np.int32(chunk)))
+        kern((_launch_grid(-(-total * row_vecs // chunk)),), (threads,),
+             (src, out, out_offsets, np.int64(nrows), np.int64(total),
+              row_base if row_base is not None else np.uint64(0), np.int64(row_stride),
+              np.int64(row_vecs), np.int32(chunk)))
         return out
     items = max(1, min(_GATHER_MAX_ITEMS, (_THREADS * 8) // row_vecs))
     ntiles = -(-total // items)
     kern = _FAM.get(f"gather_rows<{vname}, {_OFF_C[out_offsets.dtype]}>")
-    with out.device:
-        kern((_launch_grid(ntiles),), (_THREADS,),
-             (src, out, out_offsets, np.int64(nrows), np.int64(total),
-              row_base if row_base is not None else np.uint64(0),
-              np.int64(row_stride), np.int64(item_step), np.int64(row_vecs), np.int32(items)))
+    kern((_launch_grid(ntiles),), (_THREADS,),
+         (src, out, out_offsets, np.int64(nrows), np.int64(total),
+          row_base if row_base is not None else np.uint64(0),
+          np.int64(row_stride), np.int64(item_step), np.int64(row_vecs), np.int32(items)))
     return out
 
 
@@ -197,6 +196,7 @@ def _check_jagged(x, name: str = "x"):
                         "JaggedArray(values, offsets) or JaggedArray.from_padded)")
 
 
+@on_array_device
 def to_padded(x, max_length=None, padding_value=0, *, return_mask=False):
     """Dense ``[B, max_length, *inner]`` copy of jagged ``x``.
 
@@ -232,10 +232,9 @@ def to_padded(x, max_length=None, padding_value=0, *, return_mask=False):
             chunk = threads * per_thread
             chunks_per_row = -(-row_total // chunk)
             kern = _FAM.get(f"to_padded<{vname}, {_OFF_C[offsets.dtype]}>")
-            with values.device:
-                kern((_launch_grid(nrows * chunks_per_row),), (threads,),
-                     (values, offsets, out, np.int64(nrows), np.int64(max_length),
-                      np.int64(row_vecs), np.int32(chunk), np.int64(chunks_per_row), *pad))
+            kern((_launch_grid(nrows * chunks_per_row),), (threads,),
+                 (values, offsets, out, np.int64(nrows), np.int64(max_length),
+                  np.int64(row_vecs), np.int32(chunk), np.int64(chunks_per_row), *pad))
     if not return_mask:
         return out
     lengths = x.lengths
@@ -244,6 +243,7 @@ def to_padded(x, max_length=None, padding_value=0, *, return_mask=False):
 
 
 # ---- padded -> jagged ---------------------------------------------------------------------------
+@on_array_device
 def from_padded(dense, lengths=None, *, offsets=None, mask=None, total_length=None,
                 max_length=None):
     """JaggedArray from dense ``[B, N, *inner]``.
@@ -331,6 +331,7 @@ def from_padded(dense, lengths=None, *, offsets=None, mask=None, total_length=No
 
 
 # ---- gathers of rows ----------------------------------------------------------------------------
+@on_array_device
 def index_select(x, idx):
     """Rows ``idx`` of ``x`` (an int array, negatives count from the end, repeats allowed; or a
     bool mask ``[B]``) as a new JaggedArray: ``index_select(x, idx)[i] == x[idx[i]]``.
@@ -408,6 +409,7 @@ def _slice_bounds(lengths, s: slice, xp):
     return start, n.astype(np.int64), step
 
 
+@on_array_device
 def slice_rows(x, s: slice):
     """``x[:, s]``: Python slice ``s`` (any start/stop/step, negatives and None included) applied
     within every row. One device->host sync (the output size)."""
@@ -442,18 +444,19 @@ def _ids(x, dtype, which: str):
     items = _THREADS * 4
     kern = _FAM.get(f"row_ids<{_OFF_C[dtype]}>")
     null = np.uint64(0)
-    with out.device:
-        kern((_launch_grid(-(-total // items)),), (_THREADS,),
-             (off, np.int64(x.nrows), np.int64(total), out if which == "row ids" else null,
-              out if which != "row ids" else null, np.int32(items)))
+    kern((_launch_grid(-(-total // items)),), (_THREADS,),
+         (off, np.int64(x.nrows), np.int64(total), out if which == "row ids" else null,
+          out if which != "row ids" else null, np.int32(items)))
     return out
 
 
+@on_array_device
 def row_ids(x, dtype=None):
     """``[T]``: the row of every item (int32 when the offsets are int32, else int64)."""
     return _ids(x, dtype, "row ids")
 
 
+@on_array_device
 def positions(x, dtype=None):
     """``[T]``: the position of every item within its row (``t - offsets[row]``)."""
     return _ids(x, dtype, "positions")

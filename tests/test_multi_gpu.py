@@ -8,6 +8,7 @@ import pytest
 
 import cujagged
 from cujagged import JaggedArray, bfloat16
+from cujagged import layout as L
 from cujagged import rowwise as R
 
 OPS = {
@@ -23,6 +24,9 @@ OPS = {
     "to_padded": lambda x, a: x.to_padded(),
     "from_padded": lambda x, a: JaggedArray.from_padded(x.to_padded(), lengths=x.lengths).values,
     "index_select": lambda x, a: x[a["idx"]].values,
+    "slice_rows": lambda x, a: x[:, 1:5].values,
+    "row_ids": lambda x, a: L.row_ids(x),
+    "positions": lambda x, a: L.positions(x),
     "construct": lambda x, a: JaggedArray(x.values, x.offsets).values,
     "attention": lambda x, a: cujagged.jagged_flash_attention(*a["qkv"]).values,
 }
