@@ -104,6 +104,11 @@ class Kernel:
                                       ctypes.addressof(ptrs), 0)
 
 
+def pow2_at_least(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for ``n <= 1``): block and tile sizes."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
 @functools.cache
 def source_dir() -> Path:
     """The ``cuda_src`` folder: inside the installed package, or beside it in a checkout."""

@@ -19,7 +19,7 @@ import operator
 import numpy as np
 
 from ._backend import bfloat16, device_of, is_gpu_array, on_array_device, xp_of
-from ._kernels import KernelFamily
+from ._kernels import KernelFamily, pow2_at_least
 from .cpu import layout as _cpu
 
 __all__ = [
@@ -156,7 +156,7 @@ def _gather(src, src_lead: int, out, out_offsets, total: int, row_base, row_stri
     if segments and item_step == 1:
         threads, per_thread = _GS_CFG
         mean_vecs = total * row_vecs // nrows
-        chunk = min(threads * per_thread, max(threads, 1 << max(mean_vecs - 1, 0).bit_length()))
+        chunk = min(threads * per_thread, max(threads, pow2_at_least(mean_vecs)))
         kern = _FAM.get(f"gather_segments<{vname}, {_OFF_C[out_offsets.dtype]}>")
         kern((_launch_grid(-(-total * row_vecs // chunk)),), (threads,),
              (src, out, out_offsets, np.int64(nrows), np.int64(total),

@@ -28,7 +28,7 @@ import operator
 import numpy as np
 
 from ._backend import bfloat16, cupy, is_gpu_array, on_array_device
-from ._kernels import KernelFamily
+from ._kernels import KernelFamily, pow2_at_least
 from .cpu import rowwise as _cpu
 
 __all__ = [
@@ -225,10 +225,6 @@ def _sm_count(dev: int) -> int:
     return int(cupy.cuda.Device(dev).attributes["MultiProcessorCount"])
 
 
-def _pow2_at_least(n: int) -> int:
-    return 1 << _builtin_max(int(n) - 1, 0).bit_length()
-
-
 def _geom(C: int, dtype, *arrays):
     """(V, CT, column tiles): V columns per thread (16-byte vectors when C and the pointers
     allow), CT column threads per block (power of two), tiles over the columns (grid y)."""
@@ -236,7 +232,7 @@ def _geom(C: int, dtype, *arrays):
     ok = C % vec == 0 and _builtin_all(a.data.ptr % 16 == 0 for a in arrays if a is not None)
     V = vec if ok else 1
     cv = C // V
-    CT = _builtin_min(_BLOCK, _pow2_at_least(cv))
+    CT = _builtin_min(_BLOCK, pow2_at_least(cv))
     return V, CT, -(-cv // CT)
 
 
@@ -303,7 +299,7 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     else:
         # enough lanes per row that a lane has about one batch of loads (lane_items) to do
         li = S["lane_items"]
-        LPR = _builtin_max(1, _builtin_min(R, _pow2_at_least(-(-_builtin_min(mean, chunk) // li))))
+        LPR = _builtin_max(1, _builtin_min(R, pow2_at_least(-(-_builtin_min(mean, chunk) // li))))
     blocks = -(-nunits // (R // LPR))
     off = _off64(x)
     lens = off[1:] - off[:-1]
