@@ -57,6 +57,22 @@ to_padded(const Vec* __restrict__ src, const Off* __restrict__ offsets, Vec* __r
   }
 }
 
+// The rows [lo, hi) that items [t0, t0 + m) span (m >= 1): the first warp finds the rows of the
+// first and last item (32-way searches), the block reads them from s_rows after one barrier.
+template <typename Off>
+__device__ __forceinline__ void tile_rows(const Off* __restrict__ offsets, int64_t nrows,
+                                          int64_t t0, int m, int64_t* s_rows, int64_t& lo,
+                                          int64_t& hi) {
+  if (threadIdx.x < 32) {
+    const int64_t r0 = find_row_warp(offsets, nrows, t0);
+    const int64_t r1 = find_row_warp(offsets, nrows, t0 + m - 1);
+    if (threadIdx.x == 0) s_rows[0] = r0, s_rows[1] = r1;
+  }
+  __syncthreads();
+  lo = s_rows[0];
+  hi = s_rows[1] + 1;
+}
+
 // ---- gather rows (jagged output) ----------------------------------------------------------------
 // Output item t of row b (out_offsets[b] <= t < out_offsets[b+1]) is source item
 //   (row_base ? row_base[b] : 0) + b * row_stride + (t - out_offsets[b]) * item_step.
@@ -78,13 +94,8 @@ gather_rows(const Vec* __restrict__ src, Vec* __restrict__ out, const Off* __res
   for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
     const int64_t t0 = tile * items;
     const int m = (int)min((int64_t)items, total_items - t0);
-    if (threadIdx.x < 32) {  // the first warp finds the rows of the tile's first and last item
-      const int64_t r0 = find_row_warp(out_offsets, nrows, t0);
-      const int64_t r1 = find_row_warp(out_offsets, nrows, t0 + m - 1);
-      if (threadIdx.x == 0) s_rows[0] = r0, s_rows[1] = r1;
-    }
-    __syncthreads();
-    const int64_t lo = s_rows[0], hi = s_rows[1] + 1;
+    int64_t lo, hi;
+    tile_rows(out_offsets, nrows, t0, m, s_rows, lo, hi);
     for (int i = threadIdx.x; i < m; i += nt) {
       const int64_t t = t0 + i;
       const int64_t b = find_row_in(out_offsets, lo, hi, t);
@@ -170,13 +181,8 @@ row_ids(const Off* __restrict__ offsets, int64_t nrows, int64_t total_items, Off
   for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
     const int64_t t0 = tile * items;
     const int m = (int)min((int64_t)items, total_items - t0);
-    if (threadIdx.x < 32) {  // the first warp finds the rows of the tile's first and last item
-      const int64_t r0 = find_row_warp(offsets, nrows, t0);
-      const int64_t r1 = find_row_warp(offsets, nrows, t0 + m - 1);
-      if (threadIdx.x == 0) s_rows[0] = r0, s_rows[1] = r1;
-    }
-    __syncthreads();
-    const int64_t lo = s_rows[0], hi = s_rows[1] + 1;
+    int64_t lo, hi;
+    tile_rows(offsets, nrows, t0, m, s_rows, lo, hi);
     for (int i = threadIdx.x; i < m; i += nt) {
       const int64_t t = t0 + i;
       const int64_t b = find_row_in(offsets, lo, hi, t);
