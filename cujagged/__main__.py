@@ -315,6 +315,9 @@ def _parse(argv):
     p.add_argument("--strict", action="store_true",
                    help="exit 1 if an op that exists fails or disagrees with the padded way")
     a = p.parse_args(argv)
+    for name in ("batch", "max_len"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
     if a.dim <= 0 or a.heads <= 0 or a.dim % a.heads:
         p.error(f"--dim ({a.dim}) must be a positive multiple of --heads ({a.heads})")
     if not 0 < a.fill <= 1:
@@ -333,8 +336,8 @@ def main(argv=None) -> int:
     else:
         why = "--cpu given" if args.cpu else "no CUDA GPU visible to CuPy"
         print(f"cujagged {cujagged.__version__} demo on the CPU: NumPy + Numba backend ({why})")
-    B = args.batch or (1024 if gpu else 256)
-    L = args.max_len or (1024 if gpu else 256)
+    B = args.batch if args.batch is not None else (1024 if gpu else 256)
+    L = args.max_len if args.max_len is not None else (1024 if gpu else 256)
     D, H = args.dim, args.heads
     dtype = np.dtype(bfloat16 if args.dtype in (None, "bfloat16") else args.dtype)
     notes = []

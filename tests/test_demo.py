@@ -45,3 +45,6 @@ def test_demo_cpu_small_prints_table_and_agrees():
 def test_demo_rejects_bad_arguments():
     r = _run("--cpu", "--dim", "10", "--heads", "3")
     assert r.returncode == 2 and "--heads" in r.stderr
+    for flag in ("--batch", "--max-len"):  # 0 is not "the default"
+        r = _run("--cpu", flag, "0")
+        assert r.returncode == 2 and flag in r.stderr, r.stderr

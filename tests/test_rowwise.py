@@ -209,14 +209,28 @@ def test_cpu_softmax_matches_numpy(log, case, big):
     assert_close(o, ref_softmax(x, trunc, log), x.dtype)
 
 
-def test_softmax_all_neg_inf_row_gives_zeros():
-    v = np.array([-np.inf, -np.inf, 1.0, 2.0, 1e30], np.float32)
-    x = JaggedArray(v, [0, 2, 5])
+def _check_all_neg_inf_row(x):
+    def host(a):  # NumPy or CuPy values as float64 NumPy
+        return (a.get() if hasattr(a, "get") else np.asarray(a)).astype(np.float64)
+
     for f in (R.softmax, R.log_softmax):
-        out = f(x).values
+        out = host(f(x).values)
         assert not np.isnan(out).any()
         assert out[0] == 0 and out[1] == 0
-    np.testing.assert_allclose(R.softmax(x).values[2:], [0, 0, 1], atol=1e-7)
+    np.testing.assert_allclose(host(R.softmax(x).values)[2:], [0, 0, 1], atol=1e-7)
+
+
+def test_softmax_all_neg_inf_row_gives_zeros():
+    v = np.array([-np.inf, -np.inf, 1.0, 2.0, 1e30], np.float32)
+    _check_all_neg_inf_row(JaggedArray(v, [0, 2, 5]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), bfloat16, np.dtype(np.float16)])
+def test_gpu_softmax_all_neg_inf_row_gives_zeros(dtype):
+    big = 1e30 if dtype != np.float16 else 6e4
+    v = np.array([-np.inf, -np.inf, 1.0, 2.0, big], np.float32).astype(dtype)
+    _check_all_neg_inf_row(_gpu(JaggedArray(v, [0, 2, 5])))
 
 
 @given(case=cases(dtypes=[*FLOAT_DTYPES, np.dtype(np.int32)]), exclusive=st.booleans(),
