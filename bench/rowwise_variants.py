@@ -16,7 +16,8 @@ import numpy as np
 from bench.bench_rowwise import _inputs
 from bench.harness import copy_entry, gpu_time_ms, rotate, time_ms
 
-OPS = ("sum", "max", "argmax", "logsumexp", "softmax", "cumsum")
+OPS = ("sum", "max", "argmax", "logsumexp", "softmax", "cumsum", "softmax_backward")
+MOVED = {"softmax": 2, "cumsum": 2, "softmax_backward": 3}  # bytes moved / bytes of x
 
 
 def main(argv: list[str]) -> None:
@@ -44,11 +45,12 @@ def main(argv: list[str]) -> None:
             for x in sets:
                 x._cache.clear()
             for op in OPS:
-                fn = getattr(R, op)
+                fn = (lambda x, f=R.softmax_backward: f(x, x)) if op == "softmax_backward" \
+                    else getattr(R, op)
                 it = rotate(sets)
                 ms = time_ms(lambda fn=fn, it=it: fn(next(it)), reps=30)
                 dev = gpu_time_ms(lambda fn=fn, it=it: fn(next(it)))[0]
-                moved = nbytes * (2 if op in ("softmax", "cumsum") else 1)
+                moved = nbytes * MOVED.get(op, 1)
                 pct = 100 * moved / (dev * 1e-3) / 1e9 / copy["gbps"]
                 row = {"dtype": str(np.dtype(dt)), "opts": list(opts), "op": op,
                        "ms": round(ms, 5), "gpu_ms": round(dev, 5), "pct_copy_gpu": round(pct, 1)}

@@ -64,6 +64,34 @@ __device__ __forceinline__ void storev(T* __restrict__ p, const float (&f)[V]) {
   for (int j = 0; j < V; ++j) w.v[j] = from_float<T>(f[j]);
   *reinterpret_cast<VecT<T, V>*>(p) = w;
 }
+// The same with the evict-first ("streaming", .cs) cache hint: data used once more at most. The
+// fused softmax reads a row, then reads it again to write the result: streaming the second read
+// and the output keeps the rows still waiting for their second read in L2 (without the hints
+// ncu measured 355 MB of DRAM traffic for a 268 MB fp32 softmax on the H200).
+#ifndef CJ_STREAM
+#define CJ_STREAM 1
+#endif
+template <typename T, int V>
+__device__ __forceinline__ VecT<T, V> ldv_last(const T* __restrict__ p) {
+  if constexpr (CJ_STREAM && sizeof(VecT<T, V>) == 16) {
+    VecT<T, V> w;
+    *reinterpret_cast<int4*>(&w) = __ldcs(reinterpret_cast<const int4*>(p));
+    return w;
+  } else {
+    return ldv<T, V>(p);
+  }
+}
+template <typename T, int V>
+__device__ __forceinline__ void storev_stream(T* __restrict__ p, const float (&f)[V]) {
+  if constexpr (CJ_STREAM && sizeof(VecT<T, V>) == 16) {
+    VecT<T, V> w;
+#pragma unroll
+    for (int j = 0; j < V; ++j) w.v[j] = from_float<T>(f[j]);
+    __stcs(reinterpret_cast<int4*>(p), *reinterpret_cast<const int4*>(&w));
+  } else {
+    storev<T, V>(p, f);
+  }
+}
 
 __device__ __forceinline__ bool isnanf_(float x) { return x != x; }
 __device__ __forceinline__ float nanf_() { return __int_as_float(0x7fc00000); }
@@ -315,8 +343,8 @@ __device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* _
 #pragma unroll
     for (int u = 0; u < UW; ++u) {
       if (u < nr) {
-        x[u] = ldv<T, V>(pa + u * step);
-        if (br) y[u] = ldv<T, V>(pb + u * step);
+        x[u] = ldv_last<T, V>(pa + u * step);
+        if (br) y[u] = ldv_last<T, V>(pb + u * step);
       }
     }
 #pragma unroll
@@ -328,7 +356,7 @@ __device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* _
           o[j] = (u < nr) ? apply(FM, to_float(x[u].v[j]), br ? to_float(y[u].v[j]) : 0.f, 0.f,
                                   q[j], 0, un.len, trunc, 0)
                           : 0.f;
-        storev<T, V>(po + u * step, o);
+        storev_stream<T, V>(po + u * step, o);
       }
     }
     pa += UW * step;
