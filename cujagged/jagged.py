@@ -297,6 +297,7 @@ class JaggedArray:
         return out.to(device if device is not None else ("cuda" if on_gpu else "cpu"))
 
     @classmethod
+    @on_array_device
     def from_row_ids(cls, values, row_ids, nrows=None, *, validate=True) -> JaggedArray:
         """From ``values [T, *inner]`` and the row of each item, ``row_ids [T]`` (sorted,
         non-decreasing: the items of a row are contiguous). ``nrows`` defaults to
@@ -517,6 +518,7 @@ class JaggedArray:
             out._cache["host_offsets"] = self._cache["host_offsets"]
         return out
 
+    @on_array_device
     def copy(self) -> JaggedArray:
         """A deep copy of the parts."""
         return JaggedArray._from_parts(self._values.copy(), self._offsets.copy(),

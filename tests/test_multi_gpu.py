@@ -28,6 +28,8 @@ OPS = {
     "row_ids": lambda x, a: L.row_ids(x),
     "positions": lambda x, a: L.positions(x),
     "construct": lambda x, a: JaggedArray(x.values, x.offsets).values,
+    "from_row_ids": lambda x, a: JaggedArray.from_row_ids(x.values, a["rid"]).offsets,
+    "copy": lambda x, a: x.copy().values,
     "attention": lambda x, a: cujagged.jagged_flash_attention(*a["qkv"]).values,
 }
 
@@ -48,7 +50,8 @@ def test_gpu_op_runs_on_the_arrays_device(op):
         qkv = [JaggedArray(cupy.asarray(rng.standard_normal((T, 2, 64)).astype(bfloat16)),
                            x.offsets) for _ in range(3)]
         aux = {"rows": cupy.asarray(rng.standard_normal((len(lens), 8)).astype(np.float32)),
-               "idx": cupy.asarray(np.array([4, 0, 2])), "qkv": qkv}
+               "idx": cupy.asarray(np.array([4, 0, 2])), "qkv": qkv,
+               "rid": cupy.asarray(np.repeat(np.arange(len(lens)), lens))}
         expected = cupy.asnumpy(OPS[op](x, aux))
     with cupy.cuda.Device(0):
         got = OPS[op](x, aux)
