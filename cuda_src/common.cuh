@@ -53,6 +53,47 @@ template <> __device__ __forceinline__ uint32_t pack2<f16_t>(float lo, float hi)
   return r;
 }
 
+// Elementwise max / min of two packed pairs of 16-bit floats (NaN if either is NaN), and the two
+// halves of a pair as floats (lo = the element at the lower address).
+template <typename T> __device__ __forceinline__ uint32_t max2_nan(uint32_t a, uint32_t b);
+template <typename T> __device__ __forceinline__ uint32_t min2_nan(uint32_t a, uint32_t b);
+template <> __device__ __forceinline__ uint32_t max2_nan<bf16_t>(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+template <> __device__ __forceinline__ uint32_t min2_nan<bf16_t>(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+template <> __device__ __forceinline__ uint32_t max2_nan<f16_t>(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+template <> __device__ __forceinline__ uint32_t min2_nan<f16_t>(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+template <typename T> __device__ __forceinline__ float lo_float(uint32_t w) {
+  T x;
+  x.bits = (uint16_t)(w & 0xffffu);
+  return to_float(x);
+}
+template <typename T> __device__ __forceinline__ float hi_float(uint32_t w) {
+  T x;
+  x.bits = (uint16_t)(w >> 16);
+  return to_float(x);
+}
+template <> __device__ __forceinline__ float lo_float<bf16_t>(uint32_t w) {
+  return __uint_as_float(w << 16);
+}
+template <> __device__ __forceinline__ float hi_float<bf16_t>(uint32_t w) {
+  return __uint_as_float(w & 0xffff0000u);
+}
+
 // ---- jagged indexing ---------------------------------------------------------------------------
 // The last b in [lo, hi) with offsets[b] <= t, given offsets[lo] <= t < offsets[hi]: the row of
 // item t (empty rows are skipped), searched in the rows [lo, hi) known to hold it.
