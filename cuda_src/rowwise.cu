@@ -368,6 +368,46 @@ __device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* _
   }
 }
 
+// The first u < nv where each half of pair k of w[u] equals that half of m2 (float equality: -0
+// == +0), or is NaN when has_nan (m2 is then NaN in a half): ul, uh. Without NaN on sm_90 one
+// packed compare per pair (setp.eq.bf16x2 / f16x2) and two predicated moves.
+template <typename T> __device__ __forceinline__ void eq2_set(uint32_t x2, uint32_t m2, int u,
+                                                              int& ul, int& uh) {
+  if (lo_float<T>(x2) == lo_float<T>(m2)) ul = u;
+  if (hi_float<T>(x2) == hi_float<T>(m2)) uh = u;
+}
+#if __CUDA_ARCH__ >= 900
+#define CJ_EQ2_SET(TT, PTX)                                                                       \
+  template <> __device__ __forceinline__ void eq2_set<TT>(uint32_t x2, uint32_t m2, int u,     \
+                                                          int& ul, int& uh) {                   \
+    asm("{\n .reg .pred p, q;\n setp.eq." PTX " p|q, %2, %3;\n @p mov.b32 %0, %4;\n"          \
+        " @q mov.b32 %1, %4;\n}"                                                                \
+        : "+r"(ul), "+r"(uh)                                                                    \
+        : "r"(x2), "r"(m2), "r"(u));                                                            \
+  }
+CJ_EQ2_SET(bf16_t, "bf16x2")
+CJ_EQ2_SET(f16_t, "f16x2")
+#undef CJ_EQ2_SET
+#endif
+template <typename T, int V, int U>
+__device__ __forceinline__ void first_pos2(const VecT<T, V> (&w)[U], int k, uint32_t m2, int nv,
+                                           bool has_nan, int& ul, int& uh) {
+#pragma unroll
+  for (int u = U - 1; u >= 0; --u) {
+    if (u < nv) {
+      const uint32_t x2 = reinterpret_cast<const uint32_t*>(&w[u])[k];
+      if (!has_nan) {
+        eq2_set<T>(x2, m2, u, ul, uh);
+      } else {
+        const float xl = lo_float<T>(x2), xh = hi_float<T>(x2);
+        const float ml = lo_float<T>(m2), mh = hi_float<T>(m2);
+        if (xl == ml || (ml != ml && xl != xl)) ul = u;
+        if (xh == mh || (mh != mh && xh != xh)) uh = u;
+      }
+    }
+  }
+}
+
 // ---- reduction (optionally fused with an elementwise rewrite of the same row) -------------------
 // Fold items [start, end) of a unit (lane l of LPR, items l, l + LPR, ...) into s: every lane
 // issues U independent vector loads before using any. K_LSE folds a batch at a time: one max over
@@ -440,10 +480,28 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
           }
         }
 #pragma unroll
-        for (int k = 0; k < V / 2; ++k) {
-          m[2 * k] = neg ? -lo_float<T>(m2[k]) : lo_float<T>(m2[k]);
-          m[2 * k + 1] = neg ? -hi_float<T>(m2[k]) : hi_float<T>(m2[k]);
+        for (int k = 0; k < V / 2; ++k) {  // the state keeps -x for argmin (see st_final)
+          const float ml = neg ? -lo_float<T>(m2[k]) : lo_float<T>(m2[k]);
+          const float mh = neg ? -hi_float<T>(m2[k]) : hi_float<T>(m2[k]);
+          St& sl = s[2 * k];
+          St& sh = s[2 * k + 1];
+          const bool nl = ml != ml, nh = mh != mh;
+          const bool tl = (ml > sl.a) | (nl & (sl.a == sl.a)) | (sl.i == CJ_NOIDX);
+          const bool th = (mh > sh.a) | (nh & (sh.a == sh.a)) | (sh.i == CJ_NOIDX);
+          if (tl | th) {
+            int ul = 0, uh = 0;
+            first_pos2<T, V, U>(w, k, m2[k], nv, nl | nh, ul, uh);
+            if (tl) {
+              sl.a = ml;
+              sl.i = (int)i0 + ul * LPR;
+            }
+            if (th) {
+              sh.a = mh;
+              sh.i = (int)i0 + uh * LPR;
+            }
+          }
         }
+        continue;
       } else {
 #pragma unroll
         for (int j = 0; j < V; ++j) m[j] = -CJ_INF;
