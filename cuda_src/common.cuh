@@ -57,26 +57,17 @@ template <> __device__ __forceinline__ uint32_t pack2<f16_t>(float lo, float hi)
 // halves of a pair as floats (lo = the element at the lower address).
 template <typename T> __device__ __forceinline__ uint32_t max2_nan(uint32_t a, uint32_t b);
 template <typename T> __device__ __forceinline__ uint32_t min2_nan(uint32_t a, uint32_t b);
-template <> __device__ __forceinline__ uint32_t max2_nan<bf16_t>(uint32_t a, uint32_t b) {
-  uint32_t d;
-  asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-  return d;
-}
-template <> __device__ __forceinline__ uint32_t min2_nan<bf16_t>(uint32_t a, uint32_t b) {
-  uint32_t d;
-  asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-  return d;
-}
-template <> __device__ __forceinline__ uint32_t max2_nan<f16_t>(uint32_t a, uint32_t b) {
-  uint32_t d;
-  asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-  return d;
-}
-template <> __device__ __forceinline__ uint32_t min2_nan<f16_t>(uint32_t a, uint32_t b) {
-  uint32_t d;
-  asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-  return d;
-}
+#define CJ_PAIR_OP(NAME, TT, PTX)                                                                \
+  template <> __device__ __forceinline__ uint32_t NAME<TT>(uint32_t a, uint32_t b) {           \
+    uint32_t d;                                                                                 \
+    asm(PTX " %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));                                         \
+    return d;                                                                                   \
+  }
+CJ_PAIR_OP(max2_nan, bf16_t, "max.NaN.bf16x2")
+CJ_PAIR_OP(min2_nan, bf16_t, "min.NaN.bf16x2")
+CJ_PAIR_OP(max2_nan, f16_t, "max.NaN.f16x2")
+CJ_PAIR_OP(min2_nan, f16_t, "min.NaN.f16x2")
+#undef CJ_PAIR_OP
 template <typename T> __device__ __forceinline__ float lo_float(uint32_t w) {
   T x;
   x.bits = (uint16_t)(w & 0xffffu);
