@@ -5,7 +5,9 @@ length 8 (B=16384, max_len=32), mean 4000 (B=256, max_len=16000) and one row of 
 1023 rows of mean length 8 ("row1e6"). Bytes = inputs read once +
 outputs written once. Peers (same process, same inputs): ``torch.segment_reduce(..., lengths=)``
 for sum/max, NJT ``torch.softmax(njt, dim=1)``, and the padded round trip
-(``_jagged_to_padded_dense_forward`` -> softmax -> ``_padded_dense_to_jagged_forward``).
+(``_jagged_to_padded_dense_forward`` -> softmax -> ``_padded_dense_to_jagged_forward``). At the
+reference shape also dense torch kernels of the same bytes (a full sum, a fill, a copy): the
+bandwidth a plain kernel reaches at this size, fixed costs included.
 
 ``python -m bench.bench_rowwise [--quick] [--json PATH]``
 """
@@ -180,6 +182,15 @@ def _peers(label, sets, lens, B, max_len, D, dtype, params, T, isz, quick, out):
                         "error": f"{type(e).__name__}: {e}"[:300]})
 
     rv = B * D * isz
+    if label == "ref":
+        # what a dense kernel of the same bytes reaches at this size (launch, ramp and tail
+        # included, unlike the 1 GiB copy): a full sum (read only), a fill (write only), a copy
+        flat = [v.view(torch.float32) if v.dtype == torch.bfloat16 else v for v in tvals]
+        it_f = rotate(flat)
+        dst = torch.empty_like(tvals[0])
+        add("sum_fwd", "dense_sum_same_bytes", lambda v: next(it_f).sum(), tv)
+        add("sum_bwd", "dense_fill_same_bytes", lambda v: dst.fill_(1), tv)
+        add("softmax_fwd", "dense_copy_same_bytes", lambda v: dst.copy_(v), 2 * tv)
     add("sum_fwd", "segment_reduce",
         lambda v: torch.segment_reduce(v, "sum", lengths=tlens, axis=0, unsafe=True), tv + rv)
     add("max_fwd", "segment_reduce",

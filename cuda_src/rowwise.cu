@@ -33,6 +33,9 @@
 #ifndef CJ_PACKED_MAX
 #define CJ_PACKED_MAX 1  // argmax / argmin of 16-bit values: the batch max on packed pairs
 #endif
+#ifndef CJ_REV2
+#define CJ_REV2 0  // the fused rewrite pass walks its row from the end (A/B knob)
+#endif
 #ifndef CJ_UH
 #define CJ_UH 4  // the same for reductions with a larger state (index, exp sum) or a second input
 #endif
@@ -60,12 +63,23 @@ template <typename T, int V>
 __device__ __forceinline__ VecT<T, V> ldv(const T* __restrict__ p) {
   return *reinterpret_cast<const VecT<T, V>*>(p);
 }
+// V floats rounded to T: 16-bit types two at a time (one cvt.rn.bf16x2 / f16x2 per pair)
+template <typename T, int V>
+__device__ __forceinline__ VecT<T, V> to_vec(const float (&f)[V]) {
+  VecT<T, V> w;
+  if constexpr (sizeof(T) == 2 && V % 2 == 0) {
+#pragma unroll
+    for (int k = 0; k < V / 2; ++k)
+      reinterpret_cast<uint32_t*>(&w)[k] = pack2<T>(f[2 * k], f[2 * k + 1]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) w.v[j] = from_float<T>(f[j]);
+  }
+  return w;
+}
 template <typename T, int V>
 __device__ __forceinline__ void storev(T* __restrict__ p, const float (&f)[V]) {
-  VecT<T, V> w;
-#pragma unroll
-  for (int j = 0; j < V; ++j) w.v[j] = from_float<T>(f[j]);
-  *reinterpret_cast<VecT<T, V>*>(p) = w;
+  *reinterpret_cast<VecT<T, V>*>(p) = to_vec<T, V>(f);
 }
 // The same with the evict-first ("streaming", .cs) cache hint: data used once more at most. The
 // fused softmax reads a row, then reads it again to write the result: streaming the second read
@@ -87,9 +101,7 @@ __device__ __forceinline__ VecT<T, V> ldv_last(const T* __restrict__ p) {
 template <typename T, int V>
 __device__ __forceinline__ void storev_stream(T* __restrict__ p, const float (&f)[V]) {
   if constexpr (CJ_STREAM && sizeof(VecT<T, V>) == 16) {
-    VecT<T, V> w;
-#pragma unroll
-    for (int j = 0; j < V; ++j) w.v[j] = from_float<T>(f[j]);
+    const VecT<T, V> w = to_vec<T, V>(f);
     __stcs(reinterpret_cast<int4*>(p), *reinterpret_cast<const int4*>(&w));
   } else {
     storev<T, V>(p, f);
@@ -104,6 +116,10 @@ __device__ __forceinline__ float ex2_(float x) {
   return y;
 }
 __device__ __forceinline__ float fast_exp(float x) { return ex2_(x * CJ_LOG2E); }
+// exp(x - m) as one FFMA and one ex2 (m * log2(e) is loop-invariant where m is)
+__device__ __forceinline__ float exp_shift(float x, float m) {
+  return ex2_(fmaf(x, CJ_LOG2E, -m * CJ_LOG2E));
+}
 // max that propagates NaN (sm_80+)
 __device__ __forceinline__ float fmax_nan(float a, float b) {
   float d;
@@ -140,12 +156,12 @@ template <int K> __device__ __forceinline__ void st_push(St& s, float x, float y
     if (isnanf_(x) || isnanf_(s.a)) {
       s.a = nanf_();
     } else if (x > s.a) {
-      s.b = s.b * fast_exp(s.a - x) + 1.f;
+      s.b = s.b * exp_shift(s.a, x) + 1.f;
       s.a = x;
     } else if (x == s.a) {
       s.b += (x == -CJ_INF) ? 0.f : 1.f;
     } else {
-      s.b += fast_exp(x - s.a);
+      s.b += exp_shift(x, s.a);
     }
   }
 }
@@ -168,8 +184,8 @@ template <int K> __device__ __forceinline__ void st_merge(St& s, const St& t) {
     if (isnanf_(s.a) || isnanf_(t.a)) { s.a = nanf_(); return; }
     const float m = fmaxf(s.a, t.a);
     if (m == -CJ_INF) return;
-    const float bs = (s.a == m) ? s.b : s.b * fast_exp(s.a - m);
-    const float bt = (t.a == m) ? t.b : t.b * fast_exp(t.a - m);
+    const float bs = (s.a == m) ? s.b : s.b * exp_shift(s.a, m);
+    const float bt = (t.a == m) ? t.b : t.b * exp_shift(t.a, m);
     s.a = m;
     s.b = bs + bt;
   }
@@ -226,8 +242,8 @@ __device__ __forceinline__ float apply(int mode, float a, float b, float p, floa
     case E_BCAST: return p;
     case E_BCAST_MEAN: return p / (float)(n < trunc ? n : trunc);
     case E_SELECT: return pos == ix ? p : 0.f;
-    case E_LSE_BWD: return (q == -CJ_INF) ? 0.f : p * fast_exp(a - q);
-    case E_SOFTMAX: return (q == -CJ_INF) ? 0.f : fast_exp(a - q);
+    case E_LSE_BWD: return (q == -CJ_INF) ? 0.f : p * exp_shift(a, q);
+    case E_SOFTMAX: return (q == -CJ_INF) ? 0.f : exp_shift(a, q);
     case E_LOGSOFTMAX: return (q == -CJ_INF) ? 0.f : a - q;
     case E_SOFTMAX_BWD: return b * (a - q);
     case E_LOGSOFTMAX_BWD: return a - fast_exp(b) * q;
@@ -334,10 +350,15 @@ __device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* _
   const int64_t step = (int64_t)LPR * C;
   const int lg = __ffs(LPR) - 1;  // LPR is a power of two
   const int64_t nt = un.len < trunc ? un.len : trunc;  // items that are read
-  const T* pa = ar + l * C;
-  const T* pb = br ? br + l * C : br;
-  T* po = fout + un.rbeg * C + col + l * C;
-  for (int64_t i0 = l; i0 < un.len; i0 += (int64_t)UW * LPR) {
+  const int64_t G = (int64_t)UW * LPR, ng = (un.len + G - 1) / G;  // groups of UW items per lane
+  for (int64_t gi = 0; gi < ng; ++gi) {
+    // CJ_REV2: last group first, so the items read last by the reduction (most likely still in
+    // L2) are read again first
+    const int64_t i0 = (CJ_REV2 ? ng - 1 - gi : gi) * G + l;
+    if (i0 >= un.len) continue;
+    const T* pa = ar + i0 * C;
+    const T* pb = br ? br + i0 * C : br;
+    T* po = fout + (un.rbeg + i0) * C + col;
     // counts of this lane's next UW items below nt (read) and below len (written)
     const int64_t rr = nt - i0, rw = un.len - i0;
     const int nr = rr <= 0 ? 0 : ((rr < (int64_t)UW * LPR ? (int)rr : UW * LPR) + LPR - 1) >> lg;
@@ -362,9 +383,6 @@ __device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* _
         storev_stream<T, V>(po + u * step, o);
       }
     }
-    pa += UW * step;
-    if (br) pb += UW * step;
-    po += UW * step;
   }
 }
 
@@ -408,6 +426,40 @@ __device__ __forceinline__ void first_pos2(const VecT<T, V> (&w)[U], int k, uint
   }
 }
 
+// m[j] = the max of column j over items u < nv (1 <= nv <= U) of a batch, NaN if one is NaN;
+// 16-bit values two columns per instruction on the raw pairs (max.NaN.bf16x2 / f16x2).
+template <typename T, int V, int U>
+__device__ __forceinline__ void batch_max(const VecT<T, V> (&w)[U], int nv, float (&m)[V]) {
+  if constexpr (CJ_PACKED_MAX && sizeof(T) == 2 && V % 2 == 0) {
+    uint32_t m2[V / 2];
+#pragma unroll
+    for (int k = 0; k < V / 2; ++k) m2[k] = reinterpret_cast<const uint32_t*>(&w[0])[k];
+#pragma unroll
+    for (int u = 1; u < U; ++u) {
+      if (u < nv) {
+#pragma unroll
+        for (int k = 0; k < V / 2; ++k)
+          m2[k] = max2_nan<T>(m2[k], reinterpret_cast<const uint32_t*>(&w[u])[k]);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < V / 2; ++k) {
+      m[2 * k] = lo_float<T>(m2[k]);
+      m[2 * k + 1] = hi_float<T>(m2[k]);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) m[j] = to_float(w[0].v[j]);
+#pragma unroll
+    for (int u = 1; u < U; ++u) {
+      if (u < nv) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) m[j] = fmax_nan(m[j], to_float(w[u].v[j]));
+      }
+    }
+  }
+}
+
 // ---- reduction (optionally fused with an elementwise rewrite of the same row) -------------------
 // Fold items [start, end) of a unit (lane l of LPR, items l, l + LPR, ...) into s: every lane
 // issues U independent vector loads before using any. K_LSE folds a batch at a time: one max over
@@ -437,27 +489,21 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
     pa += U * step;
     if (K == K_DOT) pb += U * step;
     if (K == K_LSE) {
-      float m[V], ms[V];
-#pragma unroll
-      for (int j = 0; j < V; ++j) m[j] = s[j].a;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (u < nv) {
-#pragma unroll
-          for (int j = 0; j < V; ++j) m[j] = fmax_nan(m[j], to_float(w[u].v[j]));
-        }
-      }
+      float m[V], msl[V];
+      batch_max<T, V, U>(w, nv, m);
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        ms[j] = (m[j] == -CJ_INF) ? 0.f : m[j];  // all -inf so far: every term is 0
-        s[j].b *= ex2_((s[j].a - ms[j]) * CJ_LOG2E);
+        m[j] = fmax_nan(m[j], s[j].a);
+        const float ms = (m[j] == -CJ_INF) ? 0.f : m[j];  // all -inf so far: every term is 0
+        s[j].b *= exp_shift(s[j].a, ms);
         s[j].a = m[j];
+        msl[j] = -ms * CJ_LOG2E;
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (u < nv) {
 #pragma unroll
-          for (int j = 0; j < V; ++j) s[j].b += ex2_((to_float(w[u].v[j]) - ms[j]) * CJ_LOG2E);
+          for (int j = 0; j < V; ++j) s[j].b += ex2_(fmaf(to_float(w[u].v[j]), CJ_LOG2E, msl[j]));
         }
       }
       continue;
@@ -833,13 +879,14 @@ unit_carries(const float* __restrict__ part, const int64_t* __restrict__ chunk_o
 // the carry-in of each unit (the sum of the row's earlier units in scan order), or is nullptr
 // when every row is one unit. Each step covers R * U items: lane k loads its U consecutive items
 // (in scan order) at once, scans them in registers, and one Hillis-Steele scan of the R lane
-// totals (shared memory) gives every lane its offset.
+// totals (shuffles within a warp, then one barrier per step across warps) gives every lane its
+// offset.
 template <typename T, int V>
 __global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB)
 cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t nunits,
             int64_t C, int64_t chunk, int CT, int LPR, int exclusive, int reverse, const float* __restrict__ part_a, T* __restrict__ out) {
   constexpr int U = CJ_U;
-  __shared__ float sm[CJ_BLOCK * V];
+  __shared__ float sm[2][CJ_BLOCK * V];
   const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
   const bool active = col < C;
@@ -888,7 +935,9 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
   const int64_t n = un.end - un.start;
   const T* src = a + un.rbeg * C + col;
   T* dst = out + un.rbeg * C + col;
-  float* me = sm + (lane * CT + ct) * V;
+  const int me = (lane * CT + ct) * V;  // this thread's slot in sm[0] / sm[1]
+  const int lpw = CT < 32 ? 32 / CT : 1;  // lanes per warp
+  int p = 0;  // the buffer written next: each write is followed by one barrier, then reads
   for (int64_t base = 0; base < n; base += (int64_t)R * U) {
     const int64_t k0 = base + (int64_t)lane * U;  // this lane's first item in scan order
     VecT<T, V> w[U];
@@ -911,24 +960,38 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
 #pragma unroll
       for (int j = 0; j < V; ++j) tot[j] += to_float(w[u].v[j]);
     }
+    // inclusive scan of the lane totals: shuffles among the lanes of a warp, then one step per
+    // barrier across warps, alternating between two buffers (a buffer is written again only
+    // after a later barrier, which every reader of it has passed)
 #pragma unroll
-    for (int j = 0; j < V; ++j) { v[j] = tot[j]; me[j] = v[j]; }
-    for (int off = 1; off < R; off <<= 1) {
-      __syncthreads();
-      float t[V];
+    for (int j = 0; j < V; ++j) v[j] = tot[j];
+    for (int off = 1; off < lpw && off < R; off <<= 1) {
 #pragma unroll
-      for (int j = 0; j < V; ++j) t[j] = lane >= off ? me[j - off * CT * V] : 0.f;
-      __syncthreads();
-#pragma unroll
-      for (int j = 0; j < V; ++j) { v[j] += t[j]; me[j] = v[j]; }
+      for (int j = 0; j < V; ++j) {
+        const float t = __shfl_up_sync(0xffffffffu, v[j], off * CT);
+        if (lane % lpw >= off) v[j] += t;
+      }
     }
+    for (int off = lpw; off < R; off <<= 1) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) sm[p][me + j] = v[j];
+      __syncthreads();
+      if (lane >= off) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) v[j] += sm[p][me + j - off * CT * V];
+      }
+      p ^= 1;
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j) sm[p][me + j] = v[j];
     __syncthreads();
     float run[V], all[V];
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       run[j] = carry[j] + (v[j] - tot[j]);  // carry + the totals of the earlier lanes
-      all[j] = sm[((R - 1) * CT + ct) * V + j];
+      all[j] = sm[p][((R - 1) * CT + ct) * V + j];
     }
+    p ^= 1;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t k = k0 + u;
@@ -943,6 +1006,5 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
     }
 #pragma unroll
     for (int j = 0; j < V; ++j) carry[j] += all[j];
-    __syncthreads();
   }
 }
