@@ -34,7 +34,7 @@
 #define CJ_PACKED_MAX 1  // argmax / argmin of 16-bit values: the batch max on packed pairs
 #endif
 #ifndef CJ_REV2
-#define CJ_REV2 0  // the fused rewrite pass walks its row from the end (A/B knob)
+#define CJ_REV2 1  // the fused rewrite pass walks its row from the end
 #endif
 #ifndef CJ_UH
 #define CJ_UH 4  // the same for reductions with a larger state (index, exp sum) or a second input
@@ -62,6 +62,17 @@ template <typename T, int V> struct __align__(sizeof(T) * V) VecT { T v[V]; };
 template <typename T, int V>
 __device__ __forceinline__ VecT<T, V> ldv(const T* __restrict__ p) {
   return *reinterpret_cast<const VecT<T, V>*>(p);
+}
+// Element j of a vector as a float: 16-bit types read from their 32-bit pair (bf16: one shift or
+// one AND, where extracting the 16-bit element first costs a PRMT more for every odd element).
+template <typename T, int V>
+__device__ __forceinline__ float vf(const VecT<T, V>& w, int j) {
+  if constexpr (sizeof(T) == 2 && V % 2 == 0) {
+    const uint32_t x2 = reinterpret_cast<const uint32_t*>(&w)[j >> 1];
+    return (j & 1) ? hi_float<T>(x2) : lo_float<T>(x2);
+  } else {
+    return to_float(w.v[j]);
+  }
 }
 // V floats rounded to T: 16-bit types two at a time (one cvt.rn.bf16x2 / f16x2 per pair)
 template <typename T, int V>
@@ -115,11 +126,9 @@ __device__ __forceinline__ float ex2_(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+// exp(x); callers pass x - m rounded once. The FFMA form x * log2(e) - m * log2(e) saves an
+// instruction but is off by ~|m| * 2^-24 in the exponent (exp(x - m) of x = m = 1e30 gave 0).
 __device__ __forceinline__ float fast_exp(float x) { return ex2_(x * CJ_LOG2E); }
-// exp(x - m) as one FFMA and one ex2 (m * log2(e) is loop-invariant where m is)
-__device__ __forceinline__ float exp_shift(float x, float m) {
-  return ex2_(fmaf(x, CJ_LOG2E, -m * CJ_LOG2E));
-}
 // max that propagates NaN (sm_80+)
 __device__ __forceinline__ float fmax_nan(float a, float b) {
   float d;
@@ -156,12 +165,12 @@ template <int K> __device__ __forceinline__ void st_push(St& s, float x, float y
     if (isnanf_(x) || isnanf_(s.a)) {
       s.a = nanf_();
     } else if (x > s.a) {
-      s.b = s.b * exp_shift(s.a, x) + 1.f;
+      s.b = s.b * fast_exp(s.a - x) + 1.f;
       s.a = x;
     } else if (x == s.a) {
       s.b += (x == -CJ_INF) ? 0.f : 1.f;
     } else {
-      s.b += exp_shift(x, s.a);
+      s.b += fast_exp(x - s.a);
     }
   }
 }
@@ -184,8 +193,8 @@ template <int K> __device__ __forceinline__ void st_merge(St& s, const St& t) {
     if (isnanf_(s.a) || isnanf_(t.a)) { s.a = nanf_(); return; }
     const float m = fmaxf(s.a, t.a);
     if (m == -CJ_INF) return;
-    const float bs = (s.a == m) ? s.b : s.b * exp_shift(s.a, m);
-    const float bt = (t.a == m) ? t.b : t.b * exp_shift(t.a, m);
+    const float bs = (s.a == m) ? s.b : s.b * fast_exp(s.a - m);
+    const float bt = (t.a == m) ? t.b : t.b * fast_exp(t.a - m);
     s.a = m;
     s.b = bs + bt;
   }
@@ -242,8 +251,8 @@ __device__ __forceinline__ float apply(int mode, float a, float b, float p, floa
     case E_BCAST: return p;
     case E_BCAST_MEAN: return p / (float)(n < trunc ? n : trunc);
     case E_SELECT: return pos == ix ? p : 0.f;
-    case E_LSE_BWD: return (q == -CJ_INF) ? 0.f : p * exp_shift(a, q);
-    case E_SOFTMAX: return (q == -CJ_INF) ? 0.f : exp_shift(a, q);
+    case E_LSE_BWD: return (q == -CJ_INF) ? 0.f : p * fast_exp(a - q);
+    case E_SOFTMAX: return (q == -CJ_INF) ? 0.f : fast_exp(a - q);
     case E_LOGSOFTMAX: return (q == -CJ_INF) ? 0.f : a - q;
     case E_SOFTMAX_BWD: return b * (a - q);
     case E_LOGSOFTMAX_BWD: return a - fast_exp(b) * q;
@@ -377,7 +386,7 @@ __device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* _
         float o[V];
 #pragma unroll
         for (int j = 0; j < V; ++j)
-          o[j] = (u < nr) ? apply(FM, to_float(x[u].v[j]), br ? to_float(y[u].v[j]) : 0.f, 0.f,
+          o[j] = (u < nr) ? apply(FM, vf(x[u], j), br ? vf(y[u], j) : 0.f, 0.f,
                                   q[j], 0, un.len, trunc, 0)
                           : 0.f;
         storev_stream<T, V>(po + u * step, o);
@@ -449,12 +458,12 @@ __device__ __forceinline__ void batch_max(const VecT<T, V> (&w)[U], int nv, floa
     }
   } else {
 #pragma unroll
-    for (int j = 0; j < V; ++j) m[j] = to_float(w[0].v[j]);
+    for (int j = 0; j < V; ++j) m[j] = vf(w[0], j);
 #pragma unroll
     for (int u = 1; u < U; ++u) {
       if (u < nv) {
 #pragma unroll
-        for (int j = 0; j < V; ++j) m[j] = fmax_nan(m[j], to_float(w[u].v[j]));
+        for (int j = 0; j < V; ++j) m[j] = fmax_nan(m[j], vf(w[u], j));
       }
     }
   }
@@ -489,21 +498,20 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
     pa += U * step;
     if (K == K_DOT) pb += U * step;
     if (K == K_LSE) {
-      float m[V], msl[V];
+      float m[V], ms[V];
       batch_max<T, V, U>(w, nv, m);
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         m[j] = fmax_nan(m[j], s[j].a);
-        const float ms = (m[j] == -CJ_INF) ? 0.f : m[j];  // all -inf so far: every term is 0
-        s[j].b *= exp_shift(s[j].a, ms);
+        ms[j] = (m[j] == -CJ_INF) ? 0.f : m[j];  // all -inf so far: every term is 0
+        s[j].b *= fast_exp(s[j].a - ms[j]);
         s[j].a = m[j];
-        msl[j] = -ms * CJ_LOG2E;
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (u < nv) {
 #pragma unroll
-          for (int j = 0; j < V; ++j) s[j].b += ex2_(fmaf(to_float(w[u].v[j]), CJ_LOG2E, msl[j]));
+          for (int j = 0; j < V; ++j) s[j].b += fast_exp(vf(w[u], j) - ms[j]);
         }
       }
       continue;
@@ -556,7 +564,7 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
           if (u < nv) {
 #pragma unroll
             for (int j = 0; j < V; ++j) {
-              const float x = to_float(w[u].v[j]);
+              const float x = vf(w[u], j);
               m[j] = fmax_nan(m[j], neg ? -x : x);
             }
           }
@@ -569,7 +577,7 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
           int uf = 0;
 #pragma unroll
           for (int u = U - 1; u >= 0; --u) {
-            const float x0 = to_float(w[u].v[j]);
+            const float x0 = vf(w[u], j);
             const float x = neg ? -x0 : x0;
             if (u < nv && (x == m[j] || (mn && x != x))) uf = u;
           }
@@ -584,11 +592,11 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
       if (u < nv) {
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-          float x = to_float(w[u].v[j]);
+          float x = vf(w[u], j);
           if (neg) x = -x;
           if (tmode == 1) x = x != 0.f;
           if (tmode == 2) x = x == 0.f;
-          st_push<K>(s[j], x, K == K_DOT ? to_float(z[u].v[j]) : 0.f, (int)i0 + u * LPR);
+          st_push<K>(s[j], x, K == K_DOT ? vf(z[u], j) : 0.f, (int)i0 + u * LPR);
         }
       }
     }
@@ -803,9 +811,9 @@ __device__ __forceinline__ void bcast_body(const T* __restrict__ a, const T* __r
         float o[V];
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-          const float av = a ? to_float(xa[u].v[j]) : 0.f;
-          const float bv = b ? to_float(xb[u].v[j]) : 0.f;
-          const float pv = pad ? to_float(xp[u].v[j]) : pr[j];
+          const float av = a ? vf(xa[u], j) : 0.f;
+          const float bv = b ? vf(xb[u], j) : 0.f;
+          const float pv = pad ? vf(xp[u], j) : pr[j];
           o[j] = apply(MODE, av, bv, pv, qr[j], i, un.len, trunc, xr[j]);
         }
         storev<T, V>(po + u * step, o);
@@ -879,14 +887,13 @@ unit_carries(const float* __restrict__ part, const int64_t* __restrict__ chunk_o
 // the carry-in of each unit (the sum of the row's earlier units in scan order), or is nullptr
 // when every row is one unit. Each step covers R * U items: lane k loads its U consecutive items
 // (in scan order) at once, scans them in registers, and one Hillis-Steele scan of the R lane
-// totals (shuffles within a warp, then one barrier per step across warps) gives every lane its
-// offset.
+// totals (shared memory) gives every lane its offset.
 template <typename T, int V>
 __global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB)
 cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t nunits,
             int64_t C, int64_t chunk, int CT, int LPR, int exclusive, int reverse, const float* __restrict__ part_a, T* __restrict__ out) {
   constexpr int U = CJ_U;
-  __shared__ float sm[2][CJ_BLOCK * V];
+  __shared__ float sm[CJ_BLOCK * V];
   const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
   const bool active = col < C;
@@ -913,7 +920,7 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
           float o[V];
 #pragma unroll
           for (int j = 0; j < V; ++j) {
-            const float x = to_float(w[u].v[j]);
+            const float x = vf(w[u], j);
             o[j] = exclusive ? run[j] : run[j] + x;
             run[j] += x;
           }
@@ -935,9 +942,7 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
   const int64_t n = un.end - un.start;
   const T* src = a + un.rbeg * C + col;
   T* dst = out + un.rbeg * C + col;
-  const int me = (lane * CT + ct) * V;  // this thread's slot in sm[0] / sm[1]
-  const int lpw = CT < 32 ? 32 / CT : 1;  // lanes per warp
-  int p = 0;  // the buffer written next: each write is followed by one barrier, then reads
+  float* me = sm + (lane * CT + ct) * V;
   for (int64_t base = 0; base < n; base += (int64_t)R * U) {
     const int64_t k0 = base + (int64_t)lane * U;  // this lane's first item in scan order
     VecT<T, V> w[U];
@@ -958,47 +963,33 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
 #pragma unroll
     for (int u = 0; u < U; ++u) {
 #pragma unroll
-      for (int j = 0; j < V; ++j) tot[j] += to_float(w[u].v[j]);
+      for (int j = 0; j < V; ++j) tot[j] += vf(w[u], j);
     }
-    // inclusive scan of the lane totals: shuffles among the lanes of a warp, then one step per
-    // barrier across warps, alternating between two buffers (a buffer is written again only
-    // after a later barrier, which every reader of it has passed)
 #pragma unroll
-    for (int j = 0; j < V; ++j) v[j] = tot[j];
-    for (int off = 1; off < lpw && off < R; off <<= 1) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const float t = __shfl_up_sync(0xffffffffu, v[j], off * CT);
-        if (lane % lpw >= off) v[j] += t;
-      }
-    }
-    for (int off = lpw; off < R; off <<= 1) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) sm[p][me + j] = v[j];
+    for (int j = 0; j < V; ++j) { v[j] = tot[j]; me[j] = v[j]; }
+    for (int off = 1; off < R; off <<= 1) {
       __syncthreads();
-      if (lane >= off) {
+      float t[V];
 #pragma unroll
-        for (int j = 0; j < V; ++j) v[j] += sm[p][me + j - off * CT * V];
-      }
-      p ^= 1;
+      for (int j = 0; j < V; ++j) t[j] = lane >= off ? me[j - off * CT * V] : 0.f;
+      __syncthreads();
+#pragma unroll
+      for (int j = 0; j < V; ++j) { v[j] += t[j]; me[j] = v[j]; }
     }
-#pragma unroll
-    for (int j = 0; j < V; ++j) sm[p][me + j] = v[j];
     __syncthreads();
     float run[V], all[V];
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       run[j] = carry[j] + (v[j] - tot[j]);  // carry + the totals of the earlier lanes
-      all[j] = sm[p][((R - 1) * CT + ct) * V + j];
+      all[j] = sm[((R - 1) * CT + ct) * V + j];
     }
-    p ^= 1;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t k = k0 + u;
       float o[V];
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        const float x = to_float(w[u].v[j]);
+        const float x = vf(w[u], j);
         o[j] = exclusive ? run[j] : run[j] + x;
         run[j] += x;
       }
@@ -1006,5 +997,6 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
     }
 #pragma unroll
     for (int j = 0; j < V; ++j) carry[j] += all[j];
+    __syncthreads();
   }
 }
