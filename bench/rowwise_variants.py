@@ -47,7 +47,8 @@ def main(argv: list[str]) -> None:
             for op in OPS:
                 if op == "softmax_backward":  # grad and out in different arrays (not one in L2)
                     fn = lambda xy, f=R.softmax_backward: f(*xy)  # noqa: E731
-                    it = rotate([(sets[i], sets[i - 1]) for i in range(len(sets))])
+                    it = rotate([(x, sets[i - 1]._with_values(x.values))  # one structure
+                                 for i, x in enumerate(sets)])
                 else:
                     fn = getattr(R, op)
                     it = rotate(sets)

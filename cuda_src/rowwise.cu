@@ -397,20 +397,22 @@ __device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* _
 
 // The first u < nv where each half of pair k of w[u] equals that half of m2 (float equality: -0
 // == +0), or is NaN when has_nan (m2 is then NaN in a half): ul, uh. Without NaN on sm_90 one
-// packed compare per pair (setp.eq.bf16x2 / f16x2) and two predicated moves.
+// packed compare per pair and item (setp.eq.and.bf16x2 / f16x2, the item's u < nv folded in) and
+// two predicated moves: no branch (a branch per item and a NaN test per item, as the compiler
+// laid out the guarded form, cost ~2x the instructions).
 template <typename T> __device__ __forceinline__ void eq2_set(uint32_t x2, uint32_t m2, int u,
-                                                              int& ul, int& uh) {
-  if (lo_float<T>(x2) == lo_float<T>(m2)) ul = u;
-  if (hi_float<T>(x2) == hi_float<T>(m2)) uh = u;
+                                                              bool ok, int& ul, int& uh) {
+  if (ok && lo_float<T>(x2) == lo_float<T>(m2)) ul = u;
+  if (ok && hi_float<T>(x2) == hi_float<T>(m2)) uh = u;
 }
 #if __CUDA_ARCH__ >= 900
 #define CJ_EQ2_SET(TT, PTX)                                                                       \
   template <> __device__ __forceinline__ void eq2_set<TT>(uint32_t x2, uint32_t m2, int u,     \
-                                                          int& ul, int& uh) {                   \
-    asm("{\n .reg .pred p, q;\n setp.eq." PTX " p|q, %2, %3;\n @p mov.b32 %0, %4;\n"          \
-        " @q mov.b32 %1, %4;\n}"                                                                \
+                                                          bool ok, int& ul, int& uh) {          \
+    asm("{\n .reg .pred v, p, q;\n setp.ne.b32 v, %5, 0;\n"                                    \
+        " setp.eq.and." PTX " p|q, %2, %3, v;\n @p mov.b32 %0, %4;\n @q mov.b32 %1, %4;\n}"      \
         : "+r"(ul), "+r"(uh)                                                                    \
-        : "r"(x2), "r"(m2), "r"(u));                                                            \
+        : "r"(x2), "r"(m2), "r"(u), "r"((int)ok));                                             \
   }
 CJ_EQ2_SET(bf16_t, "bf16x2")
 CJ_EQ2_SET(f16_t, "f16x2")
@@ -419,18 +421,20 @@ CJ_EQ2_SET(f16_t, "f16x2")
 template <typename T, int V, int U>
 __device__ __forceinline__ void first_pos2(const VecT<T, V> (&w)[U], int k, uint32_t m2, int nv,
                                            bool has_nan, int& ul, int& uh) {
+  if (!has_nan) {
+#pragma unroll
+    for (int u = U - 1; u >= 0; --u)
+      eq2_set<T>(reinterpret_cast<const uint32_t*>(&w[u])[k], m2, u, u < nv, ul, uh);
+    return;
+  }
+  const float ml = lo_float<T>(m2), mh = hi_float<T>(m2);
 #pragma unroll
   for (int u = U - 1; u >= 0; --u) {
     if (u < nv) {
       const uint32_t x2 = reinterpret_cast<const uint32_t*>(&w[u])[k];
-      if (!has_nan) {
-        eq2_set<T>(x2, m2, u, ul, uh);
-      } else {
-        const float xl = lo_float<T>(x2), xh = hi_float<T>(x2);
-        const float ml = lo_float<T>(m2), mh = hi_float<T>(m2);
-        if (xl == ml || (ml != ml && xl != xl)) ul = u;
-        if (xh == mh || (mh != mh && xh != xh)) uh = u;
-      }
+      const float xl = lo_float<T>(x2), xh = hi_float<T>(x2);
+      if (xl == ml || (ml != ml && xl != xl)) ul = u;
+      if (xh == mh || (mh != mh && xh != xh)) uh = u;
     }
   }
 }
