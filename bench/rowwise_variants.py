@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
             for op in OPS:
                 if op == "softmax_backward":  # grad and out in different arrays (not one in L2)
                     fn = lambda xy, f=R.softmax_backward: f(*xy)  # noqa: E731
-                    it = rotate([(x, sets[i - 1]._with_values(x.values))  # one structure
+                    it = rotate([(x, x._with_values(sets[i - 1].values))  # one structure
                                  for i, x in enumerate(sets)])
                 else:
                     fn = getattr(R, op)

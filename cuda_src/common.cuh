@@ -85,6 +85,34 @@ template <> __device__ __forceinline__ float hi_float<bf16_t>(uint32_t w) {
   return __uint_as_float(w & 0xffff0000u);
 }
 
+// ---- shared memory and cp.async (sm_80+) -------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  uint32_t a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  return a;
+}
+
+// 16-byte global -> shared copy; when !pred nothing is read and the 16 bytes are zero-filled.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
+  const int n = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// 16 bytes from shared memory (address from smem_addr) as a vector type of that size
+template <typename W> __device__ __forceinline__ W lds16(uint32_t addr) {
+  static_assert(sizeof(W) == 16, "16-byte vector");
+  W w;
+  asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(reinterpret_cast<uint32_t*>(&w)[0]), "=r"(reinterpret_cast<uint32_t*>(&w)[1]),
+                 "=r"(reinterpret_cast<uint32_t*>(&w)[2]), "=r"(reinterpret_cast<uint32_t*>(&w)[3])
+               : "r"(addr) : "memory");
+  return w;
+}
+
 // ---- jagged indexing ---------------------------------------------------------------------------
 // The last b in [lo, hi) with offsets[b] <= t, given offsets[lo] <= t < offsets[hi]: the row of
 // item t (empty rows are skipped), searched in the rows [lo, hi) known to hold it.

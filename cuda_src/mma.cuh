@@ -1,23 +1,7 @@
-// Tensor-core building blocks (sm_80+): cp.async copies, ldmatrix loads and mma.sync (m16n8k16
-// bf16/fp16, m16n8k8 TF32) with fp32 accumulation, as thin PTX wrappers. Header-free like common.cuh.
+// Tensor-core building blocks (sm_80+): ldmatrix loads and mma.sync (m16n8k16 bf16/fp16, m16n8k8
+// TF32) with fp32 accumulation, as thin PTX wrappers (cp.async: common.cuh). Header-free like
+// common.cuh.
 #pragma once
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  uint32_t a;
-  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-  return a;
-}
-
-// 16-byte global -> shared copy; when !pred nothing is read and the 16 bytes are zero-filled.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
-  const int n = pred ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 
 __device__ __forceinline__ void ldsm_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3,
                                         uint32_t addr) {

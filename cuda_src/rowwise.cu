@@ -21,6 +21,9 @@
 #ifndef CJ_MINB
 #define CJ_MINB 2  // blocks per SM of the fused / elementwise / scan kernels (register cap 128)
 #endif
+#ifndef CJ_MINB_F
+#define CJ_MINB_F CJ_MINB  // the same for the fused reductions (softmax fwd / bwd)
+#endif
 #ifndef CJ_MINB_R
 #define CJ_MINB_R 3  // blocks per SM of the plain reductions (register cap 80)
 #endif
@@ -32,6 +35,15 @@
 #endif
 #ifndef CJ_PACKED_MAX
 #define CJ_PACKED_MAX 1  // argmax / argmin of 16-bit values: the batch max on packed pairs
+#endif
+#ifndef CJ_PIPE
+#define CJ_PIPE 1  // argmax / logsumexp / dot / fused reductions stream through a cp.async ring
+#endif
+#ifndef CJ_PIPE_ST
+#define CJ_PIPE_ST 2  // ring stages
+#endif
+#ifndef CJ_PIPE_U
+#define CJ_PIPE_U 4  // 16-byte loads per stage and thread (over both inputs of K_DOT)
 #endif
 #ifndef CJ_REV2
 #define CJ_REV2 1  // the fused rewrite pass walks its row from the end
@@ -474,138 +486,217 @@ __device__ __forceinline__ void batch_max(const VecT<T, V> (&w)[U], int nv, floa
 }
 
 // ---- reduction (optionally fused with an elementwise rewrite of the same row) -------------------
-// Fold items [start, end) of a unit (lane l of LPR, items l, l + LPR, ...) into s: every lane
-// issues U independent vector loads before using any. K_LSE folds a batch at a time: one max over
-// the batch, one rescale of the running sum, then one exp per item.
+// Fold one batch into s: items i0 + u * LPR (u < nv, 1 <= nv <= U) of this lane, w[u] (and z[u],
+// the second input of K_DOT). K_LSE: one max over the batch, one rescale of the running sum, then
+// one exp per item; K_MAX: the batch max, and only where it beats the state its first position.
 template <typename T, int K, int V, int U>
-__device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
-                                           const T* __restrict__ br, int64_t start, int64_t end,
-                                           int l, int LPR, int64_t C, int mode) {
-  const bool neg = (K == K_MAX || K == K_MAXV) && (mode & 1);
-  const int tmode = (K == K_SUM) ? (mode == 2 ? 1 : (mode == 3 ? 2 : 0)) : 0;
-  const int64_t step = (int64_t)LPR * C;  // elements between a lane's consecutive items
-  const int lg = __ffs(LPR) - 1;            // LPR is a power of two
-  const T* pa = ar + (start + l) * C;
-  const T* pb = (K == K_DOT) ? br + (start + l) * C : br;
-  for (int64_t i0 = start + l; i0 < end; i0 += (int64_t)U * LPR) {
-    // items i0 + u * LPR for u < nv (32-bit counts from here on)
-    const int64_t rem = end - i0;
-    const int nv = ((rem < (int64_t)U * LPR ? (int)rem : U * LPR) + LPR - 1) >> lg;
-    VecT<T, V> w[U], z[U];
+__device__ __forceinline__ void fold_batch(St (&s)[V], const VecT<T, V> (&w)[U],
+                                           const VecT<T, V> (&z)[U], int nv, int64_t i0, int LPR,
+                                           bool neg, int tmode) {
+  if (K == K_LSE) {
+    float m[V], ms[V];
+    batch_max<T, V, U>(w, nv, m);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      m[j] = fmax_nan(m[j], s[j].a);
+      ms[j] = (m[j] == -CJ_INF) ? 0.f : m[j];  // all -inf so far: every term is 0
+      s[j].b *= fast_exp(s[j].a - ms[j]);
+      s[j].a = m[j];
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (u < nv) {
-        w[u] = ldv<T, V>(pa + u * step);
-        if (K == K_DOT) z[u] = ldv<T, V>(pb + u * step);
+#pragma unroll
+        for (int j = 0; j < V; ++j) s[j].b += fast_exp(vf(w[u], j) - ms[j]);
       }
     }
-    pa += U * step;
-    if (K == K_DOT) pb += U * step;
-    if (K == K_LSE) {
-      float m[V], ms[V];
-      batch_max<T, V, U>(w, nv, m);
+    return;
+  }
+  if (K == K_MAX) {  // batch max; only when it beats the state, the first position holding it
+    float m[V];
+    if constexpr (CJ_PACKED_MAX && sizeof(T) == 2 && V % 2 == 0) {
+      // 16-bit values: the batch max (min) of two columns per instruction on the raw pairs
+      uint32_t m2[V / 2];
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        m[j] = fmax_nan(m[j], s[j].a);
-        ms[j] = (m[j] == -CJ_INF) ? 0.f : m[j];  // all -inf so far: every term is 0
-        s[j].b *= fast_exp(s[j].a - ms[j]);
-        s[j].a = m[j];
+      for (int k = 0; k < V / 2; ++k) m2[k] = reinterpret_cast<const uint32_t*>(&w[0])[k];
+#pragma unroll
+      for (int u = 1; u < U; ++u) {  // nv >= 1: item 0 of the batch always exists
+        if (u < nv) {
+#pragma unroll
+          for (int k = 0; k < V / 2; ++k) {
+            const uint32_t x2 = reinterpret_cast<const uint32_t*>(&w[u])[k];
+            m2[k] = neg ? min2_nan<T>(m2[k], x2) : max2_nan<T>(m2[k], x2);
+          }
+        }
       }
+#pragma unroll
+      for (int k = 0; k < V / 2; ++k) {  // the state keeps -x for argmin (see st_final)
+        const float ml = neg ? -lo_float<T>(m2[k]) : lo_float<T>(m2[k]);
+        const float mh = neg ? -hi_float<T>(m2[k]) : hi_float<T>(m2[k]);
+        St& sl = s[2 * k];
+        St& sh = s[2 * k + 1];
+        const bool nl = ml != ml, nh = mh != mh;
+        const bool tl = (ml > sl.a) | (nl & (sl.a == sl.a)) | (sl.i == CJ_NOIDX);
+        const bool th = (mh > sh.a) | (nh & (sh.a == sh.a)) | (sh.i == CJ_NOIDX);
+        if (tl | th) {
+          int ul = 0, uh = 0;
+          first_pos2<T, V, U>(w, k, m2[k], nv, nl | nh, ul, uh);
+          if (tl) {
+            sl.a = ml;
+            sl.i = (int)i0 + ul * LPR;
+          }
+          if (th) {
+            sh.a = mh;
+            sh.i = (int)i0 + uh * LPR;
+          }
+        }
+      }
+      return;
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) m[j] = -CJ_INF;
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (u < nv) {
 #pragma unroll
-          for (int j = 0; j < V; ++j) s[j].b += fast_exp(vf(w[u], j) - ms[j]);
+          for (int j = 0; j < V; ++j) {
+            const float x = vf(w[u], j);
+            m[j] = fmax_nan(m[j], neg ? -x : x);
+          }
         }
       }
-      continue;
     }
-    if (K == K_MAX) {  // batch max; only when it beats the state, the first position holding it
-      float m[V];
-      if constexpr (CJ_PACKED_MAX && sizeof(T) == 2 && V % 2 == 0) {
-        // 16-bit values: the batch max (min) of two columns per instruction on the raw pairs
-        uint32_t m2[V / 2];
 #pragma unroll
-        for (int k = 0; k < V / 2; ++k) m2[k] = reinterpret_cast<const uint32_t*>(&w[0])[k];
+    for (int j = 0; j < V; ++j) {
+      const bool mn = m[j] != m[j];
+      if ((m[j] > s[j].a) | (mn & (s[j].a == s[j].a)) | (s[j].i == CJ_NOIDX)) {
+        int uf = 0;
 #pragma unroll
-        for (int u = 1; u < U; ++u) {  // nv >= 1: item 0 of the batch always exists
-          if (u < nv) {
-#pragma unroll
-            for (int k = 0; k < V / 2; ++k) {
-              const uint32_t x2 = reinterpret_cast<const uint32_t*>(&w[u])[k];
-              m2[k] = neg ? min2_nan<T>(m2[k], x2) : max2_nan<T>(m2[k], x2);
-            }
-          }
+        for (int u = U - 1; u >= 0; --u) {
+          const float x0 = vf(w[u], j);
+          const float x = neg ? -x0 : x0;
+          if (u < nv && (x == m[j] || (mn && x != x))) uf = u;
         }
-#pragma unroll
-        for (int k = 0; k < V / 2; ++k) {  // the state keeps -x for argmin (see st_final)
-          const float ml = neg ? -lo_float<T>(m2[k]) : lo_float<T>(m2[k]);
-          const float mh = neg ? -hi_float<T>(m2[k]) : hi_float<T>(m2[k]);
-          St& sl = s[2 * k];
-          St& sh = s[2 * k + 1];
-          const bool nl = ml != ml, nh = mh != mh;
-          const bool tl = (ml > sl.a) | (nl & (sl.a == sl.a)) | (sl.i == CJ_NOIDX);
-          const bool th = (mh > sh.a) | (nh & (sh.a == sh.a)) | (sh.i == CJ_NOIDX);
-          if (tl | th) {
-            int ul = 0, uh = 0;
-            first_pos2<T, V, U>(w, k, m2[k], nv, nl | nh, ul, uh);
-            if (tl) {
-              sl.a = ml;
-              sl.i = (int)i0 + ul * LPR;
-            }
-            if (th) {
-              sh.a = mh;
-              sh.i = (int)i0 + uh * LPR;
-            }
-          }
-        }
-        continue;
-      } else {
-#pragma unroll
-        for (int j = 0; j < V; ++j) m[j] = -CJ_INF;
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          if (u < nv) {
-#pragma unroll
-            for (int j = 0; j < V; ++j) {
-              const float x = vf(w[u], j);
-              m[j] = fmax_nan(m[j], neg ? -x : x);
-            }
-          }
-        }
+        s[j].a = m[j];
+        s[j].i = (int)i0 + uf * LPR;
       }
+    }
+    return;
+  }
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    if (u < nv) {
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        const bool mn = m[j] != m[j];
-        if ((m[j] > s[j].a) | (mn & (s[j].a == s[j].a)) | (s[j].i == CJ_NOIDX)) {
-          int uf = 0;
-#pragma unroll
-          for (int u = U - 1; u >= 0; --u) {
-            const float x0 = vf(w[u], j);
-            const float x = neg ? -x0 : x0;
-            if (u < nv && (x == m[j] || (mn && x != x))) uf = u;
-          }
-          s[j].a = m[j];
-          s[j].i = (int)i0 + uf * LPR;
-        }
-      }
-      continue;
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (u < nv) {
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-          float x = vf(w[u], j);
-          if (neg) x = -x;
-          if (tmode == 1) x = x != 0.f;
-          if (tmode == 2) x = x == 0.f;
-          st_push<K>(s[j], x, K == K_DOT ? vf(z[u], j) : 0.f, (int)i0 + u * LPR);
-        }
+        float x = vf(w[u], j);
+        if (neg) x = -x;
+        if (tmode == 1) x = x != 0.f;
+        if (tmode == 2) x = x == 0.f;
+        st_push<K>(s[j], x, K == K_DOT ? vf(z[u], j) : 0.f, (int)i0 + u * LPR);
       }
     }
   }
 }
+
+// Fold items [start, end) of a unit (lane l of LPR, items l, l + LPR, ...) into s, U vector loads
+// of each input per batch. Without PIPE every lane issues its U loads before using any (the
+// loads in flight stop while it computes); with PIPE (16-byte vectors) batches stream through a
+// ring of CJ_PIPE_ST stages in shared memory by cp.async, batch b + ST - 1 in flight while batch b
+// is folded: loads in flight without registers held for them. Each thread reads only the slots
+// it filled itself (no barrier); ring = this thread's first slot (shared address), slot
+// (stage, input, u) CJ_BLOCK * 16 bytes apart: a warp's 16-byte reads are conflict-free.
+template <typename T, int K, int V, int U, bool PIPE>
+__device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
+                                           const T* __restrict__ br, int64_t start, int64_t end,
+                                           int l, int LPR, int64_t C, int mode, uint32_t ring) {
+  const bool neg = (K == K_MAX || K == K_MAXV) && (mode & 1);
+  const int tmode = (K == K_SUM) ? (mode == 2 ? 1 : (mode == 3 ? 2 : 0)) : 0;
+  const int64_t step = (int64_t)LPR * C;  // elements between a lane's consecutive items
+  const int lg = __ffs(LPR) - 1;            // LPR is a power of two
+  const int64_t G = (int64_t)U * LPR;     // items of a batch (all lanes)
+  // items i0 + u * LPR for u < nv_at(i0) of a batch from i0 (32-bit counts from here on)
+  auto nv_at = [&](int64_t i0) {
+    const int64_t rem = end - i0;
+    return ((rem < G ? (int)rem : (int)G) + LPR - 1) >> lg;
+  };
+  if constexpr (PIPE) {
+    static_assert(sizeof(VecT<T, V>) == 16, "cp.async moves 16-byte vectors");
+    constexpr int ST = CJ_PIPE_ST, NI = (K == K_DOT) ? 2 : 1;
+    constexpr uint32_t STAGE = NI * U * CJ_BLOCK * 16, INPUT = U * CJ_BLOCK * 16;
+    // the next batch to issue: first item, pointers, stage
+    int64_t in = start + l;
+    const T* pa = ar + in * C;
+    const T* pb = (K == K_DOT) ? br + in * C : br;
+    uint32_t sn = ring;
+    auto issue = [&]() {  // one commit group per batch (empty past the end)
+      if (in < end) {
+        const int nv = nv_at(in);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (u < nv) {
+            cp_async16(sn + u * CJ_BLOCK * 16, pa + u * step, true);
+            if (K == K_DOT) cp_async16(sn + INPUT + u * CJ_BLOCK * 16, pb + u * step, true);
+          }
+        }
+      }
+      cp_async_commit();
+      in += G;
+      pa += U * step;
+      if (K == K_DOT) pb += U * step;
+      sn = (sn == ring + (ST - 1) * STAGE) ? ring : sn + STAGE;
+    };
+#pragma unroll
+    for (int b = 0; b < ST - 1; ++b) issue();
+    uint32_t sc = ring;  // the stage of batch i0
+    for (int64_t i0 = start + l; i0 < end; i0 += G) {
+      cp_async_wait<ST - 2>();  // this batch has landed (this thread's copies)
+      const int nv = nv_at(i0);
+      VecT<T, V> w[U], z[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u < nv) {
+          w[u] = lds16<VecT<T, V>>(sc + u * CJ_BLOCK * 16);
+          if (K == K_DOT) z[u] = lds16<VecT<T, V>>(sc + INPUT + u * CJ_BLOCK * 16);
+        }
+      }
+      // into the stage of the batch before, read and folded in the last iteration
+      issue();
+      sc = (sc == ring + (ST - 1) * STAGE) ? ring : sc + STAGE;
+      fold_batch<T, K, V, U>(s, w, z, nv, i0, LPR, neg, tmode);
+    }
+    cp_async_wait<0>();
+  } else {
+    (void)ring;
+    const T* pa = ar + (start + l) * C;
+    const T* pb = (K == K_DOT) ? br + (start + l) * C : br;
+    for (int64_t i0 = start + l; i0 < end; i0 += G) {
+      const int nv = nv_at(i0);
+      VecT<T, V> w[U], z[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u < nv) {
+          w[u] = ldv<T, V>(pa + u * step);
+          if (K == K_DOT) z[u] = ldv<T, V>(pb + u * step);
+        }
+      }
+      pa += U * step;
+      if (K == K_DOT) pb += U * step;
+      fold_batch<T, K, V, U>(s, w, z, nv, i0, LPR, neg, tmode);
+    }
+  }
+}
+
+// Whether a reduction streams its loads through the cp.async ring (16-byte vectors; the kernels
+// with work per item or a fused rewrite: plain sums keep CJ_U loads in registers), the ring's
+// loads per input and stage, and the block's shared bytes (ring and merge states share them).
+template <typename T, int K, int V, bool FUSED> struct Pipe {
+  static constexpr bool on = CJ_PIPE && sizeof(VecT<T, V>) == 16 &&
+                             (FUSED || K == K_LSE || K == K_MAX || K == K_DOT);
+  static constexpr int u = CJ_PIPE_U / (K == K_DOT ? 2 : 1);
+  static constexpr int ring = on ? CJ_PIPE_ST * CJ_PIPE_U * CJ_BLOCK * 16 : 0;
+  static constexpr int merge = CJ_BLOCK * V * 4 * (1 + (K == K_LSE) + (K == K_MAX));
+  static constexpr int bytes = ring > merge ? ring : merge;
+};
 
 // pass 0: every unit is a whole row: lane 0 of each group finalises and writes out[row, col]
 //         (kind out_kind), unless FUSED: then the group rewrites its whole row with
@@ -633,10 +724,16 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
   St s[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) s[j] = st_init<K>();
-  // loads in flight per lane: half where a second array (state or input) takes registers
-  constexpr int UA = (K == K_SUM || K == K_PROD || K == K_MAXV || (FUSED && K == K_LSE))
-                         ? CJ_U : CJ_UH;
-  if (active) accumulate<T, K, V, UA>(s, ar, br, un.start, un.end, l, LPR, C, mode);
+  // loads in flight per lane: half where a second array (state or input) takes registers; a
+  // stage of the ring holds CJ_PIPE_U loads
+  using P = Pipe<T, K, V, FUSED>;
+  constexpr int UA = P::on ? P::u
+                           : ((K == K_SUM || K == K_PROD || K == K_MAXV || (FUSED && K == K_LSE))
+                                  ? CJ_U : CJ_UH);
+  if (active)
+    accumulate<T, K, V, UA, P::on>(s, ar, br, un.start, un.end, l, LPR, C, mode,
+                                   smem_addr(sa) + threadIdx.x * 16);
+  if constexpr (P::on) __syncthreads();  // the ring's bytes hold sa / sb / si from here on
   group_merge<K, V>(s, sa, sb, si, lane, l, ct, CT, LPR);
   const int64_t n = un.len < trunc ? un.len : trunc;
 
@@ -741,10 +838,13 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
       int pass, float *__restrict__ part_a, float *__restrict__ part_b,                         \
       int *__restrict__ part_i, int *__restrict__ counters, void *__restrict__ out,             \
       int out_kind, int has_init, float init, int fmode, T *__restrict__ fout
-#define CJ_REDUCE_SHARED                                                                          \
-  __shared__ float sa[CJ_BLOCK * V];                                                              \
-  __shared__ float sb[(K == K_LSE) ? CJ_BLOCK * V : 1];                                           \
-  __shared__ int si[(K == K_MAX) ? CJ_BLOCK * V : 1];                                             \
+// Shared memory of a reduction block: the cp.async ring of accumulate (Pipe::on) and, after it,
+// the merge states sa [, sb (K_LSE) | si (K_MAX)], each CJ_BLOCK * V, in the same bytes.
+#define CJ_REDUCE_SHARED(F)                                                                       \
+  __shared__ __align__(16) unsigned char smem[Pipe<T, K, V, F>::bytes];                          \
+  float* sa = reinterpret_cast<float*>(smem);                                                     \
+  float* sb = sa + CJ_BLOCK * V;                                                                  \
+  int* si = reinterpret_cast<int*>(sa + CJ_BLOCK * V * (K == K_LSE ? 2 : 1));                     \
   __shared__ int s_last;
 #define CJ_REDUCE(F)                                                                              \
   reduce_body<T, K, V, F>(a, b, units, nunits, C, chunk, trunc, CT, LPR, mode, pass,            \
@@ -755,13 +855,13 @@ template <typename T, int K, int V>
 __global__ void __launch_bounds__(CJ_BLOCK, (K == K_MAX || K == K_LSE || K == K_DOT) ? CJ_MINB_RH
                                                                                      : CJ_MINB_R)
 reduce_rows(CJ_REDUCE_ARGS) {
-  CJ_REDUCE_SHARED
+  CJ_REDUCE_SHARED(false)
   CJ_REDUCE(false);
 }
 
 template <typename T, int K, int V>
-__global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB) fused_rows(CJ_REDUCE_ARGS) {
-  CJ_REDUCE_SHARED
+__global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB_F) fused_rows(CJ_REDUCE_ARGS) {
+  CJ_REDUCE_SHARED(true)
   CJ_REDUCE(true);
 }
 #undef CJ_REDUCE
