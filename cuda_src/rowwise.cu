@@ -22,7 +22,7 @@
 #define CJ_MINB 2  // blocks per SM of the fused / elementwise / scan kernels (register cap 128)
 #endif
 #ifndef CJ_MINB_F
-#define CJ_MINB_F CJ_MINB  // the same for the fused reductions (softmax fwd / bwd)
+#define CJ_MINB_F 3  // the same for the fused reductions on the cp.async ring (see Pipe)
 #endif
 #ifndef CJ_MINB_R
 #define CJ_MINB_R 3  // blocks per SM of the plain reductions (register cap 80)
@@ -686,12 +686,16 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
   }
 }
 
-// Whether a reduction streams its loads through the cp.async ring (16-byte vectors; the kernels
-// with work per item or a fused rewrite: plain sums keep CJ_U loads in registers), the ring's
+// Whether a reduction streams its loads through the cp.async ring (16-byte vectors), the ring's
 // loads per input and stage, and the block's shared bytes (ring and merge states share them).
+// On where it measured faster (H100, ef73512's A/B): the reductions with work per item (argmax,
+// logsumexp, dot: bf16 argmax 37.4 -> 36.8 us, fp32 56.5 -> 53.5) and the fused 16-bit softmax
+// forward at 3 blocks per SM (bf16 72.8 -> 68.1 us); plain sums keep CJ_U loads in registers, and
+// the other fused kernels were slower with it (fp32 softmax 120 -> 138 us, bf16 bwd 95 -> 109).
 template <typename T, int K, int V, bool FUSED> struct Pipe {
   static constexpr bool on = CJ_PIPE && sizeof(VecT<T, V>) == 16 &&
-                             (FUSED || K == K_LSE || K == K_MAX || K == K_DOT);
+                             (FUSED ? (K == K_LSE && sizeof(T) == 2)
+                                    : (K == K_LSE || K == K_MAX || K == K_DOT));
   static constexpr int u = CJ_PIPE_U / (K == K_DOT ? 2 : 1);
   static constexpr int ring = on ? CJ_PIPE_ST * CJ_PIPE_U * CJ_BLOCK * 16 : 0;
   static constexpr int merge = CJ_BLOCK * V * 4 * (1 + (K == K_LSE) + (K == K_MAX));
@@ -860,7 +864,8 @@ reduce_rows(CJ_REDUCE_ARGS) {
 }
 
 template <typename T, int K, int V>
-__global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB_F) fused_rows(CJ_REDUCE_ARGS) {
+__global__ void __launch_bounds__(CJ_BLOCK, Pipe<T, K, V, true>::on ? CJ_MINB_F : CJ_MINB)
+fused_rows(CJ_REDUCE_ARGS) {
   CJ_REDUCE_SHARED(true)
   CJ_REDUCE(true);
 }
