@@ -24,6 +24,9 @@
 #ifndef CJ_MINB_F
 #define CJ_MINB_F 3  // the same for the fused reductions on the cp.async ring (see Pipe)
 #endif
+#ifndef CJ_MINB_S
+#define CJ_MINB_S CJ_MINB  // the same for cumsum
+#endif
 #ifndef CJ_MINB_R
 #define CJ_MINB_R 3  // blocks per SM of the plain reductions (register cap 80)
 #endif
@@ -44,6 +47,12 @@
 #endif
 #ifndef CJ_PIPE_U
 #define CJ_PIPE_U 4  // 16-byte loads per stage and thread (over both inputs of K_DOT)
+#endif
+#ifndef CJ_SCAN_PIPE
+#define CJ_SCAN_PIPE 1  // cumsum of long rows streams through a two-stage cp.async ring
+#endif
+#ifndef CJ_SCAN_U
+#define CJ_SCAN_U 4  // its items per lane and step (16-byte loads per stage)
 #endif
 #ifndef CJ_REV2
 #define CJ_REV2 1  // the fused rewrite pass walks its row from the end
@@ -998,11 +1007,14 @@ unit_carries(const float* __restrict__ part, const int64_t* __restrict__ chunk_o
 // (in scan order) at once, scans them in registers, and one Hillis-Steele scan of the R lane
 // totals (shared memory) gives every lane its offset.
 template <typename T, int V>
-__global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB)
+__global__ void __launch_bounds__(CJ_BLOCK, CJ_MINB_S)
 cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t nunits,
             int64_t C, int64_t chunk, int CT, int LPR, int exclusive, int reverse, const float* __restrict__ part_a, T* __restrict__ out) {
   constexpr int U = CJ_U;
+  constexpr bool PIPE = CJ_SCAN_PIPE && sizeof(VecT<T, V>) == 16;
+  constexpr int UB = PIPE ? CJ_SCAN_U : U;  // items per lane and step of a long row
   __shared__ float sm[CJ_BLOCK * V];
+  __shared__ __align__(16) unsigned char ring[PIPE ? 2 * UB * CJ_BLOCK * 16 : 16];
   const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
   const bool active = col < C;
@@ -1052,25 +1064,51 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
   const T* src = a + un.rbeg * C + col;
   T* dst = out + un.rbeg * C + col;
   float* me = sm + (lane * CT + ct) * V;
-  for (int64_t base = 0; base < n; base += (int64_t)R * U) {
-    const int64_t k0 = base + (int64_t)lane * U;  // this lane's first item in scan order
-    VecT<T, V> w[U];
+  // PIPE: the next step's items stream into the other half of a two-stage cp.async ring while
+  // this step scans (zero-filled past the row), as accumulate's ring does for the reductions
+  const uint32_t r0 = smem_addr(ring) + threadIdx.x * 16;
+  auto issue = [&](int64_t base, int st) {
+    if (base < n) {
+      const int64_t k0 = base + (int64_t)lane * UB;
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t k = k0 + u;
-      const int64_t i = reverse ? un.end - 1 - k : un.start + k;
-      if (active && k < n) {
-        w[u] = ldv<T, V>(src + i * C);
-      } else {
+      for (int u = 0; u < UB; ++u) {
+        const int64_t k = k0 + u;
+        const bool ok = active && k < n;
+        cp_async16(r0 + (st * UB + u) * CJ_BLOCK * 16,
+                   ok ? src + (reverse ? un.end - 1 - k : un.start + k) * C : a, ok);
+      }
+    }
+    cp_async_commit();
+  };
+  if constexpr (PIPE) issue(0, 0);
+  int st = 0;
+  for (int64_t base = 0; base < n; base += (int64_t)R * UB) {
+    const int64_t k0 = base + (int64_t)lane * UB;  // this lane's first item in scan order
+    VecT<T, V> w[UB];
+    if constexpr (PIPE) {
+      cp_async_wait<0>();
 #pragma unroll
-        for (int j = 0; j < V; ++j) w[u].v[j] = from_float<T>(0.f);
+      for (int u = 0; u < UB; ++u) w[u] = lds16<VecT<T, V>>(r0 + (st * UB + u) * CJ_BLOCK * 16);
+      issue(base + (int64_t)R * UB, st ^ 1);  // that stage was read in the last step
+      st ^= 1;
+    } else {
+#pragma unroll
+      for (int u = 0; u < UB; ++u) {
+        const int64_t k = k0 + u;
+        const int64_t i = reverse ? un.end - 1 - k : un.start + k;
+        if (active && k < n) {
+          w[u] = ldv<T, V>(src + i * C);
+        } else {
+#pragma unroll
+          for (int j = 0; j < V; ++j) w[u].v[j] = from_float<T>(0.f);
+        }
       }
     }
     float tot[V], v[V];
 #pragma unroll
     for (int j = 0; j < V; ++j) tot[j] = 0.f;
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < UB; ++u) {
 #pragma unroll
       for (int j = 0; j < V; ++j) tot[j] += vf(w[u], j);
     }
@@ -1093,7 +1131,7 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
       all[j] = sm[((R - 1) * CT + ct) * V + j];
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < UB; ++u) {
       const int64_t k = k0 + u;
       float o[V];
 #pragma unroll
