@@ -637,8 +637,17 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
     const T* pa = ar + in * C;
     const T* pb = (K == K_DOT) ? br + in * C : br;
     uint32_t sn = ring;
+    // a full batch (all U items of this lane below end) needs no bound per item; only the
+    // last batch of a lane may be partial
+    auto full = [&](int64_t i) { return i + (int64_t)(U - 1) * LPR < end; };
     auto issue = [&]() {  // one commit group per batch (empty past the end)
-      if (in < end) {
+      if (full(in)) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          cp_async16(sn + u * CJ_BLOCK * 16, pa + u * step, true);
+          if (K == K_DOT) cp_async16(sn + INPUT + u * CJ_BLOCK * 16, pb + u * step, true);
+        }
+      } else if (in < end) {
         const int nv = nv_at(in);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -657,8 +666,22 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
 #pragma unroll
     for (int b = 0; b < ST - 1; ++b) issue();
     uint32_t sc = ring;  // the stage of batch i0
-    for (int64_t i0 = start + l; i0 < end; i0 += G) {
+    int64_t i0 = start + l;
+    for (; full(i0); i0 += G) {
       cp_async_wait<ST - 2>();  // this batch has landed (this thread's copies)
+      VecT<T, V> w[U], z[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        w[u] = lds16<VecT<T, V>>(sc + u * CJ_BLOCK * 16);
+        if (K == K_DOT) z[u] = lds16<VecT<T, V>>(sc + INPUT + u * CJ_BLOCK * 16);
+      }
+      // into the stage of the batch before, read and folded in the last iteration
+      issue();
+      sc = (sc == ring + (ST - 1) * STAGE) ? ring : sc + STAGE;
+      fold_batch<T, K, V, U>(s, w, z, U, i0, LPR, neg, tmode);
+    }
+    if (i0 < end) {  // the partial last batch
+      cp_async_wait<ST - 2>();
       const int nv = nv_at(i0);
       VecT<T, V> w[U], z[U];
 #pragma unroll
@@ -668,9 +691,6 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
           if (K == K_DOT) z[u] = lds16<VecT<T, V>>(sc + INPUT + u * CJ_BLOCK * 16);
         }
       }
-      // into the stage of the batch before, read and folded in the last iteration
-      issue();
-      sc = (sc == ring + (ST - 1) * STAGE) ? ring : sc + STAGE;
       fold_batch<T, K, V, U>(s, w, z, nv, i0, LPR, neg, tmode);
     }
     cp_async_wait<0>();
