@@ -722,6 +722,9 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
 // forward at 3 blocks per SM (bf16 72.8 -> 68.1 us); plain sums keep CJ_U loads in registers, and
 // the other fused kernels were slower with it (fp32 softmax 120 -> 138 us, bf16 bwd 95 -> 109).
 template <typename T, int K, int V, bool FUSED> struct Pipe {
+  // 3 stages of 4 loads would need 48 KB + 4 bytes of static shared memory (over the limit)
+  static_assert(CJ_PIPE_ST >= 2 && CJ_PIPE_U >= 2 && CJ_PIPE_ST * CJ_PIPE_U <= 8,
+                "ring: at least 2 stages, 2 loads per stage, at most 8 loads (32 KB) in all");
   static constexpr bool on = CJ_PIPE && sizeof(VecT<T, V>) == 16 &&
                              (FUSED ? (K == K_LSE && sizeof(T) == 2)
                                     : (K == K_LSE || K == K_MAX || K == K_DOT));
