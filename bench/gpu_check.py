@@ -139,29 +139,40 @@ def _key(e: dict) -> tuple:
     return e["name"], json.dumps(e.get("params", {}), sort_keys=True)
 
 
+def _speedup(peer: dict, ours: dict) -> str:
+    """peer time / our time: device times when both have one, else event times ("ev")."""
+    if "gpu_ms" in peer and "gpu_ms" in ours:
+        return f"{peer['gpu_ms'] / ours['gpu_ms']:.2f}x"
+    return f"{peer['ms'] / ours['ms']:.2f}x ev"
+
+
 def table(benchmarks: list[dict]) -> str:
-    """Markdown: every cujagged entry with its rate and its speed-up over each peer."""
+    """Markdown: every cujagged entry with its time, rate and speed-up over each peer. Device
+    time (``gpu_ms``: launch gaps and host Python removed) where both sides have it, else the
+    event time (marked "ev"): a fast kernel's event time can measure the host instead."""
     by_key: dict[tuple, dict[str, dict]] = {}
     for e in benchmarks:
         if "ms" in e:
             by_key.setdefault(_key(e), {})[e["impl"]] = e
     copy = next((e for e in benchmarks if e.get("name") == "copy"), None)
-    lines = ["| op | params | cujagged ms | rate | peak MiB | speed-up vs peers |",
+    lines = ["| op | params | cujagged ms device / events | rate | peak MiB | speed-up vs peers |",
              "|---|---|---|---|---|---|"]
     for (name, params), impls in by_key.items():
         ours = impls.get("cujagged")
         if ours is None:
             continue
         p = json.loads(params)
-        rate = (f"{ours['gbps']:.0f} GB/s" if "gbps" in ours else
+        gbps = ours.get("gbps_gpu", ours.get("gbps"))
+        rate = (f"{gbps:.0f} GB/s" if gbps is not None else
                 f"{ours['tflops']:.1f} TFLOP/s" if "tflops" in ours else "")
-        if "gbps" in ours and copy:
-            rate += f" ({100 * ours['gbps'] / copy['gbps']:.0f}% copy)"
-        peers = ", ".join(f"{k} {v['ms'] / ours['ms']:.2f}x" for k, v in impls.items()
+        if gbps is not None and copy:
+            rate += f" ({100 * gbps / copy['gbps']:.0f}% copy)"
+        peers = ", ".join(f"{k} {_speedup(v, ours)}" for k, v in impls.items()
                           if k != "cujagged")
         short = ",".join(f"{k}={v}" for k, v in p.items())
-        lines.append(f"| {name} | {short} | {ours['ms']:.4f} | {rate} | {ours['peak_mib']:.1f} | "
-                     f"{peers} |")
+        dev = f"{ours['gpu_ms']:.4f}" if "gpu_ms" in ours else "-"
+        lines.append(f"| {name} | {short} | {dev} / {ours['ms']:.4f} | {rate} | "
+                     f"{ours['peak_mib']:.1f} | {peers} |")
     if copy:
         lines.append(f"\ndevice copy: {copy['gbps']:.0f} GB/s (read + write)")
     return "\n".join(lines)
