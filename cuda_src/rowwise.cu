@@ -460,22 +460,31 @@ __device__ __forceinline__ void first_pos2(const VecT<T, V> (&w)[U], int k, uint
   }
 }
 
-// m[j] = the max of column j over items u < nv (1 <= nv <= U) of a batch, NaN if one is NaN;
-// 16-bit values two columns per instruction on the raw pairs (max.NaN.bf16x2 / f16x2).
+// The max (min when neg) of each pair of 16-bit columns over items u < nv (1 <= nv <= U) of a
+// batch, two columns per instruction on the raw pairs (max.NaN.bf16x2 / f16x2: NaN if one is).
+template <typename T, int V, int U>
+__device__ __forceinline__ void batch_max2(const VecT<T, V> (&w)[U], int nv, bool neg,
+                                           uint32_t (&m2)[V / 2]) {
+#pragma unroll
+  for (int k = 0; k < V / 2; ++k) m2[k] = reinterpret_cast<const uint32_t*>(&w[0])[k];
+#pragma unroll
+  for (int u = 1; u < U; ++u) {
+    if (u < nv) {
+#pragma unroll
+      for (int k = 0; k < V / 2; ++k) {
+        const uint32_t x2 = reinterpret_cast<const uint32_t*>(&w[u])[k];
+        m2[k] = neg ? min2_nan<T>(m2[k], x2) : max2_nan<T>(m2[k], x2);
+      }
+    }
+  }
+}
+
+// m[j] = the max of column j over items u < nv (1 <= nv <= U) of a batch, NaN if one is NaN.
 template <typename T, int V, int U>
 __device__ __forceinline__ void batch_max(const VecT<T, V> (&w)[U], int nv, float (&m)[V]) {
   if constexpr (CJ_PACKED_MAX && sizeof(T) == 2 && V % 2 == 0) {
     uint32_t m2[V / 2];
-#pragma unroll
-    for (int k = 0; k < V / 2; ++k) m2[k] = reinterpret_cast<const uint32_t*>(&w[0])[k];
-#pragma unroll
-    for (int u = 1; u < U; ++u) {
-      if (u < nv) {
-#pragma unroll
-        for (int k = 0; k < V / 2; ++k)
-          m2[k] = max2_nan<T>(m2[k], reinterpret_cast<const uint32_t*>(&w[u])[k]);
-      }
-    }
+    batch_max2<T, V, U>(w, nv, false, m2);
 #pragma unroll
     for (int k = 0; k < V / 2; ++k) {
       m[2 * k] = lo_float<T>(m2[k]);
@@ -524,20 +533,8 @@ __device__ __forceinline__ void fold_batch(St (&s)[V], const VecT<T, V> (&w)[U],
   if (K == K_MAX) {  // batch max; only when it beats the state, the first position holding it
     float m[V];
     if constexpr (CJ_PACKED_MAX && sizeof(T) == 2 && V % 2 == 0) {
-      // 16-bit values: the batch max (min) of two columns per instruction on the raw pairs
-      uint32_t m2[V / 2];
-#pragma unroll
-      for (int k = 0; k < V / 2; ++k) m2[k] = reinterpret_cast<const uint32_t*>(&w[0])[k];
-#pragma unroll
-      for (int u = 1; u < U; ++u) {  // nv >= 1: item 0 of the batch always exists
-        if (u < nv) {
-#pragma unroll
-          for (int k = 0; k < V / 2; ++k) {
-            const uint32_t x2 = reinterpret_cast<const uint32_t*>(&w[u])[k];
-            m2[k] = neg ? min2_nan<T>(m2[k], x2) : max2_nan<T>(m2[k], x2);
-          }
-        }
-      }
+      uint32_t m2[V / 2];  // 16-bit values: the batch max (min) on packed pairs
+      batch_max2<T, V, U>(w, nv, neg, m2);
 #pragma unroll
       for (int k = 0; k < V / 2; ++k) {  // the state keeps -x for argmin (see st_final)
         const float ml = neg ? -lo_float<T>(m2[k]) : lo_float<T>(m2[k]);

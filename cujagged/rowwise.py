@@ -254,8 +254,8 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     chunk_off, units).
 
     ``kind``: "reduce" (a block may own whole rows up to 512 KB, longer rows are split in
-    units of 64 KB .. 1 MB combined by the last block), "fused" (the same: softmax in one
-    kernel for whole rows), "bcast" (chunks of at most 64 KB, no combine) or "scan"
+    units of 64 KB .. 1 MB combined by the last block), "fused" (the same with whole rows up
+    to 1 MB: softmax in one kernel), "bcast" (chunks of at most 64 KB, no combine) or "scan"
     (whole rows up to 512 KB, else 64 KB chunks with carries). LPR lanes per unit, R / LPR units
     per block: several short rows share a block (a scan of rows of at most 64 items: one lane
     per row). ``units [nunits, 4]`` int64: (row or -1 for a spare unit, row begin, untruncated
