@@ -64,8 +64,8 @@
 #define CJ_LOG2E 1.4426950408889634f
 
 enum { K_SUM = 0, K_PROD = 1, K_MAX = 2, K_LSE = 3, K_DOT = 4 };
-// K_MAXV: value-only max (K_MAX keeps the index too)
-enum { K_MAXV = 5 };
+// K_MAXV: value-only max (K_MAX keeps the index too); K_IMIN: the least index (group_merge)
+enum { K_MAXV = 5, K_IMIN = 6 };
 // Reduction item transforms (K_SUM): 0 identity, 1 (x != 0), 2 (x == 0). K_MAX: 1 negate (min).
 // Finalisation modes: K_SUM 0 sum, 1 mean, 2 any (count of non-zeros > 0), 3 all (count of
 // zeros == 0); K_MAX 0 value, 1 index.
@@ -147,9 +147,19 @@ __device__ __forceinline__ float ex2_(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
-// exp(x); callers pass x - m rounded once. The FFMA form x * log2(e) - m * log2(e) saves an
-// instruction but is off by ~|m| * 2^-24 in the exponent (exp(x - m) of x = m = 1e30 gave 0).
+// exp(x); callers pass x - m rounded once.
 __device__ __forceinline__ float fast_exp(float x) { return ex2_(x * CJ_LOG2E); }
+// exp(x - m) as ex2(x * log2(e) - c) with c = m * log2(e): one FFMA where the exact form takes an
+// FADD and an FMUL. c's rounding puts the exponent off by up to ulp(c) / 2, ~|m| * 2^-25: callers
+// take it only where |m| <= CJ_FFMA_MAX (relative error <= 2.6e-6, ex2.approx's own is 2^-22;
+// at m = x = 1e30 the exponent would be off by ~1e22: exp(0) gave 0 when this was unguarded).
+#ifndef CJ_FFMA_EXP
+#define CJ_FFMA_EXP 1
+#endif
+#define CJ_FFMA_MAX 64.f
+#define CJ_FLT_MAX 3.4028234663852886e38f
+__device__ __forceinline__ float exp_ffma(float x, float c) { return ex2_(fmaf(x, CJ_LOG2E, -c)); }
+__device__ __forceinline__ bool ffma_ok(float m) { return CJ_FFMA_EXP && fabsf(m) <= CJ_FFMA_MAX; }
 // max that propagates NaN (sm_80+)
 __device__ __forceinline__ float fmax_nan(float a, float b) {
   float d;
@@ -204,6 +214,8 @@ template <int K> __device__ __forceinline__ void st_merge(St& s, const St& t) {
     s.a *= t.a;
   } else if (K == K_MAXV) {
     s.a = fmax_nan(s.a, t.a);
+  } else if (K == K_IMIN) {
+    s.i = min(s.i, t.i);
   } else if (K == K_MAX) {
     if (t.i == CJ_NOIDX) return;
     const bool sn = isnanf_(s.a), tn = isnanf_(t.a);
@@ -313,19 +325,19 @@ __device__ __forceinline__ Unit get_unit(const int64_t* __restrict__ units, int6
 
 template <int K> __device__ __forceinline__ St st_shfl_xor(const St& s, int o) {
   St t;
-  t.a = __shfl_xor_sync(0xffffffffu, s.a, o);
+  t.a = (K != K_IMIN) ? __shfl_xor_sync(0xffffffffu, s.a, o) : 0.f;
   t.b = (K == K_LSE) ? __shfl_xor_sync(0xffffffffu, s.b, o) : 0.f;
-  t.i = (K == K_MAX) ? __shfl_xor_sync(0xffffffffu, s.i, o) : CJ_NOIDX;
+  t.i = (K == K_MAX || K == K_IMIN) ? __shfl_xor_sync(0xffffffffu, s.i, o) : CJ_NOIDX;
   return t;
 }
 
-// Merge the states of the LPR lanes of each group (lane = thread / CT, l = lane % LPR) into
-// lane 0 of the group (l == 0): a butterfly over the lanes that share a warp (CT < 32), then a
+// Merge the states of the LPR lanes of each group (lane = thread / CT, l = lane % LPR; a lane's
+// slot in sa/sb/si is thread * V) into lane 0 of the group (l == 0): a butterfly over the lanes that share a warp (CT < 32), then a
 // tree through shared memory over the rest (lanes l < h take lane l + h). Deterministic (fixed
 // order); every thread of the block must call it; sa/sb/si are free again on return.
 template <int K, int V>
-__device__ __forceinline__ void group_merge(St (&s)[V], float* sa, float* sb, int* si, int lane,
-                                            int l, int ct, int CT, int LPR) {
+__device__ __forceinline__ void merge_tree(St (&s)[V], float* sa, float* sb, int* si, int l,
+                                           int CT, int LPR) {
   const int lpw = CT < 32 ? 32 / CT : 1;  // lanes per warp
   for (int o = CT; o < 32 && o < LPR * CT; o <<= 1) {
 #pragma unroll
@@ -335,25 +347,72 @@ __device__ __forceinline__ void group_merge(St (&s)[V], float* sa, float* sb, in
     if (l >= h && l < 2 * h) {
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        const int k = ((lane - h) * CT + ct) * V + j;
-        sa[k] = s[j].a;
+        const int k = ((int)threadIdx.x - h * CT) * V + j;  // lane - h's slot
+        if (K != K_IMIN) sa[k] = s[j].a;
         if (K == K_LSE) sb[k] = s[j].b;
-        if (K == K_MAX) si[k] = s[j].i;
+        if (K == K_MAX || K == K_IMIN) si[k] = s[j].i;
       }
     }
     __syncthreads();
     if (l < h) {
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        const int k = (lane * CT + ct) * V + j;
+        const int k = (int)threadIdx.x * V + j;  // this lane's slot: lane * CT + ct
         St t;
-        t.a = sa[k];
+        t.a = (K != K_IMIN) ? sa[k] : 0.f;
         t.b = (K == K_LSE) ? sb[k] : 0.f;
-        t.i = (K == K_MAX) ? si[k] : CJ_NOIDX;
+        t.i = (K == K_MAX || K == K_IMIN) ? si[k] : CJ_NOIDX;
         st_merge<K>(s[j], t);
       }
     }
     __syncthreads();
+  }
+}
+
+#ifndef CJ_MERGE2
+#define CJ_MERGE2 1
+#endif
+// merge_tree, but the states of K_LSE and K_MAX merge in two cheap steps: the group's max M
+// (given to every lane), then K_LSE: the sum of each lane's sum rescaled to M (one exp per lane
+// and column, where each online (max, sum) merge takes two, on a chain of log2(LPR) merges);
+// K_MAX: the least index of the lanes that hold M (NaN: of the lanes that hold a NaN), where
+// each (value, index) merge is a chain of compares.
+template <int K, int V>
+__device__ __forceinline__ void group_merge(St (&s)[V], float* sa, float* sb, int* si, int l,
+                                            int CT, int LPR) {
+  if constexpr ((K == K_LSE || K == K_MAX) && CJ_MERGE2) {
+    St t[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) t[j].a = s[j].a;
+    merge_tree<K_MAXV, V>(t, sa, sb, si, l, CT, LPR);
+    if (LPR > (CT < 32 ? 32 / CT : 1)) {  // the tree left M in lane 0 of the group only
+      const int k0 = ((int)threadIdx.x - l * CT) * V;  // the slot of the group's lane 0
+      if (l == 0) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) sb[k0 + j] = t[j].a;
+      }
+      __syncthreads();  // (the second merge_tree uses sa or si, not sb, and has a barrier
+                        // before its return whenever this branch runs: sb is free on return)
+#pragma unroll
+      for (int j = 0; j < V; ++j) t[j].a = sb[k0 + j];
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const float m = t[j].a, a = s[j].a;
+      if (K == K_LSE)  // NaN if a lane is; a lane of +inf makes its term NaN (see st_final)
+        t[j].a = (m == -CJ_INF) ? 0.f : s[j].b * fast_exp(a - m);
+      else
+        t[j].i = (a == m || (m != m && a != a)) ? s[j].i : CJ_NOIDX;
+      s[j].a = m;
+    }
+    merge_tree<K == K_LSE ? K_SUM : K_IMIN, V>(t, sa, sb, si, l, CT, LPR);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      if (K == K_LSE) s[j].b = t[j].a;
+      else s[j].i = t[j].i;
+    }
+  } else {
+    merge_tree<K, V>(s, sa, sb, si, l, CT, LPR);
   }
 }
 
@@ -370,12 +429,13 @@ __device__ __forceinline__ void write_final(const St (&s)[V], int mode, int64_t 
 }
 
 // The rewrite of a whole row after its reduction q (softmax forward / backward), mode FM.
-// Lane l of LPR writes items l, l + LPR, ...: 0 past trunc, else apply(FM, a, b, q).
-template <typename T, int V, int FM>
-__device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* __restrict__ br,
-                                            const float (&q)[V], const Unit& un, int64_t C,
-                                            int64_t trunc, int l, int LPR, T* __restrict__ fout,
-                                            int64_t col) {
+// Lane l of LPR writes items l, l + LPR, ...: 0 past trunc, else apply(FM, a, b, q), or with
+// FFMA (softmax) exp_ffma(a, c).
+template <typename T, int V, int FM, bool FFMA>
+__device__ __forceinline__ void rewrite_row(const T* __restrict__ ar, const T* __restrict__ br,
+                                            const float (&q)[V], const float (&c)[V],
+                                            const Unit& un, int64_t C, int64_t trunc, int l,
+                                            int LPR, T* __restrict__ fout, int64_t col) {
   constexpr int UW = (FM == E_SOFTMAX || FM == E_LOGSOFTMAX) ? 4 : 2;  // 1 or 2 input streams
   const int64_t step = (int64_t)LPR * C;
   const int lg = __ffs(LPR) - 1;  // LPR is a power of two
@@ -407,13 +467,33 @@ __device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* _
         float o[V];
 #pragma unroll
         for (int j = 0; j < V; ++j)
-          o[j] = (u < nr) ? apply(FM, vf(x[u], j), br ? vf(y[u], j) : 0.f, 0.f,
-                                  q[j], 0, un.len, trunc, 0)
-                          : 0.f;
+          o[j] = (u >= nr) ? 0.f
+                 : FFMA    ? exp_ffma(vf(x[u], j), c[j])
+                           : apply(FM, vf(x[u], j), br ? vf(y[u], j) : 0.f, 0.f, q[j], 0, un.len,
+                                   trunc, 0);
         storev_stream<T, V>(po + u * step, o);
       }
     }
   }
+}
+template <typename T, int V, int FM>
+__device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* __restrict__ br,
+                                            const float (&q)[V], const Unit& un, int64_t C,
+                                            int64_t trunc, int l, int LPR, T* __restrict__ fout,
+                                            int64_t col) {
+  // softmax: exp(a - q) by exp_ffma where every |q| <= CJ_FFMA_MAX or q = -inf (a row of -inf:
+  // fma(-inf, .) = -inf, exp 0)
+  float c[V];
+  bool fast = FM == E_SOFTMAX;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    c[j] = (q[j] == -CJ_INF) ? 0.f : q[j] * CJ_LOG2E;
+    fast &= q[j] == -CJ_INF || ffma_ok(q[j]);
+  }
+  if (FM == E_SOFTMAX && fast)
+    rewrite_row<T, V, FM, true>(ar, br, q, c, un, C, trunc, l, LPR, fout, col);
+  else
+    rewrite_row<T, V, FM, false>(ar, br, q, c, un, C, trunc, l, LPR, fout, col);
 }
 
 // The first u < nv where each half of pair k of w[u] equals that half of m2 (float equality: -0
@@ -505,27 +585,53 @@ __device__ __forceinline__ void batch_max(const VecT<T, V> (&w)[U], int nv, floa
 
 // ---- reduction (optionally fused with an elementwise rewrite of the same row) -------------------
 // Fold one batch into s: items i0 + u * LPR (u < nv, 1 <= nv <= U) of this lane, w[u] (and z[u],
-// the second input of K_DOT). K_LSE: one max over the batch, one rescale of the running sum, then
-// one exp per item; K_MAX: the batch max, and only where it beats the state its first position.
+// the second input of K_DOT). K_LSE: the batch max; only where it beats the running max (rarely,
+// past the first batches of a row) a rescale of the thread's sums and of `ffma` (whether every
+// |s[j].a| <= CJ_FFMA_MAX, for exp_ffma); then one exp per item;
+// K_MAX: the batch max, and only where it beats the state its first position.
 template <typename T, int K, int V, int U>
-__device__ __forceinline__ void fold_batch(St (&s)[V], const VecT<T, V> (&w)[U],
+__device__ __forceinline__ void fold_batch(St (&s)[V], bool& ffma, const VecT<T, V> (&w)[U],
                                            const VecT<T, V> (&z)[U], int nv, int64_t i0, int LPR,
                                            bool neg, int tmode) {
   if (K == K_LSE) {
-    float m[V], ms[V];
+    float m[V];
     batch_max<T, V, U>(w, nv, m);
+    bool up = false;  // the max of some column rose (or is NaN): rescale every sum of the thread
 #pragma unroll
-    for (int j = 0; j < V; ++j) {
-      m[j] = fmax_nan(m[j], s[j].a);
-      ms[j] = (m[j] == -CJ_INF) ? 0.f : m[j];  // all -inf so far: every term is 0
-      s[j].b *= fast_exp(s[j].a - ms[j]);
-      s[j].a = m[j];
+    for (int j = 0; j < V; ++j) up |= !(m[j] <= s[j].a);
+    if (up) {
+      bool ok = true;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const float mj = fmax_nan(m[j], s[j].a);
+        const float ms = (mj == -CJ_INF) ? 0.f : mj;  // all -inf so far: every term is 0
+        s[j].b *= fast_exp(s[j].a - ms);
+        s[j].a = mj;
+        ok &= ffma_ok(ms);
+      }
+      ffma = ok;
     }
+    if (ffma) {  // each s[j].a is -inf (so are its items: exp 0) or |a| <= 64: c = a * log2(e)
+      float c[V];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (u < nv) {
+      for (int j = 0; j < V; ++j) c[j] = fmaxf(s[j].a * CJ_LOG2E, -CJ_FLT_MAX);
 #pragma unroll
-        for (int j = 0; j < V; ++j) s[j].b += fast_exp(vf(w[u], j) - ms[j]);
+      for (int u = 0; u < U; ++u) {
+        if (u < nv) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) s[j].b += exp_ffma(vf(w[u], j), c[j]);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u < nv) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const float ms = (s[j].a == -CJ_INF) ? 0.f : s[j].a;
+            s[j].b += fast_exp(vf(w[u], j) - ms);
+          }
+        }
       }
     }
     return;
@@ -617,6 +723,7 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
                                            int l, int LPR, int64_t C, int mode, uint32_t ring) {
   const bool neg = (K == K_MAX || K == K_MAXV) && (mode & 1);
   const int tmode = (K == K_SUM) ? (mode == 2 ? 1 : (mode == 3 ? 2 : 0)) : 0;
+  bool ffma = CJ_FFMA_EXP;  // K_LSE (see fold_batch): s starts at -inf
   const int64_t step = (int64_t)LPR * C;  // elements between a lane's consecutive items
   const int lg = __ffs(LPR) - 1;            // LPR is a power of two
   const int64_t G = (int64_t)U * LPR;     // items of a batch (all lanes)
@@ -675,7 +782,7 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
       // into the stage of the batch before, read and folded in the last iteration
       issue();
       sc = (sc == ring + (ST - 1) * STAGE) ? ring : sc + STAGE;
-      fold_batch<T, K, V, U>(s, w, z, U, i0, LPR, neg, tmode);
+      fold_batch<T, K, V, U>(s, ffma, w, z, U, i0, LPR, neg, tmode);
     }
     if (i0 < end) {  // the partial last batch
       cp_async_wait<ST - 2>();
@@ -688,7 +795,7 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
           if (K == K_DOT) z[u] = lds16<VecT<T, V>>(sc + INPUT + u * CJ_BLOCK * 16);
         }
       }
-      fold_batch<T, K, V, U>(s, w, z, nv, i0, LPR, neg, tmode);
+      fold_batch<T, K, V, U>(s, ffma, w, z, nv, i0, LPR, neg, tmode);
     }
     cp_async_wait<0>();
   } else {
@@ -707,7 +814,7 @@ __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
       }
       pa += U * step;
       if (K == K_DOT) pb += U * step;
-      fold_batch<T, K, V, U>(s, w, z, nv, i0, LPR, neg, tmode);
+      fold_batch<T, K, V, U>(s, ffma, w, z, nv, i0, LPR, neg, tmode);
     }
   }
 }
@@ -767,7 +874,7 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
     accumulate<T, K, V, UA, P::on>(s, ar, br, un.start, un.end, l, LPR, C, mode,
                                    smem_addr(sa) + threadIdx.x * 16);
   if constexpr (P::on) __syncthreads();  // the ring's bytes hold sa / sb / si from here on
-  group_merge<K, V>(s, sa, sb, si, lane, l, ct, CT, LPR);
+  group_merge<K, V>(s, sa, sb, si, l, CT, LPR);
   const int64_t n = un.len < trunc ? un.len : trunc;
 
   if (!FUSED && (pass == 2 || (pass == 1 && un.nu > 1))) {
@@ -826,7 +933,7 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
         }
       }
     }
-    group_merge<K, V>(t, sa, sb, si, lane, lane, ct, CT, R);
+    group_merge<K, V>(t, sa, sb, si, lane, CT, R);
     if (lane == 0 && col < C) write_final<T, K, V>(t, mode, n, has_init, init, out, out_kind,
                                                     un.row * C + col);
     return;
@@ -838,16 +945,17 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
   }
   if (K != K_LSE && K != K_SUM && K != K_DOT) return;  // no fused rewrite after these
   (void)out; (void)out_kind; (void)has_init; (void)init;
-  // fused elementwise rewrite of the whole row
+  // fused elementwise rewrite of the whole row; q through the slot of the group's lane 0
+  const int g0 = ((int)threadIdx.x - l * CT) * V;
   if (l == 0 && active) {
 #pragma unroll
-    for (int j = 0; j < V; ++j) sa[(sub * CT + ct) * V + j] = st_final<K>(s[j], mode, n, 0, 0.f);
+    for (int j = 0; j < V; ++j) sa[g0 + j] = st_final<K>(s[j], mode, n, 0, 0.f);
   }
   __syncthreads();
   if (!active) return;
   float q[V];
 #pragma unroll
-  for (int j = 0; j < V; ++j) q[j] = sa[(sub * CT + ct) * V + j];
+  for (int j = 0; j < V; ++j) q[j] = sa[g0 + j];
   switch (fmode) {
     case E_SOFTMAX: fused_write<T, V, E_SOFTMAX>(ar, br, q, un, C, trunc, l, LPR, fout, col); break;
     case E_LOGSOFTMAX:

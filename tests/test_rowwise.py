@@ -551,6 +551,34 @@ def test_gpu_softmax_fwd_bwd_match_numba(log, case, big):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), bfloat16, np.dtype(np.float16)])
+@pytest.mark.parametrize("D", [1, 128])
+def test_gpu_logsumexp_softmax_across_the_fast_exp_bound(dtype, D):
+    """Rows whose running max crosses |m| = 64, where the kernels switch between the one-FFMA
+    exp and the exact form (rowwise.cu, CJ_FFMA_MAX): ramps up and down through +-64, values
+    at 63.9 / 64.1, -inf before finite values, a 1e30 (6e4 in fp16), and rows long enough for
+    several batches per lane, the split path (> 1 MB) and the fused one."""
+    rng = np.random.default_rng(7)
+    big = 6e4 if dtype == np.float16 else 1e30
+    rows = [np.linspace(-200, 100, 3001), np.linspace(100, -200, 2999),
+            np.linspace(-100, 70, 517), np.linspace(-63, 63, 64),
+            np.r_[rng.standard_normal(700), 63.9, rng.standard_normal(300) + 60, 64.1],
+            np.r_[np.full(40, -np.inf), rng.standard_normal(90) - 70],
+            np.r_[rng.standard_normal(50), big, rng.standard_normal(50)],
+            np.array([64.0]), np.array([]), rng.standard_normal(9000) * 40]
+    vals = np.concatenate([np.repeat(r[:, None], D, 1) + rng.standard_normal((len(r), D))
+                           for r in rows]).astype(np.float32).astype(dtype)
+    x = JaggedArray(vals, make_offsets([len(r) for r in rows], np.int64))
+    for trunc in (None, 2000):
+        assert_close(_np(R.logsumexp(_gpu(x), max_length=trunc)),
+                     np.asarray(R.logsumexp(x, max_length=trunc)), dtype)
+        for f in (R.softmax, R.log_softmax):
+            yg = _np(f(_gpu(x), max_length=trunc))
+            assert not np.isnan(yg.astype(np.float64)).any()
+            assert_close(yg, np.asarray(f(x, max_length=trunc).values), dtype)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", ["sum", "mean", "max", "min", "logsumexp"])
 @given(case=cases())
 def test_gpu_reduction_backward_match_numba(name, case):
