@@ -16,7 +16,7 @@ import numpy as np
 from bench.bench_rowwise import _inputs
 from bench.harness import copy_entry, gpu_time_ms, rotate, time_ms
 
-OPS = ("sum", "max", "argmax", "logsumexp", "softmax", "cumsum", "cumsum_backward",
+OPS = ("sum", "mean", "max", "argmax", "logsumexp", "softmax", "cumsum", "cumsum_backward",
        "softmax_backward")
 # bytes moved / bytes of x
 MOVED = {"softmax": 2, "cumsum": 2, "cumsum_backward": 2, "softmax_backward": 3}

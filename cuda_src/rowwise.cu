@@ -237,7 +237,7 @@ template <int K> __device__ __forceinline__ void st_merge(St& s, const St& t) {
 template <int K>
 __device__ __forceinline__ float st_final(const St& s, int mode, int64_t n, int has_init, float init) {
   if (K == K_SUM) {
-    if (mode == 1) return n ? s.a / (float)n : nanf_();
+    if (mode == 1) return n ? s.a * (1.f / (float)n) : nanf_();  // one division per thread (CSE)
     if (mode == 2) return s.a > 0.f ? 1.f : 0.f;
     if (mode == 3) return s.a == 0.f ? 1.f : 0.f;
     return s.a;

@@ -225,14 +225,17 @@ def _sm_count(dev: int) -> int:
     return int(cupy.cuda.Device(dev).attributes["MultiProcessorCount"])
 
 
-def _geom(C: int, dtype, *arrays):
+def _geom(C: int, dtype, *arrays, tile_bytes: int | None = None):
     """(V, CT, column tiles): V columns per thread (16-byte vectors when C and the pointers
-    allow), CT column threads per block (power of two), tiles over the columns (grid y)."""
+    allow), CT column threads per block (power of two; at most ``tile_bytes`` of an item), tiles
+    over the columns (grid y)."""
     vec = 16 // dtype.itemsize
     ok = C % vec == 0 and _builtin_all(a.data.ptr % 16 == 0 for a in arrays if a is not None)
     V = vec if ok else 1
     cv = C // V
-    CT = _builtin_min(_BLOCK, pow2_at_least(cv))
+    ct_max = _BLOCK if tile_bytes is None else \
+        _builtin_max(1, _builtin_min(_BLOCK, tile_bytes // (V * dtype.itemsize)))
+    CT = _builtin_min(pow2_at_least(ct_max + 1) // 2, pow2_at_least(cv))
     return V, CT, -(-cv // CT)
 
 
@@ -246,7 +249,7 @@ def _geom(C: int, dtype, *arrays):
 _SCHED = {"whole_reduce": 512 * _KB, "whole_fused": 1024 * _KB, "whole_scan": 512 * _KB,
           "small_row": 32 * _KB, "lane_items": 8, "lane_scan": 64,
           "split_min": 64 * _KB, "split_max": 1024 * _KB, "bcast_chunk": 64 * _KB,
-          "scan_chunk": 64 * _KB}
+          "scan_chunk": 64 * _KB, "fused_tile": 1 << 30}
 
 
 def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
@@ -429,7 +432,7 @@ def _gpu_fused(x, K, mode, fmode, trunc, b=None):
     if T == 0 or C == 0:
         return out
     bv = None if b is None else b.values
-    V, CT, yt = _geom(C, x.dtype, vals, bv, out)
+    V, CT, yt = _geom(C, x.dtype, vals, bv, out, tile_bytes=_SCHED["fused_tile"])
     ib = C * x.dtype.itemsize * (1 if b is None else 2)  # bytes read per item
     chunk, nunits, LPR, split, blocks, _, units = _schedule(x, "fused", ib, trunc, CT)
     if split:
