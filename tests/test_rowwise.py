@@ -664,6 +664,30 @@ def test_gpu_split_paths_match_numba(chunk_bytes, case, special):
 
 
 @pytest.mark.gpu
+@given(case=cases(dtypes=[np.dtype(np.float32), bfloat16]))
+def test_gpu_fused_column_tiles_match_numba(case):
+    """Fused softmax blocks covering 16 bytes of each item (one vector per input): many column
+    tiles over grid y, scalar (odd inner sizes) and vector (40 columns)."""
+    saved = dict(R._SCHED)
+    R._SCHED.update(fused_tile=16)
+    lens, inner0, dtype, off_dtype, trunc, seed = case
+    try:
+        for inner, log in ((inner0, False), (inner0, True), ((40,), False), ((40,), True)):
+            x = make_x(lens, inner, dtype, off_dtype, seed)
+            f = R.log_softmax if log else R.softmax
+            fb = R.log_softmax_backward if log else R.softmax_backward
+            y, yg = f(x, max_length=trunc), f(_gpu(x), max_length=trunc)
+            assert_close(_np(yg), np.asarray(y.values), dtype)
+            g = make_x(lens, inner, dtype, off_dtype, seed + 1)
+            assert_close(_np(fb(_gpu(g), yg, max_length=trunc)),
+                         np.asarray(fb(g, y._with_values(_np(yg)), max_length=trunc).values),
+                         dtype)
+    finally:
+        R._SCHED.clear()
+        R._SCHED.update(saved)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gpu_cumsum_very_long_row(reverse):
     """One row of 6e6 items among short ones: 24 MB, so the scan takes ~256 chunks of more than
