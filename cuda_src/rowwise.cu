@@ -323,6 +323,24 @@ __device__ __forceinline__ Unit get_unit(const int64_t* __restrict__ units, int6
   return u;
 }
 
+// A thread's place in its block: column thread ct of CT, lane of R = CJ_BLOCK / CT, lane l of
+// its group of LPR lanes, group sub (CT and LPR are powers of two: shifts, where a division by a
+// launch argument costs ~20 instructions each).
+struct Place {
+  int ct, lane, R, l, sub, groups;  // groups = R / LPR per block
+  __device__ __forceinline__ Place(int CT, int LPR) {
+    const int sc = __ffs(CT) - 1, sl = __ffs(LPR) - 1;
+    ct = threadIdx.x & (CT - 1);
+    lane = threadIdx.x >> sc;
+    R = CJ_BLOCK >> sc;
+    l = lane & (LPR - 1);
+    sub = lane >> sl;
+    groups = R >> sl;
+  }
+};
+// lanes per warp of a block of CT column threads
+__device__ __forceinline__ int lanes_per_warp(int CT) { return CT < 32 ? 32 >> (__ffs(CT) - 1) : 1; }
+
 template <int K> __device__ __forceinline__ St st_shfl_xor(const St& s, int o) {
   St t;
   t.a = (K != K_IMIN) ? __shfl_xor_sync(0xffffffffu, s.a, o) : 0.f;
@@ -331,39 +349,65 @@ template <int K> __device__ __forceinline__ St st_shfl_xor(const St& s, int o) {
   return t;
 }
 
+#ifndef CJ_MERGE_FLAT
+#define CJ_MERGE_FLAT 1
+#endif
 // Merge the states of the LPR lanes of each group (lane = thread / CT, l = lane % LPR; a lane's
-// slot in sa/sb/si is thread * V) into lane 0 of the group (l == 0): a butterfly over the lanes that share a warp (CT < 32), then a
-// tree through shared memory over the rest (lanes l < h take lane l + h). Deterministic (fixed
-// order); every thread of the block must call it; sa/sb/si are free again on return.
+// slot in sa/sb/si is thread * V) into lane 0 of the group (l == 0): a butterfly over the lanes
+// that share a warp (CT < 32), then through shared memory over the group's warps: the first lane
+// of each warp writes its state and lane 0 folds them in order (CJ_MERGE_FLAT: two barriers; else
+// a tree, lanes l < h taking lane l + h, two barriers a level). Deterministic (fixed order);
+// every thread of the block must call it; sa/sb/si are free again on return.
+template <int K, int V> __device__ __forceinline__ void st_store(const St& s, float* sa,
+                                                                 float* sb, int* si, int k) {
+  if (K != K_IMIN) sa[k] = s.a;
+  if (K == K_LSE) sb[k] = s.b;
+  if (K == K_MAX || K == K_IMIN) si[k] = s.i;
+}
+template <int K, int V> __device__ __forceinline__ St st_load(const float* sa, const float* sb,
+                                                              const int* si, int k) {
+  St t;
+  t.a = (K != K_IMIN) ? sa[k] : 0.f;
+  t.b = (K == K_LSE) ? sb[k] : 0.f;
+  t.i = (K == K_MAX || K == K_IMIN) ? si[k] : CJ_NOIDX;
+  return t;
+}
 template <int K, int V>
 __device__ __forceinline__ void merge_tree(St (&s)[V], float* sa, float* sb, int* si, int l,
                                            int CT, int LPR) {
-  const int lpw = CT < 32 ? 32 / CT : 1;  // lanes per warp
+  const int lpw = lanes_per_warp(CT);
   for (int o = CT; o < 32 && o < LPR * CT; o <<= 1) {
 #pragma unroll
     for (int j = 0; j < V; ++j) st_merge<K>(s[j], st_shfl_xor<K>(s[j], o));
   }
+  if (LPR <= lpw) return;
+  const int me = (int)threadIdx.x * V;  // this lane's slot: (lane * CT + ct) * V
+  if (CJ_MERGE_FLAT) {
+    if (l >= lpw && (l & (lpw - 1)) == 0) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) st_store<K, V>(s[j], sa, sb, si, me + j);
+    }
+    __syncthreads();
+    if (l == 0) {
+      const int wl = lpw * CT * V;  // slots between the first lanes of consecutive warps
+#pragma unroll 1
+      for (int w = 1; w < LPR / lpw; ++w) {  // the group's lane w * lpw
+#pragma unroll
+        for (int j = 0; j < V; ++j) st_merge<K>(s[j], st_load<K, V>(sa, sb, si, me + w * wl + j));
+      }
+    }
+    __syncthreads();
+    return;
+  }
   for (int h = LPR >> 1; h >= lpw; h >>= 1) {
     if (l >= h && l < 2 * h) {
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const int k = ((int)threadIdx.x - h * CT) * V + j;  // lane - h's slot
-        if (K != K_IMIN) sa[k] = s[j].a;
-        if (K == K_LSE) sb[k] = s[j].b;
-        if (K == K_MAX || K == K_IMIN) si[k] = s[j].i;
-      }
+      for (int j = 0; j < V; ++j) st_store<K, V>(s[j], sa, sb, si, me - h * CT * V + j);
     }
     __syncthreads();
     if (l < h) {
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const int k = (int)threadIdx.x * V + j;  // this lane's slot: lane * CT + ct
-        St t;
-        t.a = (K != K_IMIN) ? sa[k] : 0.f;
-        t.b = (K == K_LSE) ? sb[k] : 0.f;
-        t.i = (K == K_MAX || K == K_IMIN) ? si[k] : CJ_NOIDX;
-        st_merge<K>(s[j], t);
-      }
+      for (int j = 0; j < V; ++j) st_merge<K>(s[j], st_load<K, V>(sa, sb, si, me + j));
     }
     __syncthreads();
   }
@@ -385,7 +429,7 @@ __device__ __forceinline__ void group_merge(St (&s)[V], float* sa, float* sb, in
 #pragma unroll
     for (int j = 0; j < V; ++j) t[j].a = s[j].a;
     merge_tree<K_MAXV, V>(t, sa, sb, si, l, CT, LPR);
-    if (LPR > (CT < 32 ? 32 / CT : 1)) {  // the tree left M in lane 0 of the group only
+    if (LPR > lanes_per_warp(CT)) {  // the tree left M in lane 0 of the group only
       const int k0 = ((int)threadIdx.x - l * CT) * V;  // the slot of the group's lane 0
       if (l == 0) {
 #pragma unroll
@@ -852,9 +896,9 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
             int pass, float* __restrict__ part_a, float* __restrict__ part_b, int* __restrict__ part_i, int* __restrict__ counters, void* __restrict__ out,
             int out_kind, int has_init, float init, int fmode, T* __restrict__ fout, float* sa,
             float* sb, int* si, int& s_last) {
-  const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
-  const int l = lane % LPR, sub = lane / LPR;
-  const int64_t uid = (int64_t)blockIdx.x * (R / LPR) + sub;
+  const Place pl(CT, LPR);
+  const int ct = pl.ct, lane = pl.lane, R = pl.R, l = pl.l;
+  const int64_t uid = (int64_t)blockIdx.x * pl.groups + pl.sub;
   const Unit un = get_unit(units, nunits, chunk, trunc, uid);
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
   const bool active = col < C && un.row >= 0;
@@ -1079,10 +1123,10 @@ rowbcast(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__
          const int64_t* __restrict__ ix, const int64_t* __restrict__ units, int64_t nunits,
          int64_t C, int64_t chunk, int64_t trunc, int CT, int LPR, int mode,
          T* __restrict__ out) {
-  const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
-  const int l = lane % LPR, sub = lane / LPR;
+  const Place pl(CT, LPR);
+  const int ct = pl.ct, l = pl.l;
   const Unit un = get_unit(units, nunits, chunk, (int64_t)1 << 62,
-                           (int64_t)blockIdx.x * (R / LPR) + sub);
+                           (int64_t)blockIdx.x * pl.groups + pl.sub);
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
   if (un.row < 0 || col >= C) return;
 #define CJ_BCAST(M) \
@@ -1143,7 +1187,8 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
   constexpr int UB = PIPE ? CJ_SCAN_U : U;  // items per lane and step of a long row
   __shared__ float sm[CJ_BLOCK * V];
   __shared__ __align__(16) unsigned char ring[PIPE ? 2 * UB * CJ_BLOCK * 16 : 16];
-  const int ct = threadIdx.x % CT, lane = threadIdx.x / CT, R = CJ_BLOCK / CT;
+  const Place pl(CT, 1);
+  const int ct = pl.ct, lane = pl.lane, R = pl.R;
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
   const bool active = col < C;
   if (LPR == 1) {  // short whole rows: lane k of block b scans unit b * R + k alone, no barrier
