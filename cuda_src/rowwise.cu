@@ -349,23 +349,21 @@ template <int K> __device__ __forceinline__ St st_shfl_xor(const St& s, int o) {
   return t;
 }
 
-#ifndef CJ_MERGE_FLAT
-#define CJ_MERGE_FLAT 1
-#endif
 // Merge the states of the LPR lanes of each group (lane = thread / CT, l = lane % LPR; a lane's
 // slot in sa/sb/si is thread * V) into lane 0 of the group (l == 0): a butterfly over the lanes
 // that share a warp (CT < 32), then through shared memory over the group's warps: the first lane
-// of each warp writes its state and lane 0 folds them in order (CJ_MERGE_FLAT: two barriers; else
-// a tree, lanes l < h taking lane l + h, two barriers a level). Deterministic (fixed order);
-// every thread of the block must call it; sa/sb/si are free again on return.
-template <int K, int V> __device__ __forceinline__ void st_store(const St& s, float* sa,
-                                                                 float* sb, int* si, int k) {
+// of each warp writes its state and lane 0 folds them in order (two barriers; a tree, lanes
+// l < h taking lane l + h, two barriers a level, measured the same: H100, 85f877f). Deterministic
+// (fixed order); every thread of the block must call it; sa/sb/si are free again on return.
+// a state to / from slot k of sa / sb / si (the fields kind K uses)
+template <int K>
+__device__ __forceinline__ void st_store(const St& s, float* sa, float* sb, int* si, int k) {
   if (K != K_IMIN) sa[k] = s.a;
   if (K == K_LSE) sb[k] = s.b;
   if (K == K_MAX || K == K_IMIN) si[k] = s.i;
 }
-template <int K, int V> __device__ __forceinline__ St st_load(const float* sa, const float* sb,
-                                                              const int* si, int k) {
+template <int K>
+__device__ __forceinline__ St st_load(const float* sa, const float* sb, const int* si, int k) {
   St t;
   t.a = (K != K_IMIN) ? sa[k] : 0.f;
   t.b = (K == K_LSE) ? sb[k] : 0.f;
@@ -382,35 +380,20 @@ __device__ __forceinline__ void merge_tree(St (&s)[V], float* sa, float* sb, int
   }
   if (LPR <= lpw) return;
   const int me = (int)threadIdx.x * V;  // this lane's slot: (lane * CT + ct) * V
-  if (CJ_MERGE_FLAT) {
-    if (l >= lpw && (l & (lpw - 1)) == 0) {
+  if (l >= lpw && (l & (lpw - 1)) == 0) {
 #pragma unroll
-      for (int j = 0; j < V; ++j) st_store<K, V>(s[j], sa, sb, si, me + j);
-    }
-    __syncthreads();
-    if (l == 0) {
-      const int wl = lpw * CT * V;  // slots between the first lanes of consecutive warps
+    for (int j = 0; j < V; ++j) st_store<K>(s[j], sa, sb, si, me + j);
+  }
+  __syncthreads();
+  if (l == 0) {
+    const int wl = lpw * CT * V;  // slots between the first lanes of consecutive warps
 #pragma unroll 1
-      for (int w = 1; w < LPR / lpw; ++w) {  // the group's lane w * lpw
+    for (int w = 1; w < LPR / lpw; ++w) {  // the group's lane w * lpw
 #pragma unroll
-        for (int j = 0; j < V; ++j) st_merge<K>(s[j], st_load<K, V>(sa, sb, si, me + w * wl + j));
-      }
+      for (int j = 0; j < V; ++j) st_merge<K>(s[j], st_load<K>(sa, sb, si, me + w * wl + j));
     }
-    __syncthreads();
-    return;
   }
-  for (int h = LPR >> 1; h >= lpw; h >>= 1) {
-    if (l >= h && l < 2 * h) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) st_store<K, V>(s[j], sa, sb, si, me - h * CT * V + j);
-    }
-    __syncthreads();
-    if (l < h) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) st_merge<K>(s[j], st_load<K, V>(sa, sb, si, me + j));
-    }
-    __syncthreads();
-  }
+  __syncthreads();
 }
 
 #ifndef CJ_MERGE2
