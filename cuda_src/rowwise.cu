@@ -27,8 +27,12 @@
 #ifndef CJ_MINB_S
 #define CJ_MINB_S CJ_MINB  // the same for cumsum of 32-bit values
 #endif
-#ifndef CJ_MINB_S16
-#define CJ_MINB_S16 3  // and of 16-bit values (H100: bf16 62.3 -> 60.6 us at 3, fp32 97 -> 104)
+#ifndef CJ_MINB_S16  // and of 16-bit values on sm_90 (H100: bf16 62.3 -> 60.6 us at 3, fp32
+#if __CUDA_ARCH__ >= 900  // 97 -> 104; sm_80's code spills 44 bytes at 3)
+#define CJ_MINB_S16 3
+#else
+#define CJ_MINB_S16 CJ_MINB_S
+#endif
 #endif
 #ifndef CJ_MINB_R
 #define CJ_MINB_R 3  // blocks per SM of the plain reductions (register cap 80)
