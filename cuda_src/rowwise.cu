@@ -65,7 +65,8 @@
 #define CJ_REV2 1  // the fused rewrite pass walks its row from the end
 #endif
 #ifndef CJ_UW
-#define CJ_UW 4  // 16-byte loads in flight per lane in the fused rewrite (half each of two inputs)
+#define CJ_UW 6  // 16-byte loads in flight per lane in the fused rewrite (half each of two inputs;
+                 // H100: 4 -> 6 made bf16 softmax fwd / bwd 1.7 / 1.1% faster, 8 spilled)
 #endif
 #ifndef CJ_UH
 #define CJ_UH 4  // the same for reductions with a larger state (index, exp sum) or a second input
