@@ -1,6 +1,7 @@
-"""Times the Hopper wgmma attention kernel (cuda_src/attention_sm90.cu, 64 or 128 query rows per
-block) against the mma.sync kernel and FlashAttention-2 varlen on the reference shapes (bf16,
-device time back to back), after checking it against the mma.sync result.
+"""Times the Hopper wgmma attention kernel (cuda_src/attention_sm90.cu) in several variants
+against the mma.sync kernel and FlashAttention-2 varlen on the reference shapes (bf16, device
+time back to back), after checking each against the mma.sync result. Every variant is timed in
+``ROUNDS`` interleaved rounds (same process, same inputs), so that drift shows.
 
     PYTHONPATH=. python3 -m bench.attention_sm90_time
 """
@@ -15,11 +16,12 @@ from bench.attention_sweep import SHAPES
 
 # (label, rows per block, (keys per step, K/V stages) or None: the default choice, extra NVRTC
 # options)
-VARIANTS = [("sm90", 64, None, ()), ("sm90_bm128", 128, None, ()),
-            ("bn32_st3", 64, (32, 3), ()), ("bn32_st2", 64, (32, 2), ()),
-            ("bn64_st2", 64, (64, 2), ()), ("bn64_st3", 64, (64, 3), ()),
-            ("bn64_st2_minb1", 64, (64, 2), ("-DJFA90_MINB(D,NWG,BN,ST)=1",))]
+VARIANTS = [("sm90", 64, None, ()),
+            ("bm128", 128, None, ()),
+            ("bn32_st2", 64, (32, 2), ()),
+            ("bn64_st2", 64, (64, 2), ())]
 CASES = [(*s, False) for s in SHAPES if s[4] in (64, 128)] + [(1024, 512, 0.25, 1, 128, True)]
+ROUNDS = 2
 
 
 def main():
@@ -34,10 +36,17 @@ def main():
 
     default = (A._FAM90, A._SM90_CFG)
     fams = {(c, op): KernelFamily("attention_sm90.cu", ["jfa_sm90_smem_offset"] + [
-                                  A._sm90_name("bf16_t", d, 1, *c) for d in A._SM90_DIMS],
+                                  A._sm90_name("bf16_t", d, w, *cc) for d in A._SM90_DIMS
+                                  for w in (1, 2)
+                                  for cc in ([c] if c else sorted(set(A._SM90_CFG[d])))],
                                   options=A._FAM90.options[1:] + op, arch="sm_90a",
                                   register=False)
-            for _, _, c, op in VARIANTS if c is not None}
+            for _, _, c, op in VARIANTS if c is not None or op}
+
+    def use(c, op):
+        A._FAM90 = fams.get((c, op), default[0])
+        A._SM90_CFG = {d: (c, c) for d in A._SM90_DIMS} if c else default[1]
+        A._SMEM_SET.clear()
 
     dev = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print("device:", dev)
@@ -45,28 +54,26 @@ def main():
         _, js, ts, cu = attention_inputs(B, L, fill, H, D)
         it = rotate(ts)
         sc = 1 / math.sqrt(D)
-        fa2 = gpu_time_ms(lambda: _fa2(torch, *next(it), cu, L, sc, causal))[0]  # noqa: B023
-        line = {"shape": f"B={B} L={L} f={fill} {H}x{D}{' causal' if causal else ''}",
-                "fa2": f"{fa2:.4f}"}
+        line = {"shape": f"B={B} L={L} f={fill} {H}x{D}{' causal' if causal else ''}"}
         ref = jagged_flash_attention(*js[0], causal=causal, _impl="mma").values.astype(np.float32)
-        for name, bm, c, op in [("mma", None, None, ())] + VARIANTS:
-            if c is not None and D == 128 and (c[0] == 64 and c[1] >= 3 or "minb" in name):
-                continue  # one block per SM, or no change for D = 128: not worth timing
-            kw = dict(_impl="mma") if name == "mma" else dict(_impl="sm90", _bm=bm)
-            A._FAM90, A._SM90_CFG = ((fams[(c, op)], {d: (c, c) for d in A._SM90_DIMS}) if c
-                                     else default)
-            A._SMEM_SET.clear()
-            for x in js[0] + js[1]:
-                x._cache.clear()
-            try:
-                out = jagged_flash_attention(*js[0], causal=causal, **kw).values
-                err = float(cupy.linalg.norm(out.astype(np.float32) - ref) / cupy.linalg.norm(ref))
-                it2 = rotate(js)
-                ms = gpu_time_ms(lambda it2=it2, kw=kw: jagged_flash_attention(
-                    *next(it2), causal=causal, **kw))[0]  # noqa: B023
-                line[name] = f"{ms:.4f} ({ms / fa2:.2f}x, err {err:.1e})"
-            except Exception as e:  # keep timing the other variants
-                line[name] = f"ERR {type(e).__name__}: {str(e)[:200]}"
+        for rnd in range(ROUNDS):
+            fa2 = gpu_time_ms(lambda: _fa2(torch, *next(it), cu, L, sc, causal))[0]  # noqa: B023
+            line[f"fa2#{rnd}"] = f"{fa2:.4f}"
+            for name, bm, c, op in [("mma", None, None, ())] + VARIANTS:
+                kw = dict(_impl="mma") if name == "mma" else dict(_impl="sm90", _bm=bm)
+                use(c, op)
+                for x in js[0] + js[1]:
+                    x._cache.clear()
+                try:
+                    out = jagged_flash_attention(*js[0], causal=causal, **kw).values
+                    err = float(cupy.linalg.norm(out.astype(np.float32) - ref)
+                                / cupy.linalg.norm(ref))
+                    it2 = rotate(js)
+                    ms = gpu_time_ms(lambda it2=it2, kw=kw: jagged_flash_attention(
+                        *next(it2), causal=causal, **kw))[0]  # noqa: B023
+                    line[f"{name}#{rnd}"] = f"{ms:.4f} ({ms / fa2:.3f}x, err {err:.1e})"
+                except Exception as e:  # keep timing the other variants
+                    line[f"{name}#{rnd}"] = f"ERR {type(e).__name__}: {str(e)[:200]}"
         A._FAM90, A._SM90_CFG = default
         print(" | ".join(f"{k}={v}" for k, v in line.items()), flush=True)
 

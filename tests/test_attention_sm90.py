@@ -74,3 +74,15 @@ def test_sm90_rejects_what_it_cannot_do():
     x = cupy.zeros((4, 1, 32), dtype=bfloat16)
     with pytest.raises(ValueError, match="sm90"):
         jagged_flash_attention(x, x, x, cupy.asarray([0, 4]), _impl="sm90")
+
+
+@pytest.mark.gpu
+def test_sm90_many_rows_many_waves():
+    """Thousands of (tile, head) items: many waves of blocks, rows of every length up to 150."""
+    _need_sm90()
+    rng = np.random.default_rng(5)
+    lq = [int(x) for x in rng.integers(0, 150, size=1500)]
+    p = dict(lq=lq, lk=lq, cross=False, H=2, Hk=2, D=64, dtype=np.dtype(np.float16),
+             causal=False, msl=None, scale=None, bias=False, bias_heads=1, off_dtype=np.int64,
+             seed=11)
+    check_gpu(p, _impl="sm90")
