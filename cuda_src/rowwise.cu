@@ -466,14 +466,23 @@ __device__ __forceinline__ void write_final(const St (&s)[V], int mode, int64_t 
   }
 }
 
+// The row cache of a fused block (dynamic shared memory): the lane's first nc items of each of
+// its ni inputs (16-byte vectors), item u of input x of this thread at
+// cache + ((u * ni + x) * CJ_BLOCK) * 16 (cache: the thread's own first slot; a warp's 16-byte
+// accesses are conflict-free; a thread reads only the slots it filled: no barrier).
+__device__ __forceinline__ uint32_t cache_slot(uint32_t cache, int u, int x, int ni) {
+  return cache + (uint32_t)((u * ni + x) * CJ_BLOCK) * 16u;
+}
+
 // The rewrite of a whole row after its reduction q (softmax forward / backward), mode FM.
 // Lane l of LPR writes items l, l + LPR, ...: 0 past trunc, else apply(FM, a, b, q), or with
-// FFMA (softmax) exp_ffma(a, c).
+// FFMA (softmax) exp_ffma(a, c). The lane's first nc items come from the row cache.
 template <typename T, int V, int FM, bool FFMA>
 __device__ __forceinline__ void rewrite_row(const T* __restrict__ ar, const T* __restrict__ br,
                                             const float (&q)[V], const float (&c)[V],
                                             const Unit& un, int64_t C, int64_t trunc, int l,
-                                            int LPR, T* __restrict__ fout, int64_t col) {
+                                            int LPR, T* __restrict__ fout, int64_t col,
+                                            uint32_t cache, int nc) {
   constexpr int UW = (FM == E_SOFTMAX || FM == E_LOGSOFTMAX) ? CJ_UW : CJ_UW / 2;  // 1 or 2 inputs
   const int64_t step = (int64_t)LPR * C;
   const int lg = __ffs(LPR) - 1;  // LPR is a power of two
@@ -492,11 +501,25 @@ __device__ __forceinline__ void rewrite_row(const T* __restrict__ ar, const T* _
     const int nr = rr <= 0 ? 0 : ((rr < (int64_t)UW * LPR ? (int)rr : UW * LPR) + LPR - 1) >> lg;
     const int nw = ((rw < (int64_t)UW * LPR ? (int)rw : UW * LPR) + LPR - 1) >> lg;
     VecT<T, V> x[UW], y[UW];
+    const int uc = (int)((CJ_REV2 ? ng - 1 - gi : gi) * UW);  // the lane's item index of x[0]
+    if (uc + UW <= nc) {  // a group wholly in the row cache (its first nr items were read)
+      if constexpr (sizeof(VecT<T, V>) == 16) {
+        const int ni = br ? 2 : 1;
 #pragma unroll
-    for (int u = 0; u < UW; ++u) {
-      if (u < nr) {
-        x[u] = ldv_last<T, V>(pa + u * step);
-        if (br) y[u] = ldv_last<T, V>(pb + u * step);
+        for (int u = 0; u < UW; ++u) {
+          if (u < nr) {
+            x[u] = lds16<VecT<T, V>>(cache_slot(cache, uc + u, 0, ni));
+            if (br) y[u] = lds16<VecT<T, V>>(cache_slot(cache, uc + u, 1, ni));
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int u = 0; u < UW; ++u) {
+        if (u < nr) {
+          x[u] = ldv_last<T, V>(pa + u * step);
+          if (br) y[u] = ldv_last<T, V>(pb + u * step);
+        }
       }
     }
 #pragma unroll
@@ -518,7 +541,7 @@ template <typename T, int V, int FM>
 __device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* __restrict__ br,
                                             const float (&q)[V], const Unit& un, int64_t C,
                                             int64_t trunc, int l, int LPR, T* __restrict__ fout,
-                                            int64_t col) {
+                                            int64_t col, uint32_t cache, int nc) {
   // softmax: exp(a - q) by exp_ffma where every |q| <= CJ_FFMA_MAX or q = -inf (a row of -inf:
   // fma(-inf, .) = -inf, exp 0)
   float c[V];
@@ -529,9 +552,9 @@ __device__ __forceinline__ void fused_write(const T* __restrict__ ar, const T* _
     fast &= q[j] == -CJ_INF || ffma_ok(q[j]);
   }
   if (FM == E_SOFTMAX && fast)
-    rewrite_row<T, V, FM, true>(ar, br, q, c, un, C, trunc, l, LPR, fout, col);
+    rewrite_row<T, V, FM, true>(ar, br, q, c, un, C, trunc, l, LPR, fout, col, cache, nc);
   else
-    rewrite_row<T, V, FM, false>(ar, br, q, c, un, C, trunc, l, LPR, fout, col);
+    rewrite_row<T, V, FM, false>(ar, br, q, c, un, C, trunc, l, LPR, fout, col, cache, nc);
 }
 
 // The first u < nv where each half of pair k of w[u] equals that half of m2 (float equality: -0
@@ -748,6 +771,40 @@ __device__ __forceinline__ void fold_batch(St (&s)[V], bool& ffma, const VecT<T,
   }
 }
 
+// What fold_batch does with a value of reduction mode `mode`: negate it (argmin, min), or count
+// it (any: x != 0, all: x == 0).
+template <int K> __device__ __forceinline__ bool fold_neg(int mode) {
+  return (K == K_MAX || K == K_MAXV) && (mode & 1);
+}
+template <int K> __device__ __forceinline__ int fold_tmode(int mode) {
+  return (K == K_SUM) ? (mode == 2 ? 1 : (mode == 3 ? 2 : 0)) : 0;
+}
+
+// Fold the n items of this lane held in the row cache (items i0, i0 + LPR, ...; see cache_slot)
+// into s, 4 per batch. s may already hold items: the FFMA exp is taken only where its max allows.
+template <typename T, int K, int V>
+__device__ __forceinline__ void fold_cached(St (&s)[V], uint32_t cache, int ni, int n, int64_t i0,
+                                            int LPR, int mode) {
+  if constexpr (sizeof(VecT<T, V>) == 16) {
+    constexpr int U = 4;
+    bool ffma = true;
+#pragma unroll
+    for (int j = 0; j < V; ++j) ffma &= ffma_ok(s[j].a == -CJ_INF ? 0.f : s[j].a);
+    for (int u0 = 0; u0 < n; u0 += U) {
+      VecT<T, V> w[U], z[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u0 + u < n) {
+          w[u] = lds16<VecT<T, V>>(cache_slot(cache, u0 + u, 0, ni));
+          if (K == K_DOT) z[u] = lds16<VecT<T, V>>(cache_slot(cache, u0 + u, 1, ni));
+        }
+      }
+      fold_batch<T, K, V, U>(s, ffma, w, z, n - u0 < U ? n - u0 : U, i0 + (int64_t)u0 * LPR,
+                             LPR, fold_neg<K>(mode), fold_tmode<K>(mode));
+    }
+  }
+}
+
 // Fold items [start, end) of a unit (lane l of LPR, items l, l + LPR, ...) into s, U vector loads
 // of each input per batch. Without PIPE every lane issues its U loads before using any (the
 // loads in flight stop while it computes); with PIPE (16-byte vectors) batches stream through a
@@ -759,8 +816,8 @@ template <typename T, int K, int V, int U, bool PIPE>
 __device__ __forceinline__ void accumulate(St (&s)[V], const T* __restrict__ ar,
                                            const T* __restrict__ br, int64_t start, int64_t end,
                                            int l, int LPR, int64_t C, int mode, uint32_t ring) {
-  const bool neg = (K == K_MAX || K == K_MAXV) && (mode & 1);
-  const int tmode = (K == K_SUM) ? (mode == 2 ? 1 : (mode == 3 ? 2 : 0)) : 0;
+  const bool neg = fold_neg<K>(mode);
+  const int tmode = fold_tmode<K>(mode);
   bool ffma = CJ_FFMA_EXP;  // K_LSE (see fold_batch): s starts at -inf
   const int64_t step = (int64_t)LPR * C;  // elements between a lane's consecutive items
   const int lg = __ffs(LPR) - 1;            // LPR is a power of two
@@ -888,8 +945,8 @@ __device__ __forceinline__ void
 reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __restrict__ units,
             int64_t nunits, int64_t C, int64_t chunk, int64_t trunc, int CT, int LPR, int mode,
             int pass, float* __restrict__ part_a, float* __restrict__ part_b, int* __restrict__ part_i, int* __restrict__ counters, void* __restrict__ out,
-            int out_kind, int has_init, float init, int fmode, T* __restrict__ fout, float* sa,
-            float* sb, int* si, int& s_last) {
+            int out_kind, int has_init, float init, int fmode, T* __restrict__ fout, int nc,
+            uint32_t cache, float* sa, float* sb, int* si, int& s_last) {
   const Place pl(CT, LPR);
   const int ct = pl.ct, lane = pl.lane, R = pl.R, l = pl.l;
   const int64_t uid = (int64_t)blockIdx.x * pl.groups + pl.sub;
@@ -908,9 +965,32 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
   constexpr int UA = P::on ? P::u
                            : ((K == K_SUM || K == K_PROD || K == K_MAXV || (FUSED && K == K_LSE))
                                   ? CJ_U : CJ_UH);
+  // FUSED with a row cache (nc > 0): the lane's first nc items (of every input the rewrite
+  // reads) go to shared memory by cp.async, all issued before the rest of the unit streams
+  // through accumulate, and are folded last; the rewrite takes them from there (read once).
+  const int ni = br ? 2 : 1;
+  int64_t cend = un.start;  // items [un.start, cend) are cached
+  int ncl = 0;              // of which this lane's
+  if (FUSED && sizeof(VecT<T, V>) == 16 && nc > 0 && active) {
+    cend = un.start + (int64_t)nc * LPR < un.end ? un.start + (int64_t)nc * LPR : un.end;
+    const int64_t r = cend - un.start - l;
+    ncl = r <= 0 ? 0 : (int)((r + LPR - 1) >> (__ffs(LPR) - 1));
+    const int64_t step = (int64_t)LPR * C;
+    const T* pa = ar + (un.start + l) * C;
+    const T* pb = br ? br + (un.start + l) * C : br;
+    for (int u = 0; u < ncl; ++u) {
+      cp_async16(cache_slot(cache, u, 0, ni), pa + u * step, true);
+      if (br) cp_async16(cache_slot(cache, u, 1, ni), pb + u * step, true);
+    }
+    cp_async_commit();
+  }
   if (active)
-    accumulate<T, K, V, UA, P::on>(s, ar, br, un.start, un.end, l, LPR, C, mode,
+    accumulate<T, K, V, UA, P::on>(s, ar, br, cend, un.end, l, LPR, C, mode,
                                    smem_addr(sa) + threadIdx.x * 16);
+  if (FUSED && ncl > 0) {
+    cp_async_wait<0>();
+    fold_cached<T, K, V>(s, cache, ni, ncl, un.start + l, LPR, mode);
+  }
   if constexpr (P::on) __syncthreads();  // the ring's bytes hold sa / sb / si from here on
   group_merge<K, V>(s, sa, sb, si, l, CT, LPR);
   const int64_t n = un.len < trunc ? un.len : trunc;
@@ -995,15 +1075,17 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
 #pragma unroll
   for (int j = 0; j < V; ++j) q[j] = sa[g0 + j];
   switch (fmode) {
-    case E_SOFTMAX: fused_write<T, V, E_SOFTMAX>(ar, br, q, un, C, trunc, l, LPR, fout, col); break;
+    case E_SOFTMAX:
+      fused_write<T, V, E_SOFTMAX>(ar, br, q, un, C, trunc, l, LPR, fout, col, cache, nc);
+      break;
     case E_LOGSOFTMAX:
-      fused_write<T, V, E_LOGSOFTMAX>(ar, br, q, un, C, trunc, l, LPR, fout, col);
+      fused_write<T, V, E_LOGSOFTMAX>(ar, br, q, un, C, trunc, l, LPR, fout, col, cache, nc);
       break;
     case E_SOFTMAX_BWD:
-      fused_write<T, V, E_SOFTMAX_BWD>(ar, br, q, un, C, trunc, l, LPR, fout, col);
+      fused_write<T, V, E_SOFTMAX_BWD>(ar, br, q, un, C, trunc, l, LPR, fout, col, cache, nc);
       break;
     case E_LOGSOFTMAX_BWD:
-      fused_write<T, V, E_LOGSOFTMAX_BWD>(ar, br, q, un, C, trunc, l, LPR, fout, col);
+      fused_write<T, V, E_LOGSOFTMAX_BWD>(ar, br, q, un, C, trunc, l, LPR, fout, col, cache, nc);
       break;
     default: break;
   }
@@ -1016,7 +1098,7 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
       int64_t nunits, int64_t C, int64_t chunk, int64_t trunc, int CT, int LPR, int mode,       \
       int pass, float *__restrict__ part_a, float *__restrict__ part_b,                         \
       int *__restrict__ part_i, int *__restrict__ counters, void *__restrict__ out,             \
-      int out_kind, int has_init, float init, int fmode, T *__restrict__ fout
+      int out_kind, int has_init, float init, int fmode, T *__restrict__ fout, int nc
 // Shared memory of a reduction block: the cp.async ring of accumulate (Pipe::on) and, after it,
 // the merge states sa [, sb (K_LSE) | si (K_MAX)], each CJ_BLOCK * V, in the same bytes.
 #define CJ_REDUCE_SHARED(F)                                                                       \
@@ -1028,13 +1110,14 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
 #define CJ_REDUCE(F)                                                                              \
   reduce_body<T, K, V, F>(a, b, units, nunits, C, chunk, trunc, CT, LPR, mode, pass,            \
                           part_a, part_b, part_i, counters, out, out_kind, has_init, init, fmode, \
-                          fout, sa, sb, si, s_last)
+                          fout, nc, cache, sa, sb, si, s_last)
 
 template <typename T, int K, int V>
 __global__ void __launch_bounds__(CJ_BLOCK, (K == K_MAX || K == K_LSE || K == K_DOT) ? CJ_MINB_RH
                                                                                      : CJ_MINB_R)
 reduce_rows(CJ_REDUCE_ARGS) {
   CJ_REDUCE_SHARED(false)
+  const uint32_t cache = 0;  // (no row cache: nc is 0)
   CJ_REDUCE(false);
 }
 
@@ -1042,6 +1125,8 @@ template <typename T, int K, int V>
 __global__ void __launch_bounds__(CJ_BLOCK, Pipe<T, K, V, true>::on ? CJ_MINB_F : CJ_MINB)
 fused_rows(CJ_REDUCE_ARGS) {
   CJ_REDUCE_SHARED(true)
+  extern __shared__ __align__(16) unsigned char cache_raw[];  // the row cache: nc > 0 only
+  const uint32_t cache = smem_addr(cache_raw) + threadIdx.x * 16;
   CJ_REDUCE(true);
 }
 #undef CJ_REDUCE

@@ -688,6 +688,34 @@ def test_gpu_fused_column_tiles_match_numba(case):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("budget", [24 * 1024, 96 * 1024])
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), bfloat16, np.dtype(np.float16)])
+def test_gpu_softmax_row_cache_match_numba(budget, dtype):
+    """Fused softmax blocks holding each lane's first items in shared memory (the row cache):
+    rows longer and shorter than the cache (24 KB: 6 items per lane forward, 3 backward; 96 KB:
+    24 / 12), truncation inside and past the cached part, 16-byte vectors with idle column
+    threads (40 columns), and inner sizes that take no cache (8 columns: several rows a block)."""
+    saved = dict(R._SCHED)
+    R._SCHED.update(fused_cache=budget)
+    lens = [300, 0, 1, 129, 700, 2000, 40, 5, 97, 384, 385, 1500] * 3
+    try:
+        for inner in ((128,), (40,), (8,)):
+            for log, trunc in ((False, None), (True, None), (False, 90), (True, 450)):
+                x = make_x(lens, inner, dtype, np.int64, len(inner) + budget, scale=4.0)
+                f = R.log_softmax if log else R.softmax
+                fb = R.log_softmax_backward if log else R.softmax_backward
+                y, yg = f(x, max_length=trunc), f(_gpu(x), max_length=trunc)
+                assert_close(_np(yg), np.asarray(y.values), dtype)
+                g = make_x(lens, inner, dtype, np.int32, 7)
+                assert_close(_np(fb(_gpu(g), yg, max_length=trunc)),
+                             np.asarray(fb(g, y._with_values(_np(yg)),
+                                           max_length=trunc).values), dtype)
+    finally:
+        R._SCHED.clear()
+        R._SCHED.update(saved)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gpu_cumsum_very_long_row(reverse):
     """One row of 6e6 items among short ones: 24 MB, so the scan takes ~256 chunks of more than
