@@ -27,8 +27,9 @@
 #ifndef CJ_MINB_S
 #define CJ_MINB_S CJ_MINB  // the same for cumsum of 32-bit values
 #endif
-#ifndef CJ_MINB_S16  // and of 16-bit values on sm_90 (H100: bf16 62.3 -> 60.6 us at 3, fp32
-#if __CUDA_ARCH__ >= 900  // 97 -> 104; sm_80's code spills 44 bytes at 3)
+#ifndef CJ_MINB_S16  // and of whole rows of 16-bit values on sm_90 (H100: bf16 62.3 -> 60.6 us
+#if __CUDA_ARCH__ >= 900  // at 3, fp32 97 -> 104; sm_80's code spills 44 bytes at 3; rows split
+                          // in chunks: H200, one row of 10^6 bf16 items 310 -> 397 us at 3)
 #define CJ_MINB_S16 3
 #else
 #define CJ_MINB_S16 CJ_MINB_S
@@ -48,6 +49,12 @@
 #endif
 #ifndef CJ_PIPE
 #define CJ_PIPE 1  // argmax / logsumexp / dot / fused reductions stream through a cp.async ring
+#endif
+#ifndef CJ_PIPE_MAX
+#define CJ_PIPE_MAX 1  // argmax / argmin stream through the ring
+#endif
+#ifndef CJ_PIPE_FUSED
+#define CJ_PIPE_FUSED 1  // the fused 16-bit softmax forward's first pass streams through the ring
 #endif
 #ifndef CJ_PIPE_ST
 #define CJ_PIPE_ST 2  // ring stages
@@ -252,8 +259,8 @@ __device__ __forceinline__ float st_final(const St& s, int mode, int64_t n, int 
     if (mode == 2) return s.a > 0.f ? 1.f : 0.f;
     if (mode == 3) return s.a == 0.f ? 1.f : 0.f;
     return s.a;
-  } else if (K == K_MAX) {  // values were negated for min (mode bit 1 set by caller)
-    if (mode & 2) return (n && s.i != CJ_NOIDX) ? (float)s.i : -1.f;
+  } else if (K == K_MAX) {  // values were negated for min (mode bit 1 set by caller); the
+                            // index of argmax / argmin is written by write_final
     float v = (n && s.i != CJ_NOIDX) ? s.a : -CJ_INF;
     if (has_init && !isnanf_(v)) v = fmaxf(v, init);
     return v;
@@ -457,6 +464,22 @@ __device__ __forceinline__ void group_merge(St (&s)[V], float* sa, float* sb, in
 template <typename T, int K, int V>
 __device__ __forceinline__ void write_final(const St (&s)[V], int mode, int64_t n, int has_init,
                                             float init, void* out, int out_kind, int64_t base) {
+  if (K == K_MAX && (mode & 2)) {  // argmax / argmin: the index as an integer (not via a float,
+                                   // exact past 2^24), V of them in 16-byte stores when aligned
+    int64_t ix[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) ix[j] = (n && s[j].i != CJ_NOIDX) ? s[j].i : -1;
+    int64_t* o = reinterpret_cast<int64_t*>(out) + base;
+    if (V % 2 == 0 && (reinterpret_cast<size_t>(o) & 15) == 0) {
+#pragma unroll
+      for (int j = 0; j < V; j += 2)
+        *reinterpret_cast<longlong2*>(o + j) = make_longlong2(ix[j], ix[j + 1]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) o[j] = ix[j];
+    }
+    return;
+  }
   const bool neg = (K == K_MAX || K == K_MAXV) && (mode & 1);
 #pragma unroll
   for (int j = 0; j < V; ++j) {
@@ -925,8 +948,8 @@ template <typename T, int K, int V, bool FUSED> struct Pipe {
   static_assert(CJ_PIPE_ST >= 2 && CJ_PIPE_U >= 2 && CJ_PIPE_ST * CJ_PIPE_U <= 8,
                 "ring: at least 2 stages, 2 loads per stage, at most 8 loads (32 KB) in all");
   static constexpr bool on = CJ_PIPE && sizeof(VecT<T, V>) == 16 &&
-                             (FUSED ? (K == K_LSE && sizeof(T) == 2)
-                                    : (K == K_LSE || K == K_MAX || K == K_DOT));
+                             (FUSED ? (CJ_PIPE_FUSED && K == K_LSE && sizeof(T) == 2)
+                                    : (K == K_LSE || (CJ_PIPE_MAX && K == K_MAX) || K == K_DOT));
   static constexpr int u = CJ_PIPE_U / (K == K_DOT ? 2 : 1);
   static constexpr int ring = on ? CJ_PIPE_ST * CJ_PIPE_U * CJ_BLOCK * 16 : 0;
   static constexpr int merge = CJ_BLOCK * V * 4 * (1 + (K == K_LSE) + (K == K_MAX));
@@ -1257,8 +1280,8 @@ unit_carries(const float* __restrict__ part, const int64_t* __restrict__ chunk_o
 // when every row is one unit. Each step covers R * U items: lane k loads its U consecutive items
 // (in scan order) at once, scans them in registers, and one Hillis-Steele scan of the R lane
 // totals (shared memory) gives every lane its offset.
-template <typename T, int V>
-__global__ void __launch_bounds__(CJ_BLOCK, sizeof(T) == 2 ? CJ_MINB_S16 : CJ_MINB_S)
+template <typename T, int V, bool SPLIT>
+__global__ void __launch_bounds__(CJ_BLOCK, sizeof(T) == 2 && !SPLIT ? CJ_MINB_S16 : CJ_MINB_S)
 cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t nunits,
             int64_t C, int64_t chunk, int CT, int LPR, int exclusive, int reverse, const float* __restrict__ part_a, T* __restrict__ out) {
   constexpr int U = CJ_U;

@@ -58,7 +58,8 @@ def _instantiations():
         for v in (1, vec):
             names += [f"reduce_rows<{tn}, {k}, {v}>" for k in range(6)]
             names += [f"fused_rows<{tn}, {k}, {v}>" for k in (K_SUM, K_LSE, K_DOT)]
-            names += [f"rowbcast<{tn}, {v}>", f"cumsum_rows<{tn}, {v}>"]
+            names += [f"rowbcast<{tn}, {v}>"]
+            names += [f"cumsum_rows<{tn}, {v}, {sp}>" for sp in ("false", "true")]
     return names + ["unit_carries"]
 
 
@@ -933,7 +934,9 @@ def _gpu_cumsum(x, exclusive, reverse):
         part = cupy.empty((nunits, C), dtype=np.float32)
         _gpu_reduce(x, K_SUM, 0, np.float32, OUT_F32, _NOTRUNC, pass_=2, part=part)
         pa = _unit_carries(part, co, B, reverse)
-    kern = _kern(f"cumsum_rows<{tn}, {V}>")
+    # split rows: a block streams a long chunk alone, faster at 2 blocks/SM (more registers) than
+    # at 3 (H200, one row of 10**6 bf16 items: 310 vs 397 us); whole rows: see CJ_MINB_S16
+    kern = _kern(f"cumsum_rows<{tn}, {V}, {'true' if split else 'false'}>")
     kern((blocks, yt), (_BLOCK,),
          (vals, units, _i64(nunits), _i64(C), _i64(chunk), _i32(CT), _i32(LPR),
           _i32(exclusive), _i32(reverse), _ptr(pa), out))

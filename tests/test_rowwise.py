@@ -716,6 +716,21 @@ def test_gpu_softmax_row_cache_match_numba(budget, dtype):
 
 
 @pytest.mark.gpu
+def test_gpu_argmax_index_exact_past_2_24():
+    """Positions past 2**24 (not representable in float32) come back exact: one row of
+    2**24 + 100 items (split over many blocks) with its max / min at odd positions there."""
+    import cupy
+
+    n = 2**24 + 100
+    v = cupy.zeros((n, 2), dtype=np.float32)
+    v[2**24 + 1, 0] = 1.0
+    v[2**24 + 3, 1] = -1.0
+    x = JaggedArray(v, cupy.asarray(np.array([0, 0, n, n + 0], dtype=np.int64)))
+    assert _np(R.argmax(x)).tolist() == [[-1, -1], [2**24 + 1, 0], [-1, -1]]
+    assert _np(R.argmin(x)).tolist() == [[-1, -1], [0, 2**24 + 3], [-1, -1]]
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gpu_cumsum_very_long_row(reverse):
     """One row of 6e6 items among short ones: 24 MB, so the scan takes ~256 chunks of more than
