@@ -253,7 +253,8 @@ def _geom(C: int, dtype, *arrays, tile_bytes: int | None = None):
 # 140 us).
 _SCHED = {"whole_reduce": 512 * _KB, "whole_fused": 1024 * _KB, "whole_scan": 512 * _KB,
           "small_row": 32 * _KB, "lane_items": 8, "lane_scan": 64,
-          "split_min": 64 * _KB, "split_max": 1024 * _KB, "bcast_chunk": 64 * _KB,
+          "split_min": 64 * _KB, "split_max": 1024 * _KB, "split_units": 256,
+          "bcast_chunk": 64 * _KB,
           "scan_chunk": 64 * _KB, "fused_tile": 256, "fused_cache": 96 * _KB}
 # A fused block with one row (rows of >= 8 items per lane) keeps each lane's first items of the
 # row in a row cache in shared memory: those are read from DRAM once, where the second read of
@@ -298,8 +299,11 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
         split = False
     elif row_bytes > S["whole_" + kind] or (B < 2 * sm and row_bytes > S["small_row"]):
         # scans: at most ~256 chunks per row (their carries are summed serially)
-        cb = _builtin_max(S["scan_chunk"], row_bytes // 256) if kind == "scan" else \
-            _builtin_min(S["split_max"], _builtin_max(S["split_min"], (T * ib) // (8 * sm)))
+        # at most ~split_units units per row: the last block of a row combines its units'
+        # states in rounds of 32 dependent L2 reads (scans: sums their carries serially)
+        cb = _builtin_max(S["scan_chunk"], row_bytes // S["split_units"]) if kind == "scan" \
+            else _builtin_max(row_bytes // S["split_units"], _builtin_min(
+                S["split_max"], _builtin_max(S["split_min"], (T * ib) // (8 * sm))))
         chunk = _builtin_max(1, cb // ib)
         split = chunk < L
         if not split:  # a chunk holding the longest row: whole rows, nothing to combine
