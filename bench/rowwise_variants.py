@@ -3,6 +3,7 @@
 variant rebuilds the kernel family with extra ``-D`` options and/or sets
 ``cujagged.rowwise._SCHED`` entries, and times the same ops on the same inputs in one process.
 ``PYTHONPATH=. python3 -m bench.rowwise_variants [OUT.json] [--regime=row1e6] [--dtypes=bfloat16]
+[--ops=all|cumsum,softmax]
 [-DCJ_X=1,whole_reduce=131072 ...]`` (variants: comma-separated lists of ``-D`` options and
 ``key=bytes`` threshold overrides; the default is always timed first).
 """
@@ -54,7 +55,8 @@ def main(argv: list[str]) -> None:
 
     out = argv[0] if argv and argv[0].endswith(".json") else None
     flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--"))
-    ops = ALL_OPS if flags.get("ops") == "all" else OPS
+    ops = flags.get("ops", ",".join(OPS))
+    ops = ALL_OPS if ops == "all" else tuple(ops.split(","))  # a comma list of rowwise functions
     shape = next(r[1:] for r in REGIMES if r[0] == flags.get("regime", "ref"))
     dtypes = [bfloat16 if d == "bfloat16" else np.dtype(d)
               for d in flags.get("dtypes", "bfloat16,float32").split(",")]

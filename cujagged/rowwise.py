@@ -246,15 +246,16 @@ def _geom(C: int, dtype, *arrays, tile_bytes: int | None = None):
 # softmax reads its rows twice (the second time from the row's end, mostly from L2), up to 1 MB
 # (both inputs of the backward counted: fp32 softmax bwd 364 -> 299 us on an H100 against the
 # split reduction + rewrite of rows over 512 KB, the forward unchanged). Longer rows are split in
-# units of split_min .. split_max (about 8 per SM) combined by the last block of each row. A
+# units of split_min .. split_max (about 8 per SM), larger where a row would have more than
+# split_units of them (H200, one row of 10**6 bf16 items: sum 93 -> 72 us with 256), combined
+# by the last block of each row. A
 # fused block reads at most fused_tile bytes of each item (wider items: column tiles over grid
 # y): fewer bytes of the rows in flight wait in L2 for their second read (H100, D=128 fp32
 # softmax bwd 197 -> 179 us, fwd 120 -> 118 us; 128 bytes: bf16 / fp32 fwd 66 -> 72 / 120 ->
 # 140 us).
 _SCHED = {"whole_reduce": 512 * _KB, "whole_fused": 1024 * _KB, "whole_scan": 512 * _KB,
-          "small_row": 32 * _KB, "lane_items": 8, "lane_scan": 64,
-          "split_min": 64 * _KB, "split_max": 1024 * _KB, "split_units": 256,
-          "bcast_chunk": 64 * _KB,
+          "small_row": 32 * _KB, "lane_items": 8, "lane_scan": 64, "split_min": 64 * _KB,
+          "split_max": 1024 * _KB, "split_units": 256, "bcast_chunk": 64 * _KB,
           "scan_chunk": 64 * _KB, "fused_tile": 256, "fused_cache": 96 * _KB}
 # A fused block with one row (rows of >= 8 items per lane) keeps each lane's first items of the
 # row in a row cache in shared memory: those are read from DRAM once, where the second read of
@@ -271,9 +272,10 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
     chunk_off, units).
 
     ``kind``: "reduce" (a block may own whole rows up to 512 KB, longer rows are split in
-    units of 64 KB .. 1 MB combined by the last block), "fused" (the same with whole rows up
-    to 1 MB: softmax in one kernel), "bcast" (chunks of at most 64 KB, no combine) or "scan"
-    (whole rows up to 512 KB, else 64 KB chunks with carries). LPR lanes per unit, R / LPR units
+    units of 64 KB .. 1 MB, at most ~``split_units`` per row, combined by the last block),
+    "fused" (the same with whole rows up to 1 MB: softmax in one kernel), "bcast" (chunks of
+    at most 64 KB, no combine) or "scan" (whole rows up to 512 KB, else chunks of >= 64 KB, at
+    most ~``split_units`` per row, with carries). LPR lanes per unit, R / LPR units
     per block: several short rows share a block (a scan of rows of at most 64 items: one lane
     per row). ``units [nunits, 4]`` int64: (row or -1 for a spare unit, row begin, untruncated
     row length, ``k | nu << 32``: the unit is the k-th of the row's nu, from item ``k * chunk``),
@@ -298,7 +300,6 @@ def _schedule(x, kind: str, item_bytes: int, trunc: int, CT: int):
         chunk = _builtin_max(1, _builtin_min(_builtin_max(L, 1), S["bcast_chunk"] // ib))
         split = False
     elif row_bytes > S["whole_" + kind] or (B < 2 * sm and row_bytes > S["small_row"]):
-        # scans: at most ~256 chunks per row (their carries are summed serially)
         # at most ~split_units units per row: the last block of a row combines its units'
         # states in rounds of 32 dependent L2 reads (scans: sums their carries serially)
         cb = _builtin_max(S["scan_chunk"], row_bytes // S["split_units"]) if kind == "scan" \
