@@ -65,11 +65,15 @@ def main(argv: list[str]) -> None:
     copy = copy_entry()
     res = {"copy_gbps": copy["gbps"], "rows": []}
     names = R._instantiations()
-    sched0 = dict(R._SCHED)
+    sched0, scan_u0 = dict(R._SCHED), R._SCAN_U
     for dt in dtypes:
         sets, lens = _inputs(*shape, 128, dt)
         for opts in variants:
-            R._FAM = KernelFamily("rowwise.cu", names, options=[o for o in opts if o[:2] == "-D"])
+            # -DCJ_SCAN_U=n also sizes the scan's ring on the host (rowwise._SCAN_U)
+            R._SCAN_U = next((int(o.split("=")[1]) for o in opts if o.startswith("-DCJ_SCAN_U=")),
+                             scan_u0)
+            R._FAM = KernelFamily("rowwise.cu", names, options=[f"-DCJ_SCAN_U={R._SCAN_U}"] + [
+                o for o in opts if o[:2] == "-D" and not o.startswith("-DCJ_SCAN_U=")])
             R._KERNELS.clear()
             R._SCHED.clear()
             R._SCHED.update(sched0)

@@ -65,8 +65,8 @@
 #ifndef CJ_SCAN_PIPE
 #define CJ_SCAN_PIPE 1  // cumsum of long rows streams through a two-stage cp.async ring
 #endif
-#ifndef CJ_SCAN_U
-#define CJ_SCAN_U 4  // its items per lane and step (16-byte loads per stage)
+#ifndef CJ_SCAN_U  // its items per lane and step (16-byte loads per stage): set by the host
+#error "CJ_SCAN_U comes from cujagged/rowwise.py (_SCAN_U), which sizes the scan's ring"
 #endif
 #ifndef CJ_REV2
 #define CJ_REV2 1  // the fused rewrite pass walks its row from the end
@@ -1288,7 +1288,8 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
   constexpr bool PIPE = CJ_SCAN_PIPE && sizeof(VecT<T, V>) == 16;
   constexpr int UB = PIPE ? CJ_SCAN_U : U;  // items per lane and step of a long row
   __shared__ float sm[CJ_BLOCK * V];
-  __shared__ __align__(16) unsigned char ring[PIPE ? 2 * UB * CJ_BLOCK * 16 : 16];
+  // PIPE: two stages of UB 16-byte items per thread, 2 * UB * CJ_BLOCK * 16 bytes (the host's)
+  extern __shared__ __align__(16) unsigned char ring[];
   const Place pl(CT, 1);
   const int ct = pl.ct, lane = pl.lane, R = pl.R;
   const int64_t col = ((int64_t)blockIdx.y * CT + ct) * V;
@@ -1359,13 +1360,16 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
   int st = 0;
   for (int64_t base = 0; base < n; base += (int64_t)R * UB) {
     const int64_t k0 = base + (int64_t)lane * UB;  // this lane's first item in scan order
-    VecT<T, V> w[UB];
+    // the step's items: PIPE, in the ring (read twice: no registers held over the scan, which
+    // spilled at 3 blocks/SM); else loaded into registers
+    VecT<T, V> w[PIPE ? 1 : UB];
+    auto item = [&](int u) {
+      if constexpr (PIPE) return lds16<VecT<T, V>>(r0 + (st * UB + u) * CJ_BLOCK * 16);
+      else return w[u];
+    };
     if constexpr (PIPE) {
       cp_async_wait<0>();
-#pragma unroll
-      for (int u = 0; u < UB; ++u) w[u] = lds16<VecT<T, V>>(r0 + (st * UB + u) * CJ_BLOCK * 16);
       issue(base + (int64_t)R * UB, st ^ 1);  // that stage was read in the last step
-      st ^= 1;
     } else {
 #pragma unroll
       for (int u = 0; u < UB; ++u) {
@@ -1384,8 +1388,9 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
     for (int j = 0; j < V; ++j) tot[j] = 0.f;
 #pragma unroll
     for (int u = 0; u < UB; ++u) {
+      const VecT<T, V> x = item(u);
 #pragma unroll
-      for (int j = 0; j < V; ++j) tot[j] += vf(w[u], j);
+      for (int j = 0; j < V; ++j) tot[j] += vf(x, j);
     }
 #pragma unroll
     for (int j = 0; j < V; ++j) { v[j] = tot[j]; me[j] = v[j]; }
@@ -1408,10 +1413,11 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
 #pragma unroll
     for (int u = 0; u < UB; ++u) {
       const int64_t k = k0 + u;
+      const VecT<T, V> w_u = item(u);
       float o[V];
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        const float x = vf(w[u], j);
+        const float x = vf(w_u, j);
         o[j] = exclusive ? run[j] : run[j] + x;
         run[j] += x;
       }
@@ -1419,6 +1425,7 @@ cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t 
     }
 #pragma unroll
     for (int j = 0; j < V; ++j) carry[j] += all[j];
+    st ^= 1;
     __syncthreads();
   }
 }

@@ -63,7 +63,11 @@ def _instantiations():
     return names + ["unit_carries"]
 
 
-_FAM = KernelFamily("rowwise.cu", _instantiations())
+# cumsum of long rows: items per lane and step of its two-stage cp.async ring (CJ_SCAN_U; the
+# ring takes 2 * _SCAN_U * 4 KB of dynamic shared memory). The scan's time follows its number of
+# steps (H200, bf16, reference shape: 100 / 75 / 60 us with 2 / 3 / 4 items).
+_SCAN_U = 8
+_FAM = KernelFamily("rowwise.cu", _instantiations(), options=(f"-DCJ_SCAN_U={_SCAN_U}",))
 _BLOCK = 256
 _NULL = np.uint64(0)
 _NOTRUNC = 1 << 62
@@ -483,6 +487,14 @@ def _row_cache(kern, x, V: int, CT: int, LPR: int, chunk: int, trunc: int, ni: i
 
 
 _CACHE_GROUPS: dict = {}
+_SMEM_ALLOWED: dict = {}
+
+
+def _allow_smem(kern, n: int) -> None:
+    """Let ``kern`` take ``n`` bytes of dynamic shared memory (over 48 KB needs the opt-in)."""
+    if n > _SMEM_ALLOWED.get(kern.ptr, 48 * _KB):
+        kern.max_dynamic_shared_size_bytes = n
+        _SMEM_ALLOWED[kern.ptr] = n
 
 
 def _cache_groups(kern, group_bytes: int) -> int:
@@ -496,8 +508,7 @@ def _cache_groups(kern, group_bytes: int) -> int:
 
         n = budget // group_bytes
         if n:
-            if kern.max_dynamic_shared_size_bytes < n * group_bytes:
-                kern.max_dynamic_shared_size_bytes = n * group_bytes
+            _allow_smem(kern, n * group_bytes)
             base = occ(kern.ptr, _BLOCK, 0)
             while n and occ(kern.ptr, _BLOCK, n * group_bytes) < base:
                 n -= 1
@@ -942,9 +953,11 @@ def _gpu_cumsum(x, exclusive, reverse):
     # split rows: a block streams a long chunk alone, faster at 2 blocks/SM (more registers) than
     # at 3 (H200, one row of 10**6 bf16 items: 310 vs 397 us); whole rows: see CJ_MINB_S16
     kern = _kern(f"cumsum_rows<{tn}, {V}, {'true' if split else 'false'}>")
+    smem = 2 * _SCAN_U * _BLOCK * 16 if LPR > 1 and V * x.dtype.itemsize == 16 else 0
+    _allow_smem(kern, smem)
     kern((blocks, yt), (_BLOCK,),
          (vals, units, _i64(nunits), _i64(C), _i64(chunk), _i32(CT), _i32(LPR),
-          _i32(exclusive), _i32(reverse), _ptr(pa), out))
+          _i32(exclusive), _i32(reverse), _ptr(pa), out), shared_mem=smem)
     return out
 
 

@@ -731,6 +731,31 @@ def test_gpu_argmax_index_exact_past_2_24():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("scan_chunk", [None, 300 * 256])
+@pytest.mark.parametrize("inner", [(128,), (40,)])
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), bfloat16, np.dtype(np.float16)])
+def test_gpu_cumsum_ring_match_numba(scan_chunk, inner, dtype):
+    """The scan's cp.async ring (16-byte vectors, a block per row or chunk): lengths around its
+    step (R lanes x _SCAN_U items), idle column threads (40 columns), whole rows and rows
+    chunked with carries (scan_chunk bytes), every direction."""
+    saved = dict(R._SCHED)
+    if scan_chunk:
+        R._SCHED.update(whole_scan=0, small_row=-1, scan_chunk=scan_chunk)
+    lens = [0, 1, 65, 127, 128, 129, 255, 1000, 3001, 9, 64, 0, 5000]
+    x = make_x(lens, inner, dtype, np.int64, 7)
+    try:
+        xg = _gpu(x)
+        for exclusive in (False, True):
+            for reverse in (False, True):
+                assert_close(_np(R.cumsum(xg, exclusive=exclusive, reverse=reverse)),
+                             np.asarray(R.cumsum(x, exclusive=exclusive,
+                                                 reverse=reverse).values), dtype)
+    finally:
+        R._SCHED.clear()
+        R._SCHED.update(saved)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gpu_cumsum_very_long_row(reverse):
     """One row of 6e6 items among short ones: 24 MB, so the scan takes ~256 chunks of more than
