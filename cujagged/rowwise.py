@@ -491,8 +491,12 @@ _SMEM_ALLOWED: dict = {}
 
 
 def _allow_smem(kern, n: int) -> None:
-    """Let ``kern`` take ``n`` bytes of dynamic shared memory (over 48 KB needs the opt-in)."""
-    if n > _SMEM_ALLOWED.get(kern.ptr, 48 * _KB):
+    """Let ``kern`` take ``n`` bytes of dynamic shared memory (past 48 KB with its static
+    shared memory, an opt-in)."""
+    allowed = _SMEM_ALLOWED.get(kern.ptr)
+    if allowed is None:
+        allowed = _SMEM_ALLOWED[kern.ptr] = kern.max_dynamic_shared_size_bytes
+    if n > allowed:
         kern.max_dynamic_shared_size_bytes = n
         _SMEM_ALLOWED[kern.ptr] = n
 
