@@ -112,6 +112,12 @@ template <typename W> __device__ __forceinline__ W lds16(uint32_t addr) {
                : "r"(addr) : "memory");
   return w;
 }
+// one 16-byte global store (p 16-byte aligned): NVVM split a plain uint4 store of values that
+// came from inline asm into four 4-byte stores (the sm90 attention epilogue: 4x the L2 sectors)
+__device__ __forceinline__ void stg16(void* p, uint4 x) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(x.x), "r"(x.y),
+               "r"(x.z), "r"(x.w) : "memory");
+}
 
 // ---- jagged indexing ---------------------------------------------------------------------------
 // The last b in [lo, hi) with offsets[b] <= t, given offsets[lo] <= t < offsets[hi]: the row of
