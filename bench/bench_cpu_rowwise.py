@@ -68,5 +68,12 @@ if __name__ == "__main__":
         print(f"B={p['B']:8d} max_len={p['max_len']:5d} D={p['D']:3d} {e['name']:8s} "
               f"{e['impl']:15s} {e['ms']:9.3f} ms {e['gbps']:7.2f} GB/s")
     if "--json" in sys.argv:
+        import os
+        import platform
+
+        from bench.gpu_check import environment
+
+        doc = {**environment(gpu=False), "cpu": platform.machine(), "threads": os.cpu_count(),
+               "benchmarks": res}
         with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
-            json.dump(res, f, indent=1)
+            json.dump(doc, f, indent=1)

@@ -30,19 +30,20 @@ from pathlib import Path
 from bench.harness import ROOT, git
 
 
-def environment() -> dict:
-    import cupy
+def environment(gpu: bool = True) -> dict:
+    """Commit, dirty flag, device name ("cpu" with ``gpu=False``) and versions."""
+    versions = {"python": sys.version.split()[0]}
+    name = "cpu"
+    if gpu:
+        import cupy
 
-    props = cupy.cuda.runtime.getDeviceProperties(0)
-    name = props["name"]
-    name = name.decode() if isinstance(name, bytes) else name
-    versions = {
-        "cupy": cupy.__version__,
-        "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
-        "driver": cupy.cuda.runtime.driverGetVersion(),
-        "python": sys.version.split()[0],
-    }
-    for mod in ("torch", "numba", "numpy"):
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"]
+        name = name.decode() if isinstance(name, bytes) else name
+        versions.update(cupy=cupy.__version__,
+                        cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(),
+                        driver=cupy.cuda.runtime.driverGetVersion())
+    for mod in ("torch", "numba", "numpy", "awkward"):
         try:
             versions[mod] = importlib.import_module(mod).__version__
         except Exception:
