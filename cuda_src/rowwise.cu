@@ -1277,9 +1277,10 @@ unit_carries(const float* __restrict__ part, const int64_t* __restrict__ chunk_o
 // Inclusive (exclusive=0) or exclusive scan of each column along each row; reverse=1 scans from
 // the row's end (the backward of the forward scan). One unit per block; part_a [unit, C] holds
 // the carry-in of each unit (the sum of the row's earlier units in scan order), or is nullptr
-// when every row is one unit. Each step covers R * U items: lane k loads its U consecutive items
-// (in scan order) at once, scans them in registers, and one Hillis-Steele scan of the R lane
-// totals (shared memory) gives every lane its offset.
+// when every row is one unit. Each step covers R * UB items: lane k takes its UB consecutive
+// items (in scan order; 16-byte vectors stream through a two-stage cp.async ring in dynamic
+// shared memory, sized by the host), sums them, one Hillis-Steele scan of the R lane totals
+// (shared memory) gives every lane its offset, and the lane writes its items' prefix sums.
 template <typename T, int V, bool SPLIT>
 __global__ void __launch_bounds__(CJ_BLOCK, sizeof(T) == 2 && !SPLIT ? CJ_MINB_S16 : CJ_MINB_S)
 cumsum_rows(const T* __restrict__ a, const int64_t* __restrict__ units, int64_t nunits,

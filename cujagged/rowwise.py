@@ -65,7 +65,8 @@ def _instantiations():
 
 # cumsum of long rows: items per lane and step of its two-stage cp.async ring (CJ_SCAN_U; the
 # ring takes 2 * _SCAN_U * 4 KB of dynamic shared memory). The scan's time follows its number of
-# steps (H200, bf16, reference shape: 100 / 75 / 60 us with 2 / 3 / 4 items).
+# steps (H200, bf16, reference shape: 100 / 75 / 63 / 51 / 48 / 52 us with 2 / 3 / 4 / 6 / 8 / 12
+# items; 12 leaves 2 blocks per SM).
 _SCAN_U = 8
 _FAM = KernelFamily("rowwise.cu", _instantiations(), options=(f"-DCJ_SCAN_U={_SCAN_U}",))
 _BLOCK = 256
