@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
     names = R._instantiations()
     sched0, scan_u0 = dict(R._SCHED), R._SCAN_U
     for dt in dtypes:
-        sets, lens = _inputs(*shape, 128, dt)
+        sets, lens = _inputs(*shape[:3], 128, dt, long_row=shape[3])
         for opts in variants:
             # -DCJ_SCAN_U=n also sizes the scan's ring on the host (rowwise._SCAN_U)
             R._SCAN_U = next((int(o.split("=")[1]) for o in opts if o.startswith("-DCJ_SCAN_U=")),
