@@ -217,10 +217,11 @@ class KernelFamily:
         if not (path.exists() and lowered_path.exists()):
             cubin, _, lowered = self._nvrtc(self.arch, (name,), verbose=False)
             cache.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(cubin)
-            tmp.replace(path)
-            lowered_path.write_text(next(iter(lowered)))
+            # written whole then renamed: processes sharing the cache never read a partial file
+            for dst, data in ((path, cubin), (lowered_path, next(iter(lowered)).encode())):
+                tmp = dst.with_suffix(f"{dst.suffix}.tmp{os.getpid()}")
+                tmp.write_bytes(data)
+                tmp.replace(dst)
         return cupy.RawModule(path=str(path)).get_function(lowered_path.read_text())
 
     def _nvrtc(self, arch: str, names, verbose: bool):

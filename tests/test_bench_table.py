@@ -25,3 +25,39 @@ def test_table_uses_device_time_when_both_sides_have_it():
     line = next(ln for ln in table(rows).splitlines() if ln.startswith("| sum_fwd"))
     assert "peer_dev 4.00x" in line and "peer_ev 2.00x ev" in line
     assert "0.1000 / 0.5000" in line and "800 GB/s (80% copy)" in line
+
+
+def test_check_runs_tests_and_sanitizer_side_by_side_and_merges(tmp_path, monkeypatch):
+    """main() runs the two steps concurrently (each waits for the other to have started, so
+    a serial run would fail), writes one file with both, and --merge fills the skipped ones."""
+    import json
+    import threading
+
+    import bench.gpu_check as G
+
+    both = threading.Barrier(2, timeout=10)
+
+    def fake_tests(out, extra):
+        both.wait()
+        return {"passed": 3, "failed": 0, "skipped": 0}
+
+    def fake_sanitizer(out, extra, timeout):
+        both.wait()
+        return {"errors": 0}
+
+    monkeypatch.setattr(G, "environment", lambda: {"commit": "abc1234", "dirty": False,
+                                                    "gpu": "Fake GPU", "versions": {}})
+    monkeypatch.setattr(G, "run_tests", fake_tests)
+    monkeypatch.setattr(G, "run_sanitizer", fake_sanitizer)
+    assert G.main(["--no-bench", "--out", str(tmp_path / "a")]) == 0
+    first = next((tmp_path / "a").glob("*-fake-gpu.json"))
+    doc = json.loads(first.read_text())
+    assert doc["tests"]["passed"] == 3 and doc["sanitizer"]["errors"] == 0
+
+    monkeypatch.setattr(G, "run_benchmarks", lambda quick, only: [
+        {"name": "copy", "impl": "copy", "params": {}, "ms": 1.0, "gbps": 1000.0}])
+    assert G.main(["--no-tests", "--no-sanitizer", "--merge", str(first),
+                   "--out", str(tmp_path / "b")]) == 0
+    merged = json.loads(next((tmp_path / "b").glob("*.json")).read_text())
+    assert merged["tests"]["passed"] == 3 and merged["sanitizer"]["errors"] == 0
+    assert [e["name"] for e in merged["benchmarks"]] == ["copy"]
