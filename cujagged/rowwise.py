@@ -253,11 +253,10 @@ def _geom(C: int, dtype, *arrays, tile_bytes: int | None = None):
 # split reduction + rewrite of rows over 512 KB, the forward unchanged). Longer rows are split in
 # units of split_min .. split_max (about 8 per SM), larger where a row would have more than
 # split_units of them (H200, one row of 10**6 bf16 items: sum 93 -> 72 us with 256), combined
-# by the last block of each row. A
-# fused block reads at most fused_tile bytes of each item (wider items: column tiles over grid
-# y): fewer bytes of the rows in flight wait in L2 for their second read (H100, D=128 fp32
-# softmax bwd 197 -> 179 us, fwd 120 -> 118 us; 128 bytes: bf16 / fp32 fwd 66 -> 72 / 120 ->
-# 140 us).
+# by the last block of each row. A fused block reads at most fused_tile bytes of each item
+# (wider items: column tiles over grid y): fewer bytes of the rows in flight wait in L2 for
+# their second read (H100, D=128 fp32 softmax bwd 197 -> 179 us, fwd 120 -> 118 us; 128 bytes:
+# bf16 / fp32 fwd 66 -> 72 / 120 -> 140 us).
 _SCHED = {"whole_reduce": 512 * _KB, "whole_fused": 1024 * _KB, "whole_scan": 512 * _KB,
           "small_row": 32 * _KB, "lane_items": 8, "lane_scan": 64, "split_min": 64 * _KB,
           "split_max": 1024 * _KB, "split_units": 256, "bcast_chunk": 64 * _KB,

@@ -3,6 +3,7 @@ loops; GPU kernels vs the Numba twins; backward vs finite differences on the CPU
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -46,6 +47,18 @@ def make_x(lens, inner, dtype, off_dtype, seed, scale=1.0, ties=False, special=F
     vals = vals.astype(np.float32).astype(dtype) if dtype.kind == "f" or dtype == bfloat16 \
         else vals.astype(dtype)
     return JaggedArray(vals, make_offsets(lens, off_dtype))
+
+
+@contextlib.contextmanager
+def _sched(**overrides):
+    """GPU scheduling thresholds (``rowwise._SCHED``) overridden inside the block."""
+    saved = dict(R._SCHED)
+    R._SCHED.update(overrides)
+    try:
+        yield
+    finally:
+        R._SCHED.clear()
+        R._SCHED.update(saved)
 
 
 def rows64(x, trunc=None):
@@ -652,15 +665,10 @@ def test_gpu_elementwise_match_cpu(op, case, kind):
 def test_gpu_split_paths_match_numba(chunk_bytes, case, special):
     """Tiny scheduling thresholds: every row split in many chunks (last-block combine, split
     softmax, chunked cumsum carries, chunked elementwise)."""
-    saved = dict(R._SCHED)
-    R._SCHED.update(whole_reduce=0, whole_fused=0, whole_scan=0, small_row=-1,
-                    split_min=chunk_bytes, split_max=chunk_bytes, bcast_chunk=chunk_bytes,
-                    scan_chunk=chunk_bytes)
-    try:
+    with _sched(whole_reduce=0, whole_fused=0, whole_scan=0, small_row=-1,
+                split_min=chunk_bytes, split_max=chunk_bytes, bcast_chunk=chunk_bytes,
+                scan_chunk=chunk_bytes):
         _split_paths(case, special)
-    finally:
-        R._SCHED.clear()
-        R._SCHED.update(saved)
 
 
 @pytest.mark.gpu
@@ -668,10 +676,8 @@ def test_gpu_split_paths_match_numba(chunk_bytes, case, special):
 def test_gpu_fused_column_tiles_match_numba(case):
     """Fused softmax blocks covering 16 bytes of each item (one vector per input): many column
     tiles over grid y, scalar (odd inner sizes) and vector (40 columns)."""
-    saved = dict(R._SCHED)
-    R._SCHED.update(fused_tile=16)
     lens, inner0, dtype, off_dtype, trunc, seed = case
-    try:
+    with _sched(fused_tile=16):
         for inner, log in ((inner0, False), (inner0, True), ((40,), False), ((40,), True)):
             x = make_x(lens, inner, dtype, off_dtype, seed)
             f = R.log_softmax if log else R.softmax
@@ -682,9 +688,6 @@ def test_gpu_fused_column_tiles_match_numba(case):
             assert_close(_np(fb(_gpu(g), yg, max_length=trunc)),
                          np.asarray(fb(g, y._with_values(_np(yg)), max_length=trunc).values),
                          dtype)
-    finally:
-        R._SCHED.clear()
-        R._SCHED.update(saved)
 
 
 @pytest.mark.gpu
@@ -695,10 +698,8 @@ def test_gpu_softmax_row_cache_match_numba(budget, dtype):
     rows longer and shorter than the cache (24 KB: 6 items per lane forward, 3 backward; 96 KB:
     24 / 12), truncation inside and past the cached part, 16-byte vectors with idle column
     threads (40 columns), and inner sizes that take no cache (8 columns: several rows a block)."""
-    saved = dict(R._SCHED)
-    R._SCHED.update(fused_cache=budget)
     lens = [300, 0, 1, 129, 700, 2000, 40, 5, 97, 384, 385, 1500] * 3
-    try:
+    with _sched(fused_cache=budget):
         for inner in ((128,), (40,), (8,)):
             for log, trunc in ((False, None), (True, None), (False, 90), (True, 450)):
                 x = make_x(lens, inner, dtype, np.int64, len(inner) + budget, scale=4.0)
@@ -710,9 +711,6 @@ def test_gpu_softmax_row_cache_match_numba(budget, dtype):
                 assert_close(_np(fb(_gpu(g), yg, max_length=trunc)),
                              np.asarray(fb(g, y._with_values(_np(yg)),
                                            max_length=trunc).values), dtype)
-    finally:
-        R._SCHED.clear()
-        R._SCHED.update(saved)
 
 
 @pytest.mark.gpu
@@ -738,21 +736,16 @@ def test_gpu_cumsum_ring_match_numba(scan_chunk, inner, dtype):
     """The scan's cp.async ring (16-byte vectors, a block per row or chunk): lengths around its
     step (R lanes x _SCAN_U items), idle column threads (40 columns), whole rows and rows
     chunked with carries (scan_chunk bytes), every direction."""
-    saved = dict(R._SCHED)
-    if scan_chunk:
-        R._SCHED.update(whole_scan=0, small_row=-1, scan_chunk=scan_chunk)
     lens = [0, 1, 65, 127, 128, 129, 255, 1000, 3001, 9, 64, 0, 5000]
     x = make_x(lens, inner, dtype, np.int64, 7)
-    try:
+    chunked = dict(whole_scan=0, small_row=-1, scan_chunk=scan_chunk) if scan_chunk else {}
+    with _sched(**chunked):
         xg = _gpu(x)
         for exclusive in (False, True):
             for reverse in (False, True):
                 assert_close(_np(R.cumsum(xg, exclusive=exclusive, reverse=reverse)),
                              np.asarray(R.cumsum(x, exclusive=exclusive,
                                                  reverse=reverse).values), dtype)
-    finally:
-        R._SCHED.clear()
-        R._SCHED.update(saved)
 
 
 @pytest.mark.gpu
