@@ -3,7 +3,13 @@ against the mma.sync kernel and FlashAttention-2 varlen on the reference shapes 
 time back to back), after checking each against the mma.sync result. Every variant is timed in
 ``ROUNDS`` interleaved rounds (same process, same inputs), so that drift shows.
 
-    PYTHONPATH=. python3 -m bench.attention_sm90_time
+    PYTHONPATH=. python3 -m bench.attention_sm90_time [--rounds=N] [--d=D] [BNxST ...]
+
+With ``BNxST[@MINB]`` arguments (keys per step x K/V stages, e.g. ``32x3 64x2 32x3@5``) the
+default kernel is timed against those configurations (applied to every head dim) instead of
+``VARIANTS``; ``@MINB`` sets the blocks per SM that registers are planned for (``JFA90_MINB``) of
+the one-warpgroup kernels (1 for the others). ``--d=D`` times (and compiles) head dim D
+only.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ CASES = [(*s, False) for s in SHAPES if s[4] in (64, 128)] + [(1024, 512, 0.25, 
 ROUNDS = 2
 
 
-def main():
+def main(argv=None):
+    import sys
+
     import cupy
     import torch
 
@@ -34,14 +42,31 @@ def main():
     from cujagged import jagged_flash_attention
     from cujagged._kernels import KernelFamily
 
+    global VARIANTS, ROUNDS
+    args = sys.argv[1:] if argv is None else argv
+    dims, cases = A._SM90_DIMS, CASES
+    for a in args:
+        if a.startswith("--rounds="):
+            ROUNDS = int(a.split("=", 1)[1])
+        elif a.startswith("--d="):
+            dims = (int(a.split("=", 1)[1]),)
+            cases = [c for c in CASES if c[4] in dims]
+    cfgs = [a for a in args if not a.startswith("--")]
+    if cfgs:
+        VARIANTS = [VARIANTS[0]]
+        for a in cfgs:
+            cfg, _, minb = a.partition("@")
+            bn, st = map(int, cfg.split("x"))
+            op = (f"-DJFA90_MINB(D,NWG,BN,ST)=((NWG)==1?{minb}:1)",) if minb else ()
+            VARIANTS.append((f"bn{bn}_st{st}" + (f"_minb{minb}" if minb else ""), 64, (bn, st), op))
     default = (A._FAM90, A._SM90_CFG)
     fams = {(c, op): KernelFamily("attention_sm90.cu", ["jfa_sm90_smem_offset"] + [
-                                  A._sm90_name("bf16_t", d, w, *cc) for d in A._SM90_DIMS
-                                  for w in (1, 2)
+                                  A._sm90_name("bf16_t", d, w, *cc) for d in dims
+                                  for w in (bm // 64,)
                                   for cc in ([c] if c else sorted(set(A._SM90_CFG[d])))],
                                   options=A._FAM90.options[1:] + op, arch="sm_90a",
                                   register=False)
-            for _, _, c, op in VARIANTS if c is not None or op}
+            for _, bm, c, op in VARIANTS if c is not None or op}
 
     def use(c, op):
         A._FAM90 = fams.get((c, op), default[0])
@@ -50,7 +75,7 @@ def main():
 
     dev = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print("device:", dev)
-    for B, L, fill, H, D, causal in CASES:
+    for B, L, fill, H, D, causal in cases:
         _, js, ts, cu = attention_inputs(B, L, fill, H, D)
         it = rotate(ts)
         sc = 1 / math.sqrt(D)

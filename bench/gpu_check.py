@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-bench", action="store_true")
     ap.add_argument("--pytest-args", default="", help="extra pytest arguments (tests + sanitizer)")
     ap.add_argument("--sanitizer-args", default="", help="pytest arguments for the sanitizer run")
-    ap.add_argument("--sanitizer-timeout", type=float, default=300.0)
+    ap.add_argument("--sanitizer-timeout", type=float, default=420.0)
     ap.add_argument("--merge", default="", help="an earlier results file: the sections this run "
                     "skips, and the benchmarks of ops it does not time, are taken from it")
     args = ap.parse_args(argv)

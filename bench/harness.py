@@ -215,8 +215,10 @@ def lengths_for(B: int, max_len: int, fill: float, seed: int = 0, dist: str = "l
     return lens
 
 
-def attention_inputs(B: int, max_len: int, fill: float, H: int, D: int, n_sets: int = 2):
-    """Rotated bf16 self-attention inputs of one shape (lengths from :func:`lengths_for`):
+def attention_inputs(B: int, max_len: int, fill: float, H: int, D: int, n_sets: int = 2,
+                     lens: np.ndarray | None = None):
+    """Rotated bf16 self-attention inputs of one shape (lengths from :func:`lengths_for`, or
+    ``lens`` when given):
     ``(lens, js, ts, cu)`` with ``js[i] = [q, k, v]`` JaggedArrays sharing int32 offsets,
     ``ts[i]`` the same values as torch tensors (zero-copy) and ``cu`` the offsets in torch
     (FlashAttention-2 varlen's ``cu_seqlens``)."""
@@ -225,7 +227,7 @@ def attention_inputs(B: int, max_len: int, fill: float, H: int, D: int, n_sets: 
 
     import cujagged
 
-    lens = lengths_for(B, max_len, fill)
+    lens = lengths_for(B, max_len, fill) if lens is None else np.asarray(lens)
     off = cupy.asarray(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
     T = int(lens.sum())
     rng = np.random.default_rng(0)
