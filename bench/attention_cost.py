@@ -4,9 +4,13 @@ least-squares fit of our time to ``a * query tiles + b * key steps`` (per SM), w
 the per-tile cost (tile record, Q and first K/V loads, epilogue) from the per-key-step cost.
 
     PYTHONPATH=. python3 -m bench.attention_cost [--tokens=131072] [--cfg=D:BNxST ...]
+        [--heads=1x128] [--smem-pad=KB]
 
 ``--cfg=128:64x2`` times head dim 128 with 64 keys per step and 2 K/V stages at every length
-(default: ``attention._SM90_CFG``).
+(default: ``attention._SM90_CFG``). ``--heads=HxD`` times one head layout only; ``--smem-pad=KB``
+launches every block with KB more (unused) shared memory, i.e. fewer blocks per SM: whether a
+block's key step is a fixed-latency chain (time per step and SM grows as blocks per SM fall) or
+the blocks contend for the SM (it does not).
 """
 
 from __future__ import annotations
@@ -39,11 +43,19 @@ def main(argv=None):
     A._FAM90 = KernelFamily("attention_sm90.cu", ["jfa_sm90_smem_offset"] + [
         A._sm90_name("bf16_t", d, 1, *c) for d in A._SM90_DIMS for c in set(A._SM90_CFG[d])],
         options=A._FAM90.options[1:], arch="sm_90a", register=False)
-    tokens = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--tokens=")), 131072)
+    opt = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if "=" in a and
+           not a.startswith("--cfg=")}
+    tokens = int(opt.get("--tokens", 131072))
+    heads = [tuple(map(int, opt["--heads"].split("x")))] if "--heads" in opt else HEADS
+    pad = int(opt.get("--smem-pad", 0)) * 1024
+    if pad:
+        base = A._sm90_smem
+        A._sm90_smem = lambda *a: base(*a) + pad
     props = cupy.cuda.runtime.getDeviceProperties(0)
     sms = props["multiProcessorCount"]
-    print("device:", props["name"].decode(), "| tokens", tokens, "| configs", A._SM90_CFG)
-    for H, D in HEADS:
+    print("device:", props["name"].decode(), "| tokens", tokens, "| configs", A._SM90_CFG,
+          "| smem pad", pad)
+    for H, D in heads:
         rows = []
         for L in LENGTHS:
             B = tokens // L
