@@ -4,7 +4,7 @@ least-squares fit of our time to ``a * query tiles + b * key steps`` (per SM), w
 the per-tile cost (tile record, Q and first K/V loads, epilogue) from the per-key-step cost.
 
     PYTHONPATH=. python3 -m bench.attention_cost [--tokens=131072] [--cfg=D:BNxST ...]
-        [--heads=1x128] [--smem-pad=KB]
+        [--heads=1x128] [--smem-pad=KB] [-DX=1 ...]
 
 ``--cfg=128:64x2`` times head dim 128 with 64 keys per step and 2 K/V stages at every length
 (default: ``attention._SM90_CFG``). ``--heads=HxD`` times one head layout only; ``--smem-pad=KB``
@@ -42,7 +42,8 @@ def main(argv=None):
             A._SM90_CFG = {**A._SM90_CFG, int(d): ((bn, st), (bn, st))}
     A._FAM90 = KernelFamily("attention_sm90.cu", ["jfa_sm90_smem_offset"] + [
         A._sm90_name("bf16_t", d, 1, *c) for d in A._SM90_DIMS for c in set(A._SM90_CFG[d])],
-        options=A._FAM90.options[1:], arch="sm_90a", register=False)
+        options=A._FAM90.options[1:] + tuple(a for a in args if a.startswith("-D")),
+        arch="sm_90a", register=False)
     opt = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if "=" in a and
            not a.startswith("--cfg=")}
     tokens = int(opt.get("--tokens", 131072))

@@ -3,13 +3,13 @@ against the mma.sync kernel and FlashAttention-2 varlen on the reference shapes 
 time back to back), after checking each against the mma.sync result. Every variant is timed in
 ``ROUNDS`` interleaved rounds (same process, same inputs), so that drift shows.
 
-    PYTHONPATH=. python3 -m bench.attention_sm90_time [--rounds=N] [--d=D] [BNxST ...]
+    PYTHONPATH=. python3 -m bench.attention_sm90_time [--rounds=N] [--d=D] [BNxST ...] [-DX=1 ...]
 
-With ``BNxST[@MINB]`` arguments (keys per step x K/V stages, e.g. ``32x3 64x2 32x3@5``) the
-default kernel is timed against those configurations (applied to every head dim) instead of
-``VARIANTS``; ``@MINB`` sets the blocks per SM that registers are planned for (``JFA90_MINB``) of
-the one-warpgroup kernels (1 for the others). ``--d=D`` times (and compiles) head dim D
-only.
+With ``BNxST[@MINB]`` arguments (keys per step x K/V stages, e.g. ``32x3 64x2 32x3@5``) and
+``-DX=1`` arguments (the default configuration compiled with that option) the default kernel is
+timed against those variants (configurations apply to every head dim) instead of ``VARIANTS``;
+``@MINB`` sets the blocks per SM that registers are planned for (``JFA90_MINB``) of the
+one-warpgroup kernels (1 for the others). ``--d=D`` times (and compiles) head dim D only.
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ def main(argv=None):
         elif a.startswith("--d="):
             dims = (int(a.split("=", 1)[1]),)
             cases = [c for c in CASES if c[4] in dims]
-    cfgs = [a for a in args if not a.startswith("--")]
-    if cfgs:
-        VARIANTS = [VARIANTS[0]]
+    cfgs = [a for a in args if not a.startswith("-")]
+    defs = [a for a in args if a.startswith("-D")]  # the default configuration with -D options
+    if cfgs or defs:
+        VARIANTS = [VARIANTS[0]] + [(a[2:], 64, None, (a,)) for a in defs]
         for a in cfgs:
             cfg, _, minb = a.partition("@")
             bn, st = map(int, cfg.split("x"))

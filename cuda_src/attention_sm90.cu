@@ -8,7 +8,8 @@
 // One block = NWG consumer warpgroups of 64 query rows each (wgmma M = 64), BM = 64 * NWG rows,
 // BN keys per step, a ring of ST K tiles and ST + 1 V tiles loaded with cp.async (tile j + ST - 1
 // in flight during step j). Per key step and warpgroup:
-//   S = Q K^T   wgmma m64nBNk16, A = Q (shared, K-major), B = K tile (shared, K-major)
+//   S = Q K^T   wgmma m64nBNk16, A = Q (registers, loaded once per tile by ldmatrix, for D = 128;
+//               shared, K-major, for D = 64: see JFA90_QREG), B = K tile (shared, K-major)
 //   online softmax on the fp32 accumulator fragments (exp2, scale * log2 e folded)
 //   O += P V    wgmma m64nDk16, A = P (registers: the accumulator layout of S packed to 16 bits
 //               is the A-fragment layout), B = V tile (shared, MN-major: transposed)
@@ -100,6 +101,38 @@ template <> __device__ __forceinline__ void wgmma_rs<f16_t, 128>(float* d, const
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
+// S = Q K^T with Q as the register A operand (fragments as mma.sync's m16n8k16 A), K K-major
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs_k(float* d, const uint32_t* a, uint64_t db, int acc);
+template <> __device__ __forceinline__ void wgmma_rs_k<bf16_t, 32>(float* d, const uint32_t* a, uint64_t db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
+}
+template <> __device__ __forceinline__ void wgmma_rs_k<bf16_t, 64>(float* d, const uint32_t* a, uint64_t db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
+}
+template <> __device__ __forceinline__ void wgmma_rs_k<f16_t, 32>(float* d, const uint32_t* a, uint64_t db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
+}
+template <> __device__ __forceinline__ void wgmma_rs_k<f16_t, 64>(float* d, const uint32_t* a, uint64_t db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
+}
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -149,6 +182,13 @@ __device__ __forceinline__ void load_sw(uint32_t dst, const T* src, int64_t rs, 
 #ifndef JFA90_MINB
 #define JFA90_MINB(D, NWG, BN, ST) \
   ((NWG) == 1 && (((D) == 64 && (BN) <= 64) || ((D) == 128 && (BN) == 32 && (ST) == 2)) ? 4 : 1)
+#endif
+
+// Q as the register A operand of S = Q K^T: read from shared memory once per tile instead of by
+// every key step's wgmma (D / 2 more registers a thread: D = 128 stays at 3 blocks/SM with 166;
+// D = 64 would spill at its 128-register cap). H200: 1-2.5% faster (bench/NOTES.md).
+#ifndef JFA90_QREG
+#define JFA90_QREG(D) ((D) == 128)
 #endif
 
 // The offset of the dynamic shared memory from a 1024-byte boundary (a kernel without static
@@ -225,6 +265,8 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
     // cores work on P_{j-1} V_{j-1}. While step j loads tile j + ST - 1 (into the slots of
     // K_{j-1} and V_{j-2}), it reads K_j, V_{j-1} (and V_j at the last step).
     uint32_t pa[BN / 16][4];  // P_{j-1} (16-bit) as the A fragments of m64nDk16
+    constexpr bool QREG = JFA90_QREG(D);
+    uint32_t qa[QREG ? KC : 1][4];  // Q as A fragments (QREG)
     float al0 = 1.f, al1 = 1.f;
     // one key step; the first one (no P V yet) is a separate instantiation, so that no wgmma
     // sits behind a branch (ptxas serialises wgmma issued on paths it cannot prove uniform)
@@ -236,6 +278,15 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       load_kv(j + ST - 1);
       if (j >= n_kv_w) return;  // (causal) this warpgroup's rows see no key of tile j
       const int n0 = j * BN;
+      if constexpr (FIRST && QREG) {  // Q landed with tile 0: its fragments, once
+        const int r = 64 * wg + 16 * wq + (lane & 15);
+#pragma unroll
+        for (int kk = 0; kk < KC; ++kk) {
+          const int c = 2 * kk + (lane >> 4);
+          ldsm_x4(qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3],
+                  sQ + (c >> 3) * (BM * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+        }
+      }
 
       // S_j = Q K_j^T, then O += P_{j-1} V_{j-1}
       float s[BN / 2];
@@ -245,7 +296,10 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
         const uint64_t da = dQ + (((kk >> 2) * BM * 128 + (kk & 3) * 32) >> 4);
         const uint64_t db =
             dK + (((j % ST) * KV_BYTES + (kk >> 2) * BN * 128 + (kk & 3) * 32) >> 4);
-        wgmma_ss<T, BN>(s, da, db, kk > 0);
+        if constexpr (QREG)
+          wgmma_rs_k<T, BN>(s, qa[kk], db, kk > 0);
+        else
+          wgmma_ss<T, BN>(s, da, db, kk > 0);
       }
       wgmma_commit();
       if constexpr (!FIRST) {
