@@ -54,5 +54,7 @@ def plot(path: Path) -> Path:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m bench.plot bench/results/<date>-<gpu>.json [...]")
     for arg in sys.argv[1:]:
         print(plot(Path(arg)))
