@@ -149,7 +149,10 @@ def _as_jagged(x, offsets, name: str, off_name: str) -> JaggedArray:
                         f"{type(x).__name__}")
     if offsets is None:
         raise TypeError(f"{off_name} is required when {name} is a plain array")
-    return JaggedArray(x, offsets)
+    try:
+        return JaggedArray(x, offsets)
+    except (TypeError, ValueError) as e:  # name the argument: its messages say "offsets"
+        raise type(e)(f"{off_name} (of {name}): {e}") from None
 
 
 def _tile_list(xp, q_off, k_off, bm: int, msl: int, cache, bound: int):
@@ -310,7 +313,15 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
         if msl < 0:
             raise ValueError(f"max_seq_len must be >= 0, got {max_seq_len}")
         msl = min(msl, _NO_LIMIT)  # offsets + limit must not overflow int64
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    else:
+        try:
+            scale = float(scale)
+        except (TypeError, ValueError):
+            raise TypeError(f"scale must be a real number or None, got {scale!r}") from None
+        if not math.isfinite(scale):
+            raise ValueError(f"scale must be finite, got {scale}")
     vv = xp_of(vv).ascontiguousarray(vv)
     xp = xp_of(qv)
 
@@ -388,10 +399,10 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                     kern.max_dynamic_shared_size_bytes = smem
                     _SMEM_SET.add(kid)
             bound = (T + bm - 1) // bm + B
-            info, tile_off = _tile_list(xp, qj.offsets, kj.offsets, bm, msl, qj._cache, bound)
             grid = bound * H
             if grid >= 2**31:
                 raise ValueError("batch too large for one launch (tile count * heads >= 2**31)")
+            info, tile_off = _tile_list(xp, qj.offsets, kj.offsets, bm, msl, qj._cache, bound)
             tail = (info, tile_off, np.int64(B), np.int32(H), np.int32(Hk),
                     np.int64(msl), np.float32(sc), np.int32(bool(causal)))
             kern((grid,), (threads,),

@@ -758,10 +758,10 @@ def _cpu_bcast(x, grad2, trunc, scale_by_len=False, select=None, lse=None):
     return g
 
 
-def _float_jagged(x, name="x"):
+def _float_jagged(x, name="x", why=" for a gradient"):
     _check_numeric(x, name)
     if not _is_float(x.dtype):
-        raise TypeError(f"{name} must have a floating dtype for a gradient, got {x.dtype}")
+        raise TypeError(f"{name} must have a floating dtype{why}, got {x.dtype}")
 
 
 @on_array_device
@@ -842,7 +842,7 @@ def logsumexp_backward(grad, x, result=None, *, max_length=None):
 
 # ---- softmax -------------------------------------------------------------------------------
 def _softmax(x, axis, dim, max_length, log):
-    _float_jagged(x)
+    _float_jagged(x, why="")
     _check_axis(x, axis, dim)
     trunc = _trunc(max_length)
     if x.is_gpu:

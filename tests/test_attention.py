@@ -166,6 +166,15 @@ def test_validation_errors():
         jagged_flash_attention(qj, qj, qj, off)
     with pytest.raises(ValueError, match="offsets of k"):
         jagged_flash_attention(qj, qj, JaggedArray(q, [0, 1, 4]))
+    # errors in kv_offsets name it (JaggedArray's own messages say "offsets")
+    with pytest.raises(ValueError, match=r"^kv_offsets \(of k\): .*non-decreasing"):
+        jagged_flash_attention(q, q, q, off, kv_offsets=np.array([0, 3, 2, 4]))
+    with pytest.raises(TypeError, match=r"^kv_offsets \(of k\): .*int32 or int64"):
+        jagged_flash_attention(q, q, q, off, kv_offsets=np.array([0.0, 4.0]))
+    with pytest.raises(TypeError, match="scale"):
+        jagged_flash_attention(q, q, q, off, scale="a")
+    with pytest.raises(ValueError, match="scale must be finite"):
+        jagged_flash_attention(q, q, q, off, scale=float("inf"))
 
 
 def test_huge_max_seq_len_means_no_truncation():

@@ -238,6 +238,13 @@ def test_softmax_all_neg_inf_row_gives_zeros():
     _check_all_neg_inf_row(JaggedArray(v, [0, 2, 5]))
 
 
+def test_softmax_of_integers_is_a_clear_error():
+    x = JaggedArray(np.array([1, 2, 3]), [0, 3])
+    for f in (R.softmax, R.log_softmax):
+        with pytest.raises(TypeError, match=r"^x must have a floating dtype, got int64$"):
+            f(x)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.dtype(np.float32), bfloat16, np.dtype(np.float16)])
 def test_gpu_softmax_all_neg_inf_row_gives_zeros(dtype):
