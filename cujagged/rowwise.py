@@ -897,7 +897,9 @@ def softmax_backward(grad, out, *, max_length=None):
 @on_array_device
 def log_softmax_backward(grad, out, *, max_length=None):
     """Gradient of :func:`log_softmax` from ``grad`` and its output ``out``:
-    ``grad - exp(out) * sum(grad)`` per row; 0 past ``max_length``."""
+    ``grad - exp(out) * sum(grad)`` per row; 0 past ``max_length``, and 0 for a row (column) that
+    was all -inf (its output is 0 whatever the input; told by its first two outputs being 0,
+    which no log-softmax row of two or more items has)."""
     return _softmax_backward(grad, out, max_length, True)
 
 

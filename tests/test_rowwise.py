@@ -222,15 +222,29 @@ def test_cpu_softmax_matches_numpy(log, case, big):
     assert_close(o, ref_softmax(x, trunc, log), x.dtype)
 
 
+def _cupy_full_like(a, v):
+    import cupy
+
+    return cupy.full_like(a, v)
+
+
 def _check_all_neg_inf_row(x):
     def host(a):  # NumPy or CuPy values as float64 NumPy
         return (a.get() if hasattr(a, "get") else np.asarray(a)).astype(np.float64)
 
-    for f in (R.softmax, R.log_softmax):
-        out = host(f(x).values)
+    n = int(host(x.offsets)[1])  # the first row is all -inf
+    full_like = np.full_like if isinstance(x.values, np.ndarray) else _cupy_full_like
+    g = x._with_values(full_like(x.values, 3))  # grad 3 everywhere
+    for f, fb in ((R.softmax, R.softmax_backward), (R.log_softmax, R.log_softmax_backward)):
+        y = f(x)
+        out = host(y.values)
         assert not np.isnan(out).any()
-        assert out[0] == 0 and out[1] == 0
-    np.testing.assert_allclose(host(R.softmax(x).values)[2:], [0, 0, 1], atol=1e-7)
+        assert np.all(out[:n] == 0)
+        # its output does not depend on the input: gradient 0 (log-softmax gave g - sum(g))
+        grad = host(fb(g, y).values)
+        assert np.all(grad[:n] == 0), grad[:n]
+        assert not np.isnan(grad).any()
+    np.testing.assert_allclose(host(R.softmax(x).values)[n:][-3:], [0, 0, 1], atol=1e-7)
 
 
 def test_softmax_all_neg_inf_row_gives_zeros():
@@ -251,6 +265,14 @@ def test_gpu_softmax_all_neg_inf_row_gives_zeros(dtype):
     big = 1e30 if dtype != np.float16 else 6e4
     v = np.array([-np.inf, -np.inf, 1.0, 2.0, big], np.float32).astype(dtype)
     _check_all_neg_inf_row(_gpu(JaggedArray(v, [0, 2, 5])))
+
+
+@pytest.mark.gpu
+def test_gpu_long_all_neg_inf_row_gives_zeros():
+    """The same through the split path (a row of 4 MB: reduction by units, then rowbcast)."""
+    n = 1 << 20
+    v = np.concatenate([np.full(n, -np.inf), [1.0, 2.0, 1e30]]).astype(np.float32)
+    _check_all_neg_inf_row(_gpu(JaggedArray(v, [0, n, n + 3])))
 
 
 @given(case=cases(dtypes=[*FLOAT_DTYPES, np.dtype(np.int32)]), exclusive=st.booleans(),

@@ -214,7 +214,10 @@ def softmax_rows(v, off, trunc, log, out):
 @numba.njit(parallel=True, **_JIT)
 def softmax_backward_rows(g, y, off, trunc, log, out):
     """Gradient of (log-)softmax: ``y * (g - sum(g * y))`` or ``g - exp(y) * sum(g)`` per row
-    and column, 0 past ``trunc``."""
+    and column, 0 past ``trunc``. A log-softmax row that was all -inf has output 0 whatever the
+    input, so gradient 0: such a row of n >= 2 items starts with two outputs of 0, which no
+    log-softmax row holds (its exps sum to 1), and that is the test (as ``lsm_dead_rows`` in
+    ``rowwise.cu``)."""
     B = off.shape[0] - 1
     C = g.shape[1]
     for b in prange(B):
@@ -228,10 +231,13 @@ def softmax_backward_rows(g, y, off, trunc, log, out):
                     acc += np.float64(g[i, c])
                 else:
                     acc += np.float64(g[i, c]) * np.float64(y[i, c])
+            dead = log and e - s >= 2 and y[s, c] == 0 and y[s + 1, c] == 0
             for i in range(s, e):
                 gi = np.float64(g[i, c])
                 yi = np.float64(y[i, c])
-                if log:
+                if dead:
+                    out[i, c] = 0.0
+                elif log:
                     out[i, c] = gi - np.exp(yi) * acc
                 else:
                     out[i, c] = yi * (gi - acc)
