@@ -72,7 +72,6 @@ def main(argv=None):
     def use(c, op):
         A._FAM90 = fams.get((c, op), default[0])
         A._SM90_CFG = {d: (c, c) for d in A._SM90_DIMS} if c else default[1]
-        A._SMEM_SET.clear()
 
     dev = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print("device:", dev)

@@ -57,7 +57,6 @@ def main():
                 A._mma_threads = lambda d, b, mt=mt: b // (16 * mt) * 32
                 A._mma_stages = lambda d, st=st: st
                 A._BM128_DIMS = (32, 64, 96, 128, 256)
-            A._SMEM_SET.clear()
             for s in js:
                 for x in s:
                     x._cache.clear()

@@ -67,11 +67,12 @@ class Kernel:
     arrays, ``None`` (a null pointer) and NumPy ``int32``/``int64``/``uint64``/``float32``
     scalars, matching the kernel's parameter types. ``raw`` is the ``cupy.RawKernel``."""
 
-    __slots__ = ("raw", "ptr")
+    __slots__ = ("raw", "ptr", "_smem")
 
     def __init__(self, raw):
         self.raw = raw
         self.ptr = raw.kernel.ptr  # the CUfunction on the current device (loads the module)
+        self._smem = None  # the dynamic shared memory it may take (read on first need)
 
     @property
     def max_dynamic_shared_size_bytes(self) -> int:
@@ -80,6 +81,15 @@ class Kernel:
     @max_dynamic_shared_size_bytes.setter
     def max_dynamic_shared_size_bytes(self, n: int) -> None:
         self.raw.max_dynamic_shared_size_bytes = n
+        self._smem = n
+
+    def allow_shared(self, n: int) -> None:
+        """Let launches take ``n`` bytes of dynamic shared memory (past 48 KB with the kernel's
+        static shared memory, an opt-in); one driver call per new maximum."""
+        if self._smem is None:
+            self._smem = self.raw.max_dynamic_shared_size_bytes
+        if n > self._smem:
+            self.max_dynamic_shared_size_bytes = n
 
     def __call__(self, grid, block, args, shared_mem: int = 0) -> None:
         slots, ptrs = _param_block(len(args))

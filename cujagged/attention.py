@@ -108,7 +108,6 @@ _FAM90 = KernelFamily("attention_sm90.cu",
                       + [_sm90_name(t, d, w, *c) for t in ("bf16_t", "f16_t")
                          for d in _SM90_DIMS for w in (1, 2) for c in sorted(set(_SM90_CFG[d]))],
                       options=("-default-device",), arch="sm_90a")
-_SMEM_SET: set = set()
 
 
 def _mma_bn(d: int, itemsize: int = 2) -> int:
@@ -393,11 +392,7 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                 smem, threads = _mma_smem(D, bm), _mma_threads(D, bm)
                 sc = scale * math.log2(math.e)
             kern = fam.get(name)
-            if smem > 48 * 1024:
-                kid = (name, qv.device.id)
-                if kid not in _SMEM_SET:
-                    kern.max_dynamic_shared_size_bytes = smem
-                    _SMEM_SET.add(kid)
+            kern.allow_shared(smem)
             bound = (T + bm - 1) // bm + B
             grid = bound * H
             if grid >= 2**31:

@@ -487,18 +487,6 @@ def _row_cache(kern, x, V: int, CT: int, LPR: int, chunk: int, trunc: int, ni: i
 
 
 _CACHE_GROUPS: dict = {}
-_SMEM_ALLOWED: dict = {}
-
-
-def _allow_smem(kern, n: int) -> None:
-    """Let ``kern`` take ``n`` bytes of dynamic shared memory (past 48 KB with its static
-    shared memory, an opt-in)."""
-    allowed = _SMEM_ALLOWED.get(kern.ptr)
-    if allowed is None:
-        allowed = _SMEM_ALLOWED[kern.ptr] = kern.max_dynamic_shared_size_bytes
-    if n > allowed:
-        kern.max_dynamic_shared_size_bytes = n
-        _SMEM_ALLOWED[kern.ptr] = n
 
 
 def _cache_groups(kern, group_bytes: int) -> int:
@@ -512,7 +500,7 @@ def _cache_groups(kern, group_bytes: int) -> int:
 
         n = budget // group_bytes
         if n:
-            _allow_smem(kern, n * group_bytes)
+            kern.allow_shared(n * group_bytes)
             base = occ(kern.ptr, _BLOCK, 0)
             while n and occ(kern.ptr, _BLOCK, n * group_bytes) < base:
                 n -= 1
@@ -960,7 +948,7 @@ def _gpu_cumsum(x, exclusive, reverse):
     # at 3 (H200, one row of 10**6 bf16 items: 310 vs 397 us); whole rows: see CJ_MINB_S16
     kern = _kern(f"cumsum_rows<{tn}, {V}, {'true' if split else 'false'}>")
     smem = 2 * _SCAN_U * _BLOCK * 16 if LPR > 1 and V * x.dtype.itemsize == 16 else 0
-    _allow_smem(kern, smem)
+    kern.allow_shared(smem)
     kern((blocks, yt), (_BLOCK,),
          (vals, units, _i64(nunits), _i64(C), _i64(chunk), _i32(CT), _i32(LPR),
           _i32(exclusive), _i32(reverse), _ptr(pa), out), shared_mem=smem)

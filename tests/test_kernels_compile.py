@@ -43,3 +43,22 @@ def test_compile_error_names_file_and_log(tmp_path, monkeypatch):
     with pytest.raises(cujagged.KernelCompileError, match="broken.cu"):
         fam.compile_report("sm_90")
     _kernels._read_source.cache_clear()
+
+
+def test_allow_shared_asks_the_driver_once_per_new_maximum():
+    from cujagged._kernels import Kernel
+
+    class Raw:  # a RawKernel's attribute, counting the driver calls that set it
+        kernel = type("F", (), {"ptr": 1})()
+        sets = []
+        max_dynamic_shared_size_bytes = 48 * 1024 - 256
+
+        def __setattr__(self, name, n):
+            self.sets.append(n)
+            object.__setattr__(self, name, n)
+
+    k = Kernel(Raw())
+    for n in (0, 40 * 1024, 75 * 1024, 60 * 1024, 75 * 1024, 100 * 1024):
+        k.allow_shared(n)
+    assert Raw.sets == [75 * 1024, 100 * 1024]
+    assert k.max_dynamic_shared_size_bytes == 100 * 1024

@@ -14,6 +14,7 @@ from strategies import FLOAT_DTYPES, INNER_SHAPES, OFFSET_DTYPES, TOL, lengths, 
 
 from cujagged import JaggedArray, bfloat16
 from cujagged import rowwise as R
+from cujagged._backend import xp_of
 
 if os.environ.get("CJ_NO_SHRINK"):  # quick GPU checks: report failures without shrinking
     _n = int(os.environ.get("CJ_MAX_EXAMPLES", "0"))
@@ -222,19 +223,12 @@ def test_cpu_softmax_matches_numpy(log, case, big):
     assert_close(o, ref_softmax(x, trunc, log), x.dtype)
 
 
-def _cupy_full_like(a, v):
-    import cupy
-
-    return cupy.full_like(a, v)
-
-
 def _check_all_neg_inf_row(x):
     def host(a):  # NumPy or CuPy values as float64 NumPy
         return (a.get() if hasattr(a, "get") else np.asarray(a)).astype(np.float64)
 
     n = int(host(x.offsets)[1])  # the first row is all -inf
-    full_like = np.full_like if isinstance(x.values, np.ndarray) else _cupy_full_like
-    g = x._with_values(full_like(x.values, 3))  # grad 3 everywhere
+    g = x._with_values(xp_of(x.values).full_like(x.values, 3))  # grad 3 everywhere
     for f, fb in ((R.softmax, R.softmax_backward), (R.log_softmax, R.log_softmax_backward)):
         y = f(x)
         out = host(y.values)
