@@ -41,7 +41,8 @@ def plot(path: Path) -> Path:
             row[0].plot(f, ms, label=impl, **style)
             row[1].plot(f, mib, label=impl, **style)
         short = ", ".join(f"{k}={v}" for k, v in json.loads(params).items())
-        row[0].set(title=f"{name}  {short}", xlabel="fill ratio", ylabel="ms", yscale="log")
+        row[0].set(xlabel="fill ratio", ylabel="ms (events, 10 calls back to back)", yscale="log")
+        row[0].set_title(f"{name}\n{short}", fontsize=9)
         row[1].set(title="peak extra memory", xlabel="fill ratio", ylabel="MiB")
         row[0].legend(fontsize=7)
         for ax in row:
