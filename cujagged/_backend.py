@@ -18,8 +18,8 @@ try:
 except ImportError:  # pragma: no cover - ml_dtypes is a hard dependency
     bfloat16 = None
 
-__all__ = ["cupy", "bfloat16", "gpu_available", "is_gpu_array", "xp_of", "device_of",
-           "on_array_device"]
+__all__ = ["cupy", "bfloat16", "gpu_available", "is_gpu_array", "is_array", "not_array",
+           "xp_of", "device_of", "on_array_device"]
 
 
 @functools.cache
@@ -36,6 +36,29 @@ def gpu_available() -> bool:
 def is_gpu_array(a) -> bool:
     """True for a CuPy ndarray (device memory)."""
     return cupy is not None and isinstance(a, cupy.ndarray)
+
+
+def is_array(a) -> bool:
+    """True for the arrays cujagged's functions take: a NumPy or a CuPy ndarray."""
+    return isinstance(a, np.ndarray) or is_gpu_array(a)
+
+
+_FOREIGN_HINT = {
+    "torch": "; a torch tensor crosses zero-copy with cupy.from_dlpack / np.from_dlpack, or as "
+             "a JaggedArray with cujagged.from_torch",
+    "jax": "; a JAX array crosses zero-copy with cupy.from_dlpack / np.from_dlpack, or as a "
+           "JaggedArray with cujagged.from_jax",
+}
+_FOREIGN_HINT["jaxlib"] = _FOREIGN_HINT["jax"]
+
+
+def not_array(name: str, a, what: str = "a NumPy or CuPy array") -> TypeError:
+    """The TypeError for an argument that is not one of cujagged's arrays (naming the argument,
+    what was expected, and for a torch / JAX array how to pass it)."""
+    t = type(a)
+    tname = t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    hint = _FOREIGN_HINT.get(t.__module__.split(".")[0], "")
+    return TypeError(f"{name} must be {what}, got {tname}{hint}")
 
 
 def xp_of(a):

@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from ._backend import bfloat16, is_gpu_array, on_array_device, xp_of
+from ._backend import bfloat16, device_of, is_array, is_gpu_array, not_array, on_array_device, xp_of
 from ._backend import cupy as _cupy
 from ._kernels import KernelFamily
 from .jagged import JaggedArray
@@ -143,9 +143,8 @@ def _as_jagged(x, offsets, name: str, off_name: str) -> JaggedArray:
             raise TypeError(f"{off_name} must not be given when {name} is a JaggedArray "
                             f"(its own offsets are used)")
         return x
-    if not hasattr(x, "dtype") or not hasattr(x, "ndim"):
-        raise TypeError(f"{name} must be a JaggedArray or a NumPy/CuPy array [T, H, D], got "
-                        f"{type(x).__name__}")
+    if not is_array(x):
+        raise not_array(name, x, "a JaggedArray or a NumPy/CuPy array [T, H, D]")
     if offsets is None:
         raise TypeError(f"{off_name} is required when {name} is a plain array")
     try:
@@ -192,7 +191,7 @@ def _plan_key(q, k, v, max_seq_len, scale, causal, return_lse, allow_tf32, bm, i
 
 def _launch_plan(plan, q, k, v, return_lse):
     """Launch a cached, already validated configuration (see the end of the slow path)."""
-    _, kern, grid, threads, smem, tail = plan
+    _, _, kern, grid, threads, smem, tail = plan
     qv = q._values
     T, H, _ = qv.shape
     out = _cupy.empty(qv.shape, dtype=qv.dtype)
@@ -255,15 +254,15 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
             and type(k) is JaggedArray and type(v) is JaggedArray and is_gpu_array(q._values)):
         plan = q._cache.get(_plan_key(q, k, v, max_seq_len, scale, causal, return_lse,
                                       allow_tf32, _bm, _impl))
-        if plan is not None and plan[0] is k._offsets:
+        if plan is not None and plan[0] is k._offsets and plan[1] is v._offsets:
             return _launch_plan(plan, q, k, v, return_lse)
+    scale_arg = scale  # (the plan's key: the caller's arguments)
     qj = _as_jagged(q, offsets, "q", "offsets")
     if isinstance(k, JaggedArray) or kv_offsets is not None:
         kj = _as_jagged(k, kv_offsets, "k", "kv_offsets")
     else:
-        if not hasattr(k, "dtype") or not hasattr(k, "ndim"):
-            raise TypeError(f"k must be a JaggedArray or an array [T, Hk, D], got "
-                            f"{type(k).__name__}")
+        if not is_array(k):
+            raise not_array("k", k, "a JaggedArray or a NumPy/CuPy array [T, Hk, D]")
         if k.ndim < 1 or k.shape[0] != qj.values.shape[0]:
             raise ValueError(f"k has {k.shape[0] if k.ndim else 0} rows but q has "
                              f"{qj.values.shape[0]}; give kv_offsets for cross-attention")
@@ -272,8 +271,8 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
         raise ValueError("v must have the offsets of k (row b's values belong to row b's keys)")
     vv = v.values if isinstance(v, JaggedArray) else v
     qv, kv = qj.values, kj.values
-    if not hasattr(vv, "dtype"):
-        raise TypeError(f"v must be a JaggedArray or an array [T, Hk, D], got {type(v).__name__}")
+    if not is_array(vv):
+        raise not_array("v", v, "a JaggedArray or a NumPy/CuPy array [T, Hk, D]")
     gpu = is_gpu_array(qv)
     for name, a in (("k", kv), ("v", vv)):
         if is_gpu_array(a) != gpu or (gpu and a.device.id != qv.device.id):
@@ -326,8 +325,11 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
 
     sb = sh = si = 0
     if bias is not None:
-        if not hasattr(bias, "ndim") or is_gpu_array(bias) != gpu:
-            raise TypeError("bias must be an array on the same device as q")
+        if not is_array(bias):
+            raise not_array("bias", bias, f"an array [B, H, Mq, Mk] on {device_of(qv)}")
+        if device_of(bias) != device_of(qv):
+            raise TypeError(f"bias must be on the device of q ({device_of(qv)}), got "
+                            f"{device_of(bias)}")
         mq = min(qj.max_length, msl)
         mk = min(kj.max_length, msl)
         if bias.ndim != 4 or bias.shape[0] != B or bias.shape[1] not in (1, H) or (
@@ -408,9 +410,9 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                     and isinstance(v, JaggedArray) and vv is v.values):
                 # every check above passed for these shapes/dtypes/options: later calls with the
                 # same arrays' structure skip straight to the launch
-                q._cache[_plan_key(q, k, v, max_seq_len, scale, causal, return_lse, allow_tf32,
-                                   _bm, _impl)] = (
-                    k._offsets, kern, grid, threads, smem,
+                q._cache[_plan_key(q, k, v, max_seq_len, scale_arg, causal, return_lse,
+                                   allow_tf32, _bm, _impl)] = (
+                    k._offsets, v._offsets, kern, grid, threads, smem,
                     tail + (tile_off, np.int64(0), np.int64(0), np.int64(0),
                             np.int32(bool(return_lse))))
         elif return_lse:

@@ -10,7 +10,8 @@ producer.
 * offsets given to PyTorch's nested tensors are int64 (int32 offsets are converted: ``B+1``
   integers).
 * JAX without ``jax_enable_x64`` cannot hold int64: offsets are converted to int32 (``B+1``
-  integers).
+  integers); 64-bit values are refused (JAX would cast them to 32 bits).
+* JAX on the CPU copies a buffer that is not 64-byte aligned (NumPy aligns to 16 bytes).
 
 PyTorch, JAX and Awkward are imported only when a function that needs them is called.
 
@@ -180,7 +181,9 @@ def from_torch_nested(njt, *, validate=True) -> JaggedArray:
     (shape ``(B, j, *inner)``, ragged dimension 1).
 
     An NJT with holes (built with ``lengths=``, e.g. by ``narrow``) is made contiguous first (a
-    copy). The NJT's cached ``max_seqlen`` is reused when present.
+    copy). PyTorch lets the NJT's cached ``max_seqlen`` be an upper bound, so with ``validate``
+    the longest row is measured; with ``validate=False`` the cached value is trusted as the
+    longest row (no sync).
     """
     torch = _require("torch", "torch")
     if not isinstance(njt, torch.Tensor) or not getattr(njt, "is_nested", False):
@@ -194,7 +197,7 @@ def from_torch_nested(njt, *, validate=True) -> JaggedArray:
         raise ValueError(f"the ragged dimension of njt must be 1, got {njt._ragged_idx}")
     if njt.lengths() is not None:  # holes between rows: no offsets-only view exists
         njt = njt.contiguous()
-    max_len = getattr(njt, "_maybe_max_seqlen", None)
+    max_len = None if validate else getattr(njt, "_maybe_max_seqlen", None)
     if max_len is not None and not isinstance(max_len, int):
         max_len = None
     return from_dlpack_parts(njt.values(), njt.offsets(), max_length=max_len, validate=validate)
@@ -236,11 +239,17 @@ def _jax_from(arr):
 
 
 def to_jax(x: JaggedArray):
-    """``(values, offsets)`` as JAX arrays (zero-copy through DLPack; a bfloat16 host array needs a
-    bit-cast copy). Without ``jax_enable_x64`` int64 offsets become int32 (``B+1`` integers)."""
+    """``(values, offsets)`` as JAX arrays (zero-copy through DLPack where JAX takes the buffer: a
+    bfloat16 host array needs a bit-cast copy, and JAX on the CPU copies a buffer that is not
+    64-byte aligned). Without ``jax_enable_x64`` int64 offsets become int32 (``B+1`` integers)
+    and 64-bit values raise ``ValueError`` (JAX would silently cast them to 32 bits)."""
     jax = _require("jax", "jax")
     if not isinstance(x, JaggedArray):
         raise TypeError(f"x must be a JaggedArray, got {type(x).__name__}")
+    if jax.dtypes.canonicalize_dtype(x.dtype) != x.dtype:  # 64-bit without jax_enable_x64
+        raise ValueError(f"x has {x.dtype} values and jax_enable_x64 is off (JAX would cast them "
+                         f"to 32 bits); enable it with jax.config.update('jax_enable_x64', True)"
+                         f" or cast first: x.astype(...)")
     offsets = x.offsets
     if offsets.dtype == np.int64 and not jax.config.read("jax_enable_x64"):
         if x.values.shape[0] >= 2**31:

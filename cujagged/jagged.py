@@ -5,8 +5,9 @@ from __future__ import annotations
 import operator
 
 import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
 
-from ._backend import cupy, device_of, is_gpu_array, on_array_device, xp_of
+from ._backend import cupy, device_of, is_array, is_gpu_array, not_array, on_array_device, xp_of
 
 __all__ = ["JaggedArray", "OFFSET_DTYPES"]
 
@@ -21,9 +22,8 @@ def _as_offsets(offsets, values, name: str):
         if host.size and host.dtype.kind not in "iu":
             raise TypeError(f"{name} must be integers, got {host.dtype} values")
         offsets = xp.asarray(host.astype(np.int64))
-    if not hasattr(offsets, "dtype") or not hasattr(offsets, "ndim"):
-        raise TypeError(f"{name} must be an array or a list of integers, got "
-                        f"{type(offsets).__name__}")
+    if not is_array(offsets):
+        raise not_array(name, offsets, "a NumPy/CuPy array or a list of integers")
     if is_gpu_array(offsets) != is_gpu_array(values) or (
         is_gpu_array(offsets) and offsets.device.id != values.device.id
     ):
@@ -89,7 +89,7 @@ def _fmt_row(head, tail, edge: int) -> str:
     return "[" + inner + "]"
 
 
-class JaggedArray:
+class JaggedArray(NDArrayOperatorsMixin):
     """A batch of ``B`` rows of different lengths: ``values[offsets[b]:offsets[b+1]]`` is row b.
 
     Args:
@@ -107,9 +107,11 @@ class JaggedArray:
 
     @on_array_device
     def __init__(self, values, offsets=None, lengths=None, *, max_length=None, validate=True):
-        if isinstance(values, (list, tuple)) or not hasattr(values, "dtype"):
+        if isinstance(values, (list, tuple)):
             raise TypeError(f"values must be a NumPy or CuPy array, got {type(values).__name__}"
                             " (use JaggedArray.from_list for a list of rows)")
+        if not is_array(values):
+            raise not_array("values", values)
         if values.ndim < 1:
             raise ValueError("values must have at least 1 dimension [T, ...], got a scalar")
         xp = xp_of(values)
@@ -120,8 +122,14 @@ class JaggedArray:
             lengths = _as_offsets(lengths, values, "lengths")
             offsets = xp.zeros(lengths.shape[0] + 1, dtype=np.int64)
             xp.cumsum(lengths, out=offsets[1:])
-            if validate and lengths.shape[0] and int(lengths.min()) < 0:
-                raise ValueError("lengths must be non-negative")
+            if validate and lengths.shape[0]:
+                pair = xp.stack([lengths.min().astype(np.int64), offsets[-1]])  # one transfer
+                low, total = (int(a) for a in (pair if xp is np else pair.get()))
+                if low < 0:
+                    raise ValueError("lengths must be non-negative")
+                if total != values.shape[0]:
+                    raise ValueError(f"sum(lengths) must equal len(values) = {values.shape[0]}, "
+                                     f"got {total}")
         else:
             offsets = _as_offsets(offsets, values, "offsets")
         self._values = values
@@ -302,8 +310,8 @@ class JaggedArray:
         """From ``values [T, *inner]`` and the row of each item, ``row_ids [T]`` (sorted,
         non-decreasing: the items of a row are contiguous). ``nrows`` defaults to
         ``row_ids[-1] + 1``; rows without items are empty. Offsets are int64. One sync."""
-        if not hasattr(values, "dtype"):
-            raise TypeError(f"values must be a NumPy or CuPy array, got {type(values).__name__}")
+        if not is_array(values):
+            raise not_array("values", values)
         xp = xp_of(values)
         if isinstance(row_ids, (list, tuple, range)):
             row_ids = xp.asarray(np.asarray(row_ids, dtype=np.int64))
@@ -579,6 +587,8 @@ class JaggedArray:
         for key, value in numpy_kwargs.items():
             if value is not None and value is not False:
                 raise TypeError(f"{name}() of a JaggedArray does not support {key}=")
+        if name in ("sum", "mean", "prod"):  # cast from the accumulator, not from the result
+            return getattr(rowwise, name)(self, axis, dtype=dtype, **kwargs)
         res = getattr(rowwise, name)(self, axis, **kwargs)
         return res if dtype is None else res.astype(dtype)
 
@@ -636,11 +646,36 @@ class JaggedArray:
 
         return rowwise.log_softmax(self, axis, dim=dim, max_length=max_length)
 
-    def cumsum(self, axis=1, *, dim=None, exclusive=False, reverse=False):
-        """Cumulative sum along each row (JaggedArray)."""
+    def cumsum(self, axis=1, dtype=None, out=None, *, dim=None, exclusive=False, reverse=False):
+        """Cumulative sum along each row (JaggedArray; ``np.cumsum(x, axis=1)`` too: ``dtype``
+        casts the result, ``out`` is not supported)."""
         from . import rowwise
 
-        return rowwise.cumsum(self, axis, dim=dim, exclusive=exclusive, reverse=reverse)
+        if out is not None:
+            raise TypeError("cumsum() of a JaggedArray does not support out=")
+        res = rowwise.cumsum(self, axis, dim=dim, exclusive=exclusive, reverse=reverse)
+        return res if dtype is None else res.astype(dtype)
+
+    def astype(self, dtype, copy=True):
+        """The same rows with values cast to ``dtype`` (offsets shared)."""
+        values = self._values.astype(dtype, copy=copy)
+        return self if values is self._values else self._with_values(values)
+
+    def round(self, decimals=0, out=None):
+        """Values rounded to ``decimals`` (``np.round(x)``); ``out`` is not supported."""
+        if out is not None:
+            raise TypeError("round() of a JaggedArray does not support out=")
+        return self._with_values(self.xp.round(self._values, decimals))
+
+    def clip(self, min=None, max=None, out=None, **kwargs):  # noqa: A002
+        """Values limited to ``[min, max]`` (``np.clip(x, a, b)``); the limits may be scalars,
+        per-row ``[B, *inner]``, padded or jagged like the items of ``np.maximum``."""
+        if out is not None or kwargs:
+            raise TypeError("clip() of a JaggedArray supports min and max only")
+        if min is None and max is None:
+            raise ValueError("clip() needs min or max")
+        res = self if min is None else np.maximum(self, min)
+        return res if max is None else np.minimum(res, max)
 
     def sort(self, axis=1, *, dim=None, descending=False):
         """Stable sort within each row (JaggedArray)."""
@@ -660,82 +695,6 @@ class JaggedArray:
 
         return rowwise.topk(self, k, axis, dim=dim, largest=largest)
 
-    def __add__(self, other):
-        return np.add(self, other)
-
-    def __radd__(self, other):
-        return np.add(other, self)
-
-    def __sub__(self, other):
-        return np.subtract(self, other)
-
-    def __rsub__(self, other):
-        return np.subtract(other, self)
-
-    def __mul__(self, other):
-        return np.multiply(self, other)
-
-    def __rmul__(self, other):
-        return np.multiply(other, self)
-
-    def __truediv__(self, other):
-        return np.true_divide(self, other)
-
-    def __rtruediv__(self, other):
-        return np.true_divide(other, self)
-
-    def __floordiv__(self, other):
-        return np.floor_divide(self, other)
-
-    def __rfloordiv__(self, other):
-        return np.floor_divide(other, self)
-
-    def __mod__(self, other):
-        return np.remainder(self, other)
-
-    def __pow__(self, other):
-        return np.power(self, other)
-
-    def __rpow__(self, other):
-        return np.power(other, self)
-
-    def __eq__(self, other):  # element-wise, like NumPy (structure: same_structure)
-        return np.equal(self, other)
-
-    def __ne__(self, other):
-        return np.not_equal(self, other)
-
+    # Operators (+ - * / // % ** divmod, comparisons, & | ^ << >> ~, unary - + abs, their
+    # reflected and in-place forms) come from NDArrayOperatorsMixin, through __array_ufunc__.
     __hash__ = None  # element-wise == makes a JaggedArray unhashable, like an ndarray
-
-    def __lt__(self, other):
-        return np.less(self, other)
-
-    def __le__(self, other):
-        return np.less_equal(self, other)
-
-    def __gt__(self, other):
-        return np.greater(self, other)
-
-    def __ge__(self, other):
-        return np.greater_equal(self, other)
-
-    def __neg__(self):
-        return np.negative(self)
-
-    def __pos__(self):
-        return self
-
-    def __abs__(self):
-        return np.absolute(self)
-
-    def __invert__(self):
-        return np.invert(self)
-
-    def __and__(self, other):
-        return np.bitwise_and(self, other)
-
-    def __or__(self, other):
-        return np.bitwise_or(self, other)
-
-    def __xor__(self, other):
-        return np.bitwise_xor(self, other)

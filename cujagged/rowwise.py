@@ -119,7 +119,8 @@ def _check_axis(x, axis, dim):
             raise TypeError(f"got both axis={axis} and dim={dim}; give one")
         axis = dim
     if axis is None:
-        axis = 1
+        raise ValueError("axis=None (over every item of every row) is not supported: axis=1 "
+                         "works per row; x.values holds every item")
     try:
         axis = operator.index(axis)
     except TypeError:
@@ -556,49 +557,62 @@ def _reduce_common(x, axis, dim, max_length):
     return _trunc(max_length)
 
 
+def _gpu_sum_like(x, K, mode, trunc, dtype):
+    """A float sum / mean / product on the GPU, returned in ``dtype`` (default: x's): a float
+    wider than x's comes straight from the fp32 accumulator, not through x's dtype."""
+    wide = dtype is not None and np.dtype(dtype).kind == "f" and (
+        np.dtype(dtype).itemsize > x.dtype.itemsize)
+    res = _shape_out(x, _gpu_reduce(x, K, mode, np.float32 if wide else x.dtype,
+                                    OUT_F32 if wide else OUT_T, trunc))
+    return res if dtype is None else res.astype(dtype, copy=False)
+
+
 @on_array_device
-def sum(x, axis=1, *, dim=None, max_length=None):  # noqa: A001
+def sum(x, axis=1, *, dim=None, max_length=None, dtype=None):  # noqa: A001
     """Sum of each row: ``[B, *inner]``. Floats keep their dtype (fp32 accumulation on the GPU),
-    integers/bool give int64 (uint64 for unsigned). Empty rows give 0."""
+    integers/bool give int64 (uint64 for unsigned); ``dtype``: the result's, cast from the
+    accumulator (float64 on the CPU, fp32 on the GPU). Empty rows give 0."""
     trunc = _reduce_common(x, axis, dim, max_length)
     if x.is_gpu:
         if not _kernel_ok(x):
-            return _via_host(sum, x, max_length=max_length)
-        return _shape_out(x, _gpu_reduce(x, K_SUM, 0, x.dtype, OUT_T, trunc))
+            return _via_host(sum, x, max_length=max_length, dtype=dtype)
+        return _gpu_sum_like(x, K_SUM, 0, trunc, dtype)
     acc = _acc_dtype(x.dtype)
     out = np.zeros((x.nrows, _ncols(x)), dtype=acc)
     _cpu.reduce_sum(_cpu_vals(x), x.offsets, trunc, out)
-    return _shape_out(x, out.astype(x.dtype if _is_float(x.dtype) else acc))
+    return _shape_out(x, out.astype(dtype or (x.dtype if _is_float(x.dtype) else acc)))
 
 
 @on_array_device
-def mean(x, axis=1, *, dim=None, max_length=None):
-    """Mean of each row: ``[B, *inner]`` (float64 for integer values). Empty rows give nan."""
+def mean(x, axis=1, *, dim=None, max_length=None, dtype=None):
+    """Mean of each row: ``[B, *inner]`` (float64 for integer values; ``dtype``: as
+    :func:`sum`). Empty rows give nan."""
     trunc = _reduce_common(x, axis, dim, max_length)
     if x.is_gpu:
         if not _kernel_ok(x):
-            return _via_host(mean, x, max_length=max_length)
-        return _shape_out(x, _gpu_reduce(x, K_SUM, 1, x.dtype, OUT_T, trunc))
+            return _via_host(mean, x, max_length=max_length, dtype=dtype)
+        return _gpu_sum_like(x, K_SUM, 1, trunc, dtype)
     out = np.zeros((x.nrows, _ncols(x)), dtype=np.float64)
     _cpu.reduce_sum(_cpu_vals(x), x.offsets, trunc, out)
     n = np.minimum(np.diff(x.offsets.astype(np.int64)), trunc)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(n > 0, out / np.maximum(n, 1), np.nan)
-    return _shape_out(x, out.astype(_float_out(x.dtype)))
+    return _shape_out(x, out.astype(dtype or _float_out(x.dtype)))
 
 
 @on_array_device
-def prod(x, axis=1, *, dim=None, max_length=None):
-    """Product of each row: ``[B, *inner]`` (int64 for integers). Empty rows give 1."""
+def prod(x, axis=1, *, dim=None, max_length=None, dtype=None):
+    """Product of each row: ``[B, *inner]`` (int64 for integers; ``dtype``: as :func:`sum`).
+    Empty rows give 1."""
     trunc = _reduce_common(x, axis, dim, max_length)
     if x.is_gpu:
         if not _kernel_ok(x):
-            return _via_host(prod, x, max_length=max_length)
-        return _shape_out(x, _gpu_reduce(x, K_PROD, 0, x.dtype, OUT_T, trunc))
+            return _via_host(prod, x, max_length=max_length, dtype=dtype)
+        return _gpu_sum_like(x, K_PROD, 0, trunc, dtype)
     acc = _acc_dtype(x.dtype)
     out = np.ones((x.nrows, _ncols(x)), dtype=acc)
     _cpu.reduce_prod(_cpu_vals(x), x.offsets, trunc, out)
-    return _shape_out(x, out.astype(x.dtype if _is_float(x.dtype) else acc))
+    return _shape_out(x, out.astype(dtype or (x.dtype if _is_float(x.dtype) else acc)))
 
 
 def _extremum(x, is_min, want_index, initial, trunc):
@@ -624,7 +638,7 @@ def _extremum(x, is_min, want_index, initial, trunc):
         return _shape_out(x, outi)
     _cpu.reduce_maxval(v, x.offsets, trunc, is_min, outv)
     if initial is not None:
-        empty = (np.minimum(np.diff(x.offsets), trunc) == 0)[:, None]
+        empty = ((np.diff(x.offsets) == 0) | (trunc == 0))[:, None]
         outv = np.minimum(outv, initial) if is_min else np.maximum(outv, initial)
         outv = np.where(empty, initial, outv)
     return _shape_out(x, outv.astype(x.dtype, copy=False))
@@ -787,6 +801,9 @@ def _extremum_backward(grad, x, indices, max_length, is_min):
     g = _per_row(grad, x)
     if indices is None:
         indices = (argmin if is_min else argmax)(x, max_length=max_length)
+    if not hasattr(indices, "dtype") or indices.dtype.kind not in "iu":
+        raise TypeError(f"indices must be an integer array [B, *inner] (argmax's), got "
+                        f"{getattr(indices, 'dtype', type(indices).__name__)}")
     ix = _per_row(indices, x, "indices", np.int64)
     if x.is_gpu:
         if not _kernel_ok(x):
@@ -1033,8 +1050,11 @@ def topk(x, k, axis=1, *, dim=None, largest=True):
     new_off[1:] = xp.cumsum(lens)
     J = _jagged_cls()
     ml = _builtin_min(x.max_length, k)
-    mk = lambda a: J(xp.ascontiguousarray(a[keep]).reshape((-1, *x.inner_shape)),  # noqa: E731
-                     new_off, max_length=ml, validate=False)
+
+    def mk(a):
+        a = xp.ascontiguousarray(a[keep])  # [n, C]: the sync
+        return J(a.reshape((a.shape[0], *x.inner_shape)), new_off, max_length=ml, validate=False)
+
     return mk(vals), mk(idx)
 
 
@@ -1091,12 +1111,20 @@ def elementwise(ufunc, *inputs, **kwargs):
     x = next((a for a in inputs if isinstance(a, J)), None)
     if x is None:
         raise TypeError("elementwise needs at least one JaggedArray operand")
-    if kwargs.get("out") is not None:
-        raise TypeError("out= is not supported for JaggedArray ufuncs")
-    kwargs.pop("out", None)
+    if ufunc.signature is not None:
+        raise TypeError(f"{ufunc.__name__} is a generalized ufunc (core dimensions "
+                        f"{ufunc.signature}): not defined for a JaggedArray; apply it to "
+                        f"x.values, or per row")
+    out = kwargs.pop("out", None)
+    if out is not None:  # JaggedArrays of x's structure (x += y: out=(x,))
+        out = out if isinstance(out, tuple) else (out,)
+        for i, o in enumerate(out):
+            if not isinstance(o, J):
+                raise TypeError(f"out: a JaggedArray like the operands, got {type(o).__name__}")
+            _check_same(x, o, "the first JaggedArray operand", f"out[{i}]")
     kinds = [_classify(a, x, f"operand {i}") for i, a in enumerate(inputs)]
     # fast path: GPU kernel for jagged (+) per-row / padded of the same float dtype
-    if (x.is_gpu and not kwargs and ufunc in _FAST_UFUNCS and len(inputs) == 2
+    if (x.is_gpu and not kwargs and out is None and ufunc in _FAST_UFUNCS and len(inputs) == 2
             and _kernel_ok(x) and sorted(kinds) in (["jagged", "rows"], ["jagged", "padded"])):
         ji = kinds.index("jagged")
         other = inputs[1 - ji]
@@ -1121,9 +1149,12 @@ def elementwise(ufunc, *inputs, **kwargs):
         else:
             rid, pos = _rows_pos(x)
             ops.append(a[rid, pos])
+    if out is not None:
+        ufunc(*ops, out=tuple(o.values for o in out), **kwargs)
+        return out if len(out) > 1 else out[0]
     res = ufunc(*ops, **kwargs)
     if isinstance(res, tuple):
-        return tuple(_jagged_like(x, r.reshape(r.shape[0], -1)) for r in res)
+        return tuple(x._with_values(r) for r in res)
     return x._with_values(res)
 
 

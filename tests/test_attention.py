@@ -175,6 +175,17 @@ def test_validation_errors():
         jagged_flash_attention(q, q, q, off, scale="a")
     with pytest.raises(ValueError, match="scale must be finite"):
         jagged_flash_attention(q, q, q, off, scale=float("inf"))
+    # a foreign array (a torch tensor, say) is named, with the way to pass it
+    tensor = type("Tensor", (), {"__module__": "torch", "dtype": q.dtype, "ndim": 3,
+                                 "shape": q.shape})()
+    for args in ((tensor, q, q, off), (q, tensor, q, off), (q, q, tensor, off)):
+        with pytest.raises(TypeError, match=r"must be a JaggedArray or a NumPy/CuPy array .*got "
+                                            r"torch.Tensor; .*from_dlpack"):
+            jagged_flash_attention(*args)
+    with pytest.raises(TypeError, match=r"^offsets \(of q\): offsets must be a NumPy/CuPy array"):
+        jagged_flash_attention(q, q, q, tensor)
+    with pytest.raises(TypeError, match="bias must be an array"):
+        jagged_flash_attention(q, q, q, off, bias=tensor)
 
 
 def test_huge_max_seq_len_means_no_truncation():
@@ -296,6 +307,26 @@ def test_gpu_jagged_input_caches_tile_list():
     cpu = jagged_flash_attention(JaggedArray(cupy.asnumpy(x), lengths=lq),
                                  cupy.asnumpy(x), cupy.asnumpy(x), causal=True)
     assert rel_error(cupy.asnumpy(o1.values), cpu.values) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scale", [None, 0.125])
+def test_gpu_cached_plan_still_checks_v(scale):
+    """A cached launch plan (also with the default scale, whose key is the caller's None) is
+    taken only for v of the structure it was checked with: another v is checked again."""
+    import cupy
+
+    rng = np.random.default_rng(4)
+    x = cupy.asarray(rng.standard_normal((8, 1, 64)).astype(bfloat16))
+    kx = x[:6]
+    q, k = JaggedArray(x, [0, 3, 8]), JaggedArray(kx, [0, 2, 6])
+    v1, v2 = JaggedArray(kx, [0, 2, 6]), JaggedArray(kx, [0, 4, 6])
+    o1 = jagged_flash_attention(q, k, v1, scale=scale)
+    assert any(isinstance(key, tuple) and key[0] == "jfa_plan" for key in q._cache)
+    o2 = jagged_flash_attention(q, k, v1, scale=scale)  # v1's offsets differ from k's by identity
+    assert cupy.array_equal(o1.values, o2.values)
+    with pytest.raises(ValueError, match="offsets of k"):
+        jagged_flash_attention(q, k, v2, scale=scale)
 
 
 def test_exported():

@@ -196,6 +196,21 @@ def test_torch_nested_cpu(odtype):
     np.testing.assert_array_equal(z.values, torch.cat(rows).numpy())
     with pytest.raises(TypeError, match="nested"):
         cujagged.from_torch_nested(torch.zeros(3))
+    # PyTorch lets max_seqlen be an upper bound: validated, the longest row is measured
+    ub = torch.nested.nested_tensor_from_jagged(torch.arange(20.0).reshape(10, 2),
+                                                torch.tensor([0, 4, 10]), max_seqlen=16)
+    assert cujagged.from_torch_nested(ub).to_padded().shape == (2, 6, 2)
+    assert cujagged.from_torch_nested(ub, validate=False).max_length == 16  # trusted
+
+
+def test_torch_tensor_where_an_array_is_expected_is_named():
+    torch = pytest.importorskip("torch")
+    t = torch.zeros(4, 1, 32)
+    with pytest.raises(TypeError, match=r"values must be a NumPy or CuPy array, got "
+                                        r"torch.Tensor; .*from_torch"):
+        JaggedArray(t, [0, 4])
+    with pytest.raises(TypeError, match=r"v must be .*got torch.Tensor"):
+        cujagged.jagged_flash_attention(np.zeros((4, 1, 32)), np.zeros((4, 1, 32)), t, [0, 4])
 
 
 def _gpu_parts(lens, inner, dtype, odtype):
@@ -262,6 +277,15 @@ def test_jax_cpu(dtype):
     assert y.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(y.values.view(np.int16) if dtype == bfloat16 else y.values,
                                   vals.view(np.int16) if dtype == bfloat16 else vals)
+
+
+def test_jax_refuses_64_bit_values_without_x64():
+    jax = pytest.importorskip("jax")
+    if jax.config.read("jax_enable_x64"):
+        pytest.skip("jax_enable_x64 is on")
+    for dtype in (np.float64, np.int64):
+        with pytest.raises(ValueError, match=f"{np.dtype(dtype)} values and jax_enable_x64 is off"):
+            cujagged.to_jax(JaggedArray(np.array([2**40 + 5, 7], dtype), [0, 2]))
 
 
 @pytest.mark.gpu

@@ -137,7 +137,7 @@ def test_from_row_ids_with_trailing_and_leading_empty_rows():
     (np.array([0, 4], dtype=np.uint32), TypeError, "offsets must have dtype int32 or int64"),
     (np.array([[0, 4]]), ValueError, r"offsets must be 1-D .*got shape \(1, 2\)"),
     (np.zeros(0, np.int64), ValueError, "offsets must be 1-D with at least one element"),
-    ("0,4", TypeError, "offsets must be an array or a list of integers"),
+    ("0,4", TypeError, "offsets must be a NumPy/CuPy array or a list of integers"),
     ([0, 1.5, 4], TypeError, "offsets must be integers, got float64"),
 ])
 def test_malformed_offsets(offsets, exc, msg):

@@ -407,6 +407,57 @@ def test_elementwise_ufuncs_and_errors():
         hash(x)
 
 
+def test_review_fixes_numpy_protocol():
+    """What a NumPy user tries: every operator and its reflected / in-place form, multi-output
+    ufuncs on an empty batch, gufuncs and axis=None refused, dtype= cast from the accumulator,
+    astype / round / clip / np.cumsum, initial= with int32 offsets, topk with no columns."""
+    x = JaggedArray(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0, 3, 3, 4], np.int32))
+    xi = JaggedArray(np.array([6, 3, 5]), [0, 2, 3])
+    for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow"):
+        f = getattr(np, {"add": "add", "sub": "subtract", "mul": "multiply",
+                         "truediv": "true_divide", "floordiv": "floor_divide", "mod": "remainder",
+                         "pow": "power"}[op])
+        np.testing.assert_array_equal(getattr(x, f"__{op}__")(2).values, f(x.values, 2))
+        np.testing.assert_array_equal(getattr(x, f"__r{op}__")(2).values, f(2, x.values))
+    for op, f in (("and", np.bitwise_and), ("or", np.bitwise_or), ("xor", np.bitwise_xor),
+                  ("lshift", np.left_shift), ("rshift", np.right_shift)):
+        np.testing.assert_array_equal(getattr(xi, f"__{op}__")(1).values, f(xi.values, 1))
+        np.testing.assert_array_equal(getattr(xi, f"__r{op}__")(1).values, f(1, xi.values))
+    q, r = divmod(x, 2)
+    np.testing.assert_array_equal(q.values, x.values // 2)
+    np.testing.assert_array_equal(r.values, x.values % 2)
+    y = x.astype(np.float64, copy=True)
+    y += 1  # in place: the same array, new values
+    np.testing.assert_array_equal(y.values, x.values + 1)
+    with pytest.raises(ValueError, match="same structure"):
+        np.add(x, 1, out=JaggedArray(np.zeros(4), [0, 1, 2, 4]))
+    empty = JaggedArray(np.zeros(0), [0, 0])
+    for res in (np.divmod(empty, 2.0), np.modf(empty), np.frexp(JaggedArray(np.zeros(0), [0]))):
+        assert all(isinstance(a, JaggedArray) and a.values.shape == (0,) for a in res)
+    with pytest.raises(TypeError, match="generalized ufunc"):
+        np.matmul(x, x)
+    with pytest.raises(ValueError, match="axis=None"):
+        np.sum(x)
+    h = JaggedArray(np.full(10, 7000, np.float16), [0, 10])
+    assert h.sum(dtype=np.float32).tolist() == [70000.0]
+    assert np.sum(h, axis=1, dtype=np.float64).tolist() == [70000.0]
+    m = JaggedArray(np.array([1, 2, 2], np.float16) / np.float16(3), [0, 3])
+    assert m.mean(dtype=np.float64)[0] == np.mean(m.values, dtype=np.float64)
+    assert x.astype(np.float32).dtype == np.float32 and x.astype(x.dtype, copy=False) is x
+    np.testing.assert_array_equal(np.round(x / 3, 1).values, np.round(x.values / 3, 1))
+    np.testing.assert_array_equal(np.clip(x, 1.5, np.array([2.0, 0.0, 9.0])).values,
+                                  [1.5, 2.0, 2.0, 4.0])
+    np.testing.assert_array_equal(np.cumsum(x, axis=1).values, [1.0, 3.0, 6.0, 4.0])
+    assert x.max(initial=0.0).tolist() == [3.0, 0.0, 4.0]
+    assert x.min(initial=9.0).tolist() == [1.0, 9.0, 4.0]
+    vals, idx = JaggedArray(np.zeros((2, 0)), [0, 2]).topk(1)
+    assert vals.values.shape == (1, 0) and idx.values.shape == (1, 0)
+    with pytest.raises(TypeError, match="integer array"):
+        R.max_backward(np.ones(3), x, indices=np.array([0.0, 1.7, 0.0]))
+    with pytest.raises(ValueError, match=r"sum\(lengths\) must equal len\(values\) = 5, got 4"):
+        JaggedArray(np.arange(5.0), lengths=[2, 2])
+
+
 def test_numpy_functions_and_unsupported_dtypes():
     x = JaggedArray(np.arange(10.0).reshape(5, 2), np.array([0, 2, 2, 5], np.int32))
     for name in ("sum", "mean", "max", "min", "argmax", "argmin", "prod", "any", "all"):
