@@ -592,6 +592,33 @@ def _compare_reduction(name, x, trunc):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("name", ["sum", "mean", "prod"])
+@pytest.mark.parametrize("dtype", [bfloat16, np.dtype(np.float16)])
+def test_gpu_dtype_casts_from_the_fp32_accumulator(name, dtype):
+    """dtype=float32 on 16-bit values: the fp32 accumulator itself, not its 16-bit rounding (a
+    sum past the float16 range stays finite), as on the CPU."""
+    x = make_x([40, 0, 7, 300], (3,), dtype, np.int64, 9, scale=0.5)
+    if name == "sum":
+        x = x._with_values((x.values.astype(np.float32) * 0 + 7000).astype(dtype))
+    ref = getattr(R, name)(x, dtype=np.float32)
+    out = getattr(R, name)(_gpu(x), dtype=np.float32)
+    assert out.dtype == np.float32 and ref.dtype == np.float32
+    assert np.isfinite(_np(out)[[0, 2, 3]]).all()
+    np.testing.assert_allclose(_np(out), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_operators_reflected_and_in_place():
+    x = _gpu(JaggedArray(np.arange(6, dtype=np.float32), [0, 2, 6]))
+    y = x.astype(np.float32, copy=True)
+    y += 1
+    assert _np((y - x).values).tolist() == [1.0] * 6
+    assert _np((2 % (x + 1)).values).tolist() == [0.0, 0.0, 2.0, 2.0, 2.0, 2.0]
+    q, r = divmod(x, 4)
+    assert _np(q.values).tolist() == [0, 0, 0, 0, 1, 1] and _np(r.values).tolist()[-1] == 1
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("regime", range(len(REGIMES)))
 @pytest.mark.parametrize("dtype", [np.dtype(np.float32), bfloat16])
 def test_gpu_regimes_every_op(regime, dtype):
