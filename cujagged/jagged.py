@@ -135,6 +135,8 @@ class JaggedArray(NDArrayOperatorsMixin):
         self._values = values
         self._offsets = offsets
         self._cache = {}
+        if isinstance(max_length, bool):
+            raise TypeError("max_length must be an integer or None, got a bool")
         self._max_length = None if max_length is None else operator.index(max_length)
         if validate:
             self.validate()

@@ -384,9 +384,14 @@ def _gather_rows_out(x, lens, row_base, item_step, total=None, maxlen=None):
     return _make(out, off, maxlen)
 
 
+def _builtin_clamp(v: int, big: int) -> int:
+    return -big if v < -big else (big if v > big else v)
+
+
 def _slice_bounds(lengths, s: slice, xp):
     """Per-row ``(start, length)`` int64 arrays of Python slice ``s`` applied to each row."""
-    step = 1 if s.step is None else operator.index(s.step)
+    big = 1 << 62  # past any row length: Python ints beyond int64 clamp to it (as slicing does)
+    step = 1 if s.step is None else _builtin_clamp(operator.index(s.step), big)
     if step == 0:
         raise ValueError("slice step cannot be zero")
     L = lengths.astype(np.int64)
@@ -395,7 +400,7 @@ def _slice_bounds(lengths, s: slice, xp):
     def adjust(v, default):
         if v is None:
             return default
-        v = operator.index(v)
+        v = _builtin_clamp(operator.index(v), big)
         if v < 0:
             return xp.maximum(L + v, -1 if neg else 0)
         return xp.minimum(L - 1, v) if neg else xp.minimum(L, v)

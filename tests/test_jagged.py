@@ -479,3 +479,13 @@ def test_gpu_other_device_offsets_rejected():
     # a host (NumPy) index is moved to the array's device, not refused
     assert cujagged.index_select(g, np.array([1, 0])).tolist() == [[2.0, 3.0], [1.0]]
 
+
+
+def test_python_int_bounds_past_int64_clamp_like_slicing():
+    x = JaggedArray(np.arange(5.0), [0, 2, 5])
+    assert x[:, :2**63].tolist() == [[0.0, 1.0], [2.0, 3.0, 4.0]]
+    assert x[:, 2**63:].tolist() == [[], []]
+    assert x[:, ::-2**70].tolist() == [[1.0], [4.0]]
+    assert x.topk(2**63)[0].tolist() == [[1.0, 0.0], [4.0, 3.0, 2.0]]
+    with pytest.raises(TypeError, match="bool"):
+        JaggedArray(np.arange(5.0), [0, 2, 5], max_length=True)
