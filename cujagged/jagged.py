@@ -296,7 +296,7 @@ class JaggedArray(NDArrayOperatorsMixin):
             dtype = np.result_type(*typed) if typed else np.dtype(np.float64)
         dtype = np.dtype(dtype)
         if host:
-            values = np.concatenate([a.reshape(-1, *inner).astype(dtype, copy=False)
+            values = np.concatenate([a.reshape(a.shape[0], *inner).astype(dtype, copy=False)
                                      for a in host])
         else:
             values = np.empty((0, *inner), dtype=dtype)
@@ -316,8 +316,13 @@ class JaggedArray(NDArrayOperatorsMixin):
             raise not_array("values", values)
         xp = xp_of(values)
         if isinstance(row_ids, (list, tuple, range)):
-            row_ids = xp.asarray(np.asarray(row_ids, dtype=np.int64))
-        if not hasattr(row_ids, "dtype") or xp_of(row_ids) is not xp:
+            host = np.asarray(row_ids)
+            if host.size and host.dtype.kind not in "iu":
+                raise TypeError(f"row_ids must be integers, got {host.dtype} values")
+            row_ids = xp.asarray(host.astype(np.int64))
+        if not is_array(row_ids):
+            raise not_array("row_ids", row_ids, "an integer array or a list of integers")
+        if xp_of(row_ids) is not xp:
             raise ValueError(f"row_ids must be an integer array on {device_of(values)}, got "
                              + (device_of(row_ids) if hasattr(row_ids, "dtype")
                                 else type(row_ids).__name__))
@@ -333,7 +338,7 @@ class JaggedArray(NDArrayOperatorsMixin):
                 rid.min(), rid.max(), (rid[1:] < rid[:-1]).sum() if t > 1 else rid[0] * 0))
         else:
             lo, hi, unsorted = 0, -1, 0
-        nrows = hi + 1 if nrows is None else int(nrows)
+        nrows = hi + 1 if nrows is None else operator.index(nrows)
         # always checked (``validate`` is accepted for symmetry): they guard the bincount below
         if lo < 0:
             raise ValueError(f"row_ids must be non-negative, found {lo}")

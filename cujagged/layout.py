@@ -18,7 +18,15 @@ import operator
 
 import numpy as np
 
-from ._backend import bfloat16, device_of, is_gpu_array, on_array_device, xp_of
+from ._backend import (
+    bfloat16,
+    device_of,
+    is_array,
+    is_gpu_array,
+    not_array,
+    on_array_device,
+    xp_of,
+)
 from ._kernels import KernelFamily, pow2_at_least
 from .cpu import layout as _cpu
 
@@ -70,14 +78,11 @@ _PAD_CACHE: dict = {}
 def _pad_words(padding_value, dtype):
     """The padding value as one item of ``dtype`` replicated over 16 bytes, as two uint64
     (cached per dtype and value: this runs on every launch)."""
-    try:
-        key = (dtype, type(padding_value), padding_value)
-        hit = _PAD_CACHE.get(key)
-    except TypeError:  # unhashable (e.g. a 0-d array)
-        key, hit = None, None
+    key = (dtype, type(padding_value), repr(padding_value))  # repr: -0.0 is not 0.0, nan is nan
+    hit = _PAD_CACHE.get(key)
     if hit is None:
         hit = _pad_words_uncached(padding_value, dtype)
-        if key is not None and len(_PAD_CACHE) < 256:
+        if len(_PAD_CACHE) < 256:
             _PAD_CACHE[key] = hit
     return hit
 
@@ -92,7 +97,11 @@ def _pad_words_uncached(padding_value, dtype):
 
 
 def _scalar(value, dtype):
-    """``value`` as a 0-d array of ``dtype``; ValueError when an integer dtype cannot hold it."""
+    """``value`` as a 0-d array of ``dtype``: TypeError unless a real number (or a scalar of
+    ``dtype``), ValueError when an integer dtype cannot hold it."""
+    v = np.asarray(value)
+    if v.ndim or not (v.dtype.kind in "biuf" or v.dtype in (dtype, bfloat16)):
+        raise TypeError(f"padding_value must be a real number, got {value!r}")
     try:
         if dtype.kind in "iub":
             v = np.asarray(value)
@@ -121,13 +130,35 @@ def _host_ints(*scalars):
 
 
 @on_array_device
-def offsets_from_lengths(lengths, dtype=np.int64):
-    """``offsets [B+1]`` (``offsets[0] = 0``, then the running sum) from ``lengths [B]``."""
+def _cumsum_offsets(lengths, dtype=np.int64):
+    """Offsets from lengths already known to be valid (no check, no sync)."""
     xp = xp_of(lengths)
     out = xp.zeros(lengths.shape[0] + 1, dtype=dtype)
     if lengths.shape[0]:
         xp.cumsum(lengths, out=out[1:])
     return out
+
+
+def offsets_from_lengths(lengths, dtype=np.int64):
+    """``offsets [B+1]`` (``offsets[0] = 0``, then the running sum) from ``lengths [B]`` (an
+    int32/int64 array, or a list of integers: a NumPy result) in ``dtype`` (int32 or int64).
+    Validated: non-negative lengths, a total that ``dtype`` holds (one device->host sync)."""
+    from .jagged import OFFSET_DTYPES, _as_offsets
+
+    if not is_array(lengths) and not isinstance(lengths, (list, tuple, range)):
+        raise not_array("lengths", lengths, "a NumPy/CuPy array or a list of integers")
+    lengths = _as_offsets(lengths, lengths if is_array(lengths) else np.empty(0), "lengths")
+    dtype = np.dtype(dtype)
+    if dtype not in OFFSET_DTYPES:
+        raise TypeError(f"dtype must be int32 or int64, got {dtype}")
+    out = _cumsum_offsets(lengths.astype(np.int64, copy=False), np.int64)
+    if lengths.shape[0]:
+        low, total = _host_ints(lengths.min(), out[-1])
+        if low < 0:
+            raise ValueError(f"lengths must be non-negative (found {low})")
+        if total > np.iinfo(dtype).max:
+            raise ValueError(f"the total length {total} does not fit dtype {dtype}")
+    return out.astype(dtype, copy=False)
 
 
 def _gather(src, src_lead: int, out, out_offsets, total: int, row_base, row_stride: int,
@@ -181,7 +212,7 @@ def _make(values, offsets, max_length: int):
 
 def _out_offsets(lengths64, total: int, offsets_dtype):
     """Offsets from int64 lengths; int32 when the input's were and ``total`` fits."""
-    off = offsets_from_lengths(lengths64, np.int64)
+    off = _cumsum_offsets(lengths64, np.int64)
     if offsets_dtype == np.int32 and total <= _INT32_MAX:
         off = off.astype(np.int32)
     return off
@@ -275,14 +306,17 @@ def from_padded(dense, lengths=None, *, offsets=None, mask=None, total_length=No
     nrows, n = dense.shape[0], dense.shape[1]
     dense = xp.ascontiguousarray(dense)
     if mask is not None:
-        if not hasattr(mask, "dtype") or xp_of(mask) is not xp:
-            raise TypeError(f"mask must be a bool array on {device_of(dense)}")
+        if not is_array(mask):
+            raise not_array("mask", mask, f"a bool array [B, N] on {device_of(dense)}")
+        if xp_of(mask) is not xp:
+            raise TypeError(f"mask must be a bool array on {device_of(dense)}, got "
+                            f"{device_of(mask)}")
         if mask.dtype != np.bool_:
             raise TypeError(f"mask must have dtype bool, got {mask.dtype}")
         if tuple(mask.shape) != (nrows, n):
             raise ValueError(f"mask must have shape [B, N] = {(nrows, n)}, got {tuple(mask.shape)}")
         lens = mask.sum(axis=1, dtype=np.int64)
-        off = offsets_from_lengths(lens)
+        off = _cumsum_offsets(lens)
         item_bytes = _item_bytes(dense, 2)
         items = xp.nonzero(mask.reshape(-1))[0]  # row-major: row b's True items, in order
         total = int(items.shape[0])
@@ -293,12 +327,13 @@ def from_padded(dense, lengths=None, *, offsets=None, mask=None, total_length=No
         else:
             values = xp.empty((total, *dense.shape[2:]), dense.dtype)
         maxlen = int(lens.max()) if nrows else 0
+        _check_hints(total, maxlen, total_length, max_length)
         return _make(values, off, maxlen)
     if lengths is not None:
         lens = _as_offsets(lengths, dense, "lengths")
         if lens.shape[0] != nrows:
             raise ValueError(f"lengths must have shape [B] = ({nrows},), got {tuple(lens.shape)}")
-        off = offsets_from_lengths(lens)
+        off = _cumsum_offsets(lens)
     else:
         off = _as_offsets(offsets, dense, "offsets")
         if off.shape[0] != nrows + 1:
@@ -325,9 +360,20 @@ def from_padded(dense, lengths=None, *, offsets=None, mask=None, total_length=No
     if lmax > n:
         raise ValueError(f"{name} give a row of length {lmax} but dense has only N = {n} items "
                          "per row")
+    _check_hints(total, lmax, total_length, max_length)
     out = xp.empty((total, *dense.shape[2:]), dtype=dense.dtype)
     _gather(dense, 2, out, off, total, None, n, 1)
     return _make(out, off, lmax)
+
+
+def _check_hints(total: int, lmax: int, total_length, max_length):
+    """from_padded's hints, when it measured the truth: they must agree (a hint is not a
+    truncation: that is ``dense[:, :n]``)."""
+    for name, hint, real in (("total_length", total_length, total),
+                             ("max_length", max_length, lmax)):
+        if hint is not None and operator.index(hint) != real:
+            raise ValueError(f"{name}={hint} but the rows give {real} ({name} is a hint for the "
+                             f"trusted path; to truncate rows, pass dense[:, :n])")
 
 
 # ---- gathers of rows ----------------------------------------------------------------------------
@@ -343,7 +389,9 @@ def index_select(x, idx):
         if idx.size == 0:
             idx = idx.astype(np.int64)
         idx = xp.asarray(idx)
-    if not hasattr(idx, "dtype") or xp_of(idx) is not xp:
+    if not is_array(idx):
+        raise not_array("index", idx, "an int or bool array, or a list of ints")
+    if xp_of(idx) is not xp:
         raise TypeError(f"index must be an int or bool array on {x.device}, got "
                         f"{type(idx).__name__}" + (f" on {device_of(idx)}"
                                                    if hasattr(idx, "dtype") else ""))

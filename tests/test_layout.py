@@ -233,3 +233,39 @@ def test_gpu_huge_64bit_indexing(monkeypatch):
     del ids
     pos = g.positions()
     assert int(pos[big - 1]) == big - 1 and int(pos[big + 4]) == 4
+
+
+def test_layout_review_fixes():
+    """Validation that a user review found missing: offsets_from_lengths checks its input,
+    from_padded's hints must agree with the rows, padding values must be real numbers (and -0.0
+    is not +0.0), zero-size items in from_list, float row ids refused."""
+    from cujagged import offsets_from_lengths
+
+    assert offsets_from_lengths([2, 3]).tolist() == [0, 2, 5]
+    assert offsets_from_lengths(np.array([2, 3], np.int32), np.int32).dtype == np.int32
+    with pytest.raises(ValueError, match="non-negative"):
+        offsets_from_lengths(np.array([2, -5, 3]))
+    with pytest.raises(TypeError, match="int32 or int64"):
+        offsets_from_lengths(np.array([1.5, 2.0]))
+    with pytest.raises(ValueError, match="does not fit dtype int32"):
+        offsets_from_lengths(np.array([2**31 - 1, 5], np.int32), np.int32)
+    with pytest.raises(ValueError, match="max_length=2 but the rows give 4"):
+        layout.from_padded(np.ones((2, 4)), [4, 1], max_length=2)
+    with pytest.raises(ValueError, match="total_length=3 but the rows give 5"):
+        layout.from_padded(np.ones((2, 4)), [4, 1], total_length=3)
+    assert layout.from_padded(np.ones((2, 4)), [4, 1], max_length=4).max_length == 4
+    x = JaggedArray(np.ones((3, 2), np.float32), [0, 1, 3])
+    for bad in (None, 5 + 7j, np.array([1.0])):
+        with pytest.raises(TypeError, match="padding_value must be a real number"):
+            layout.to_padded(x, padding_value=bad)
+    from cujagged.layout import _pad_words
+
+    neg, pos = _pad_words(np.float32(-0.0), np.dtype(np.float32)), _pad_words(
+        np.float32(0.0), np.dtype(np.float32))
+    assert neg != pos and pos == (0, 0)
+    z = JaggedArray.from_list([np.zeros((2, 0)), []])
+    assert z.shape == (2, None, 0) and z.lengths.tolist() == [2, 0]
+    with pytest.raises(TypeError, match="integers"):
+        JaggedArray.from_row_ids(np.arange(3.0), [0, 0.7, 1.9])
+    with pytest.raises(TypeError):
+        JaggedArray.from_row_ids(np.arange(3.0), [0, 0, 1], nrows=3.9)
