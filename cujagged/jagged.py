@@ -120,16 +120,7 @@ class JaggedArray(NDArrayOperatorsMixin):
             raise TypeError("give exactly one of offsets= or lengths=")
         if lengths is not None:
             lengths = _as_offsets(lengths, values, "lengths")
-            offsets = xp.zeros(lengths.shape[0] + 1, dtype=np.int64)
-            xp.cumsum(lengths, out=offsets[1:])
-            if validate and lengths.shape[0]:
-                pair = xp.stack([lengths.min().astype(np.int64), offsets[-1]])  # one transfer
-                low, total = (int(a) for a in (pair if xp is np else pair.get()))
-                if low < 0:
-                    raise ValueError("lengths must be non-negative")
-                if total != values.shape[0]:
-                    raise ValueError(f"sum(lengths) must equal len(values) = {values.shape[0]}, "
-                                     f"got {total}")
+            offsets = _layout()._cumsum_offsets(lengths, np.int64)
         else:
             offsets = _as_offsets(offsets, values, "offsets")
         self._values = values
@@ -139,7 +130,7 @@ class JaggedArray(NDArrayOperatorsMixin):
             raise TypeError("max_length must be an integer or None, got a bool")
         self._max_length = None if max_length is None else operator.index(max_length)
         if validate:
-            self.validate()
+            self._validate("lengths" if lengths is not None else "offsets")
         elif self._max_length is None:
             self._max_length = _offsets_summary(offsets)[3]
 
@@ -156,14 +147,22 @@ class JaggedArray(NDArrayOperatorsMixin):
 
     def validate(self) -> JaggedArray:
         """Check the offsets against the values; raise ``ValueError`` naming what is wrong."""
+        return self._validate("offsets")
+
+    def _validate(self, given: str) -> JaggedArray:
+        """validate(), its messages in terms of what the caller gave ("offsets" or "lengths",
+        whose running sum the offsets are): one device->host transfer."""
         first, dmin, last, dmax = _offsets_summary(self._offsets)
         n = self._values.shape[0]
         if first != 0:
             raise ValueError(f"offsets[0] must be 0, got {first}")
         if dmin < 0:
-            raise ValueError("offsets must be non-decreasing (a row would have negative length)")
+            raise ValueError("lengths must be non-negative" if given == "lengths" else
+                             "offsets must be non-decreasing (a row would have negative length)")
         if last != n:
-            raise ValueError(f"offsets[-1] must equal len(values) = {n}, got {last}")
+            raise ValueError(f"sum(lengths) must equal len(values) = {n}, got {last}"
+                             if given == "lengths" else
+                             f"offsets[-1] must equal len(values) = {n}, got {last}")
         if self._max_length is not None and self._max_length != max(dmax, 0):
             raise ValueError(f"max_length={self._max_length} but the longest row has {dmax}")
         self._max_length = max(dmax, 0) if self.nrows else 0
@@ -324,8 +323,7 @@ class JaggedArray(NDArrayOperatorsMixin):
             raise not_array("row_ids", row_ids, "an integer array or a list of integers")
         if xp_of(row_ids) is not xp:
             raise ValueError(f"row_ids must be an integer array on {device_of(values)}, got "
-                             + (device_of(row_ids) if hasattr(row_ids, "dtype")
-                                else type(row_ids).__name__))
+                             f"{device_of(row_ids)}")
         if row_ids.dtype.kind not in "iu":
             raise TypeError(f"row_ids must have an integer dtype, got {row_ids.dtype}")
         if row_ids.ndim != 1 or row_ids.shape[0] != values.shape[0]:

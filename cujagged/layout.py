@@ -139,6 +139,7 @@ def _cumsum_offsets(lengths, dtype=np.int64):
     return out
 
 
+@on_array_device
 def offsets_from_lengths(lengths, dtype=np.int64):
     """``offsets [B+1]`` (``offsets[0] = 0``, then the running sum) from ``lengths [B]`` (an
     int32/int64 array, or a list of integers: a NumPy result) in ``dtype`` (int32 or int64).
@@ -393,8 +394,7 @@ def index_select(x, idx):
         raise not_array("index", idx, "an int or bool array, or a list of ints")
     if xp_of(idx) is not xp:
         raise TypeError(f"index must be an int or bool array on {x.device}, got "
-                        f"{type(idx).__name__}" + (f" on {device_of(idx)}"
-                                                   if hasattr(idx, "dtype") else ""))
+                        f"{type(idx).__name__} on {device_of(idx)}")
     if idx.ndim != 1:
         raise ValueError(f"index must be 1-D, got shape {tuple(idx.shape)}")
     nrows = x.nrows

@@ -27,7 +27,7 @@ import operator
 
 import numpy as np
 
-from ._backend import bfloat16, cupy, is_gpu_array, on_array_device
+from ._backend import bfloat16, cupy, is_array, is_gpu_array, not_array, on_array_device
 from ._kernels import KernelFamily, pow2_at_least
 from .cpu import rowwise as _cpu
 
@@ -730,12 +730,13 @@ def all(x, axis=1, *, dim=None, max_length=None):  # noqa: A001
 # ---- backward of the reductions ------------------------------------------------------------
 def _per_row(grad, x, name="grad", dtype=None):
     """``grad`` as a contiguous ``[B, C]`` array of ``dtype`` (default x's) on x's device."""
-    if not hasattr(grad, "shape"):
-        raise TypeError(f"{name} must be an array of shape {(x.nrows, *x.inner_shape)}, got "
-                        f"{type(grad).__name__}")
+    want = (x.nrows, *x.inner_shape)
+    if not is_array(grad):
+        raise not_array(name, grad, f"an array of shape {want}")
     if is_gpu_array(grad) != x.is_gpu:
         raise TypeError(f"{name} must be on {x.device} like x")
-    want = (x.nrows, *x.inner_shape)
+    if dtype is not None and np.dtype(dtype).kind in "iu" and grad.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array {want}, got {grad.dtype}")
     if tuple(grad.shape) != want:
         raise ValueError(f"{name} must have shape {want} ([B, *inner]), got {tuple(grad.shape)}")
     xp = x.xp
@@ -801,9 +802,6 @@ def _extremum_backward(grad, x, indices, max_length, is_min):
     g = _per_row(grad, x)
     if indices is None:
         indices = (argmin if is_min else argmax)(x, max_length=max_length)
-    if not hasattr(indices, "dtype") or indices.dtype.kind not in "iu":
-        raise TypeError(f"indices must be an integer array [B, *inner] (argmax's), got "
-                        f"{getattr(indices, 'dtype', type(indices).__name__)}")
     ix = _per_row(indices, x, "indices", np.int64)
     if x.is_gpu:
         if not _kernel_ok(x):
