@@ -406,3 +406,341 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
     }
   }
 }
+
+// ---- warp-specialized persistent kernel (FlashAttention-3's structure) --------------------------
+// One block per SM, 384 threads: warpgroup 0 produces, warpgroups 1 and 2 consume. Each consumer
+// warpgroup with one producer warp (warp p of warpgroup 0 serves consumer p) is an independent
+// pipeline that pulls (tile, head) units from a global ticket counter (sched[0], in the list's
+// order: most work first) until the list is exhausted, so the two pipelines of an SM interleave
+// (one's softmax and epilogue under the other's wgmma) and a consumer never issues a load: the
+// producer fetches the next unit's record, Q and first key tiles while the consumer computes.
+// Registers move to the consumers with setmaxnreg (producers 40, consumers 232).
+//
+// Shared memory of pipeline p (1024-byte aligned pieces): Q (64 x D, swizzled panels as above),
+// a ring of ST slots of K (BN x D) then V (BN x D); after both pipelines, the mbarriers and the
+// unit slot (the unit index and its 32-byte record, written by the producer). Handshakes, all
+// mbarriers (phase parity from a running count):
+//   qfull   producer -> consumer: the unit slot and Q landed (32 cp.async arrivals + 1 arrive)
+//   qempty  consumer -> producer: Q is in registers and the slot read (128 arrivals)
+//   kvfull[s]  the K and V tiles of slot s landed (32 cp.async arrivals)
+//   kvempty[s] the consumer's wgmmas that read slot s completed (128 arrivals)
+// A unit index of -1 in the slot ends the consumer. The ticket counter resets itself: each
+// pipeline's producer counts itself out in sched[1] after its last ticket, and the last one to
+// do so zeroes both (the next launch on the stream sees zeros).
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar)
+               : "memory");
+}
+// arrives once every cp.async this thread issued before it completed
+__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WAIT;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N> __device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+// load_sw for one warp (RSTEP = 32 / (D / 8) rows per copy round, fewer than the swizzle's 8:
+// each round's chunk is re-swizzled with its own row bits)
+template <int ROWS, int D, typename T>
+__device__ __forceinline__ void load_sw_warp(uint32_t dst, const T* src, int64_t rs, int nvalid,
+                                             const T* safe, int lane) {
+  constexpr int CPR = D / 8, RSTEP = 32 / CPR;
+  static_assert(32 % CPR == 0 && 8 % RSTEP == 0 && ROWS % 8 == 0, "tile shape");
+  const int r0 = lane / CPR, c = lane % CPR;
+  // row r0 + i * RSTEP: (r & 7) = r0 | ((i * RSTEP) & 7), as r0 < RSTEP
+  const uint32_t d0 = dst + (c >> 3) * (ROWS * 128) + r0 * 128;
+  const uint32_t x0 = (c & 7) ^ r0;
+  const T* p = src + r0 * rs + c * 8;
+  const int64_t step = RSTEP * rs;
+#pragma unroll
+  for (int i = 0; i < ROWS / RSTEP; ++i) {
+    const bool ok = r0 + i * RSTEP < nvalid;
+    cp_async16(d0 + i * RSTEP * 128 + ((x0 ^ ((i * RSTEP) & 7)) << 4), ok ? p : safe, ok);
+    p += step;
+  }
+}
+
+// Dynamic shared memory of jfa_fwd_sm90ws (host: _sm90ws_smem): two pipelines of Q + ST slots,
+// then 2 x (2 + 2 ST) mbarriers and 2 unit slots of 48 bytes.
+template <int D, int BN, int ST> struct Ws90Smem {
+  static constexpr uint32_t Q = 64 * D * 2, KV = BN * D * 2, PIPE = Q + ST * 2 * KV;
+  static constexpr uint32_t BARS = 2 * PIPE, NBAR = 2 + 2 * ST, SLOTS = BARS + 2 * NBAR * 8;
+  static constexpr uint32_t bytes = SLOTS + 2 * 48;
+};
+
+template <typename T, int D, int BN, int ST>
+__global__ void __launch_bounds__(384, 1)
+jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+               T* __restrict__ o, float* __restrict__ lse, const int32_t* __restrict__ tile_info,
+               const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk,
+               int64_t max_seq_len, float scale_log2, int causal, const T* __restrict__ bias,
+               int64_t bias_sb, int64_t bias_sh, int64_t bias_si, int write_lse,
+               int* __restrict__ sched) {
+  using L = Ws90Smem<D, BN, ST>;
+  constexpr int NB = BN / 8, DB = D / 8, KC = D / 16;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t sbase = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+  // pipeline p's barriers: qfull, qempty, kvfull[ST], kvempty[ST]
+  auto bar = [&](int p, int i) { return sbase + L::BARS + (p * L::NBAR + i) * 8; };
+  if (tid == 0) {
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      mbar_init(bar(p, 0), 33);
+      mbar_init(bar(p, 1), 128);
+#pragma unroll
+      for (int s = 0; s < ST; ++s) {
+        mbar_init(bar(p, 2 + s), 32);
+        mbar_init(bar(p, 2 + ST + s), 128);
+      }
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  const int64_t q_rs = (int64_t)H * D, k_rs = (int64_t)Hk * D;
+  const int64_t ntiles = __ldg(tile_off + B);
+
+  if (wg == 0) {  // ---- producers -------------------------------------------------------------
+    setmaxnreg_dec<56>();
+    if (warp >= 2) return;
+    const int p = warp;
+    const uint32_t sQ = sbase + p * L::PIPE, sKV = sQ + L::Q;
+    int* slot = reinterpret_cast<int*>(smem_raw + (sbase - smem_addr(smem_raw)) + L::SLOTS +
+                                       p * 48);
+    uint32_t u = 0;  // key tiles produced (ring position)
+    for (uint32_t t = 0;; ++t) {
+      int unit = 0;
+      if (lane == 0) unit = atomicAdd(sched, 1);
+      unit = __shfl_sync(0xffffffffu, unit, 0);
+      const int64_t tile = unit / H;
+      const bool live = tile < ntiles;
+      longlong2 st;
+      int4 info;
+      if (live) {
+        st = __ldg(reinterpret_cast<const longlong2*>(tile_info) + 2 * tile);
+        info = __ldg(reinterpret_cast<const int4*>(tile_info) + 2 * tile + 1);
+      }
+      mbar_wait(bar(p, 1), (t & 1) ^ 1);  // the consumer is done with the slot and Q
+      if (!live) {
+        if (lane == 0) {
+          slot[8] = -1;
+          mbar_arrive(bar(p, 0));
+          __threadfence();
+          if (atomicAdd(sched + 1, 1) == 2 * (int)gridDim.x - 1) {  // the last pipeline out
+            atomicExch(sched, 0);
+            atomicExch(sched + 1, 0);
+          }
+        }
+        mbar_arrive_cp_async(bar(p, 0));
+        cp_async_wait<0>();  // no copy outlives its warp
+        return;
+      }
+      const TileInfo ti = tile_from_record<64>(st, info, unit % H, H, Hk, max_seq_len);
+      const int n_kv = tile_key_steps<64, BN>(ti, causal);
+      if (n_kv > 0)
+        load_sw_warp<64, D>(sQ, q + (ti.q_start + ti.i0) * q_rs + (int64_t)ti.h * D, q_rs,
+                            ti.Lq - ti.i0, q, lane);
+      mbar_arrive_cp_async(bar(p, 0));
+      if (lane == 0) {
+        reinterpret_cast<longlong2*>(slot)[0] = st;
+        reinterpret_cast<int4*>(slot)[1] = info;
+        slot[8] = unit;
+        mbar_arrive(bar(p, 0));
+      }
+      const T* kb = k + ti.k_start * k_rs + (int64_t)ti.hk * D;
+      const T* vb = v + ti.k_start * k_rs + (int64_t)ti.hk * D;
+      for (int j = 0; j < n_kv; ++j, ++u) {
+        const int s = (int)(u % ST);
+        mbar_wait(bar(p, 2 + ST + s), ((u / ST) & 1) ^ 1);
+        const int n1 = j * BN;
+        load_sw_warp<BN, D>(sKV + s * 2 * L::KV, kb + (int64_t)n1 * k_rs, k_rs, ti.Lk - n1, k,
+                            lane);
+        load_sw_warp<BN, D>(sKV + s * 2 * L::KV + L::KV, vb + (int64_t)n1 * k_rs, k_rs,
+                            ti.Lk - n1, v, lane);
+        mbar_arrive_cp_async(bar(p, 2 + s));
+      }
+    }
+  }
+
+  // ---- consumers: warpgroup 1 + p -----------------------------------------------------------
+  setmaxnreg_inc<224>();
+  const int p = wg - 1, wq = warp & 3, g = lane >> 2, tq = lane & 3;
+  const uint32_t sQ = sbase + p * L::PIPE, sKV = sQ + L::Q;
+  const int* slot = reinterpret_cast<const int*>(smem_raw + (sbase - smem_addr(smem_raw)) +
+                                                 L::SLOTS + p * 48);
+  uint32_t u = 0;
+  for (uint32_t t = 0;; ++t) {
+    mbar_wait(bar(p, 0), t & 1);
+    const int unit = slot[8];
+    if (unit < 0) break;
+    const longlong2 st = reinterpret_cast<const longlong2*>(slot)[0];
+    const int4 info = reinterpret_cast<const int4*>(slot)[1];
+    const TileInfo ti = tile_from_record<64>(st, info, unit % H, H, Hk, max_seq_len);
+    const int n_kv = tile_key_steps<64, BN>(ti, causal);
+    const int i0 = ti.i0, Lq = ti.Lq, Lk = ti.Lk, shift = Lk - Lq;
+    uint32_t qa[KC][4];  // Q as A fragments
+    if (n_kv > 0) {
+      const int r = 16 * wq + (lane & 15);
+#pragma unroll
+      for (int kk = 0; kk < KC; ++kk) {
+        const int c = 2 * kk + (lane >> 4);
+        ldsm_x4(qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3],
+                sQ + (c >> 3) * (64 * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+      }
+    }
+    mbar_arrive(bar(p, 1));
+
+    float oacc[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) oacc[i] = 0.f;
+    float m0 = -CJ_INF, m1 = -CJ_INF, l0 = 0.f, l1 = 0.f;
+    uint32_t pa[BN / 16][4];  // P_{j-1} (16-bit) as the A fragments of m64nDk16
+    const int row_g = i0 + 16 * wq + g;
+    // one key step (as jfa_fwd_sm90's): S_j = Q K_j^T, then O += P_{j-1} V_{j-1} under the
+    // softmax of S_j; the first step is its own instantiation (no wgmma behind a branch)
+    auto step = [&](const int j, auto first_t) {
+      constexpr bool FIRST = decltype(first_t)::value;
+      const int s = (int)(u % ST), sp = (int)((u + ST - 1) % ST);
+      mbar_wait(bar(p, 2 + s), (u / ST) & 1);
+      fence_proxy_async();
+      const int n0 = j * BN;
+      const uint64_t dK = sw128_desc(sKV + s * 2 * L::KV, 16, 1024);
+      float sc[BN / 2];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < KC; ++kk)
+        wgmma_rs_k<T, BN>(sc, qa[kk], dK + ((((kk >> 2) * BN * 128 + (kk & 3) * 32)) >> 4),
+                          kk > 0);
+      wgmma_commit();
+      if constexpr (!FIRST) {
+        const uint64_t dV = sw128_desc(sKV + sp * 2 * L::KV + L::KV, BN * 128, 1024);
+#pragma unroll
+        for (int kc = 0; kc < BN / 16; ++kc) wgmma_rs<T, D>(oacc, pa[kc], dV + ((kc * 2048) >> 4));
+        wgmma_commit();
+        wgmma_wait<1>();
+      } else {
+        wgmma_wait<0>();
+      }
+      fence_regs<BN / 2>(sc);
+      const bool edge = n0 + BN > Lk || (causal && n0 + BN - 1 > i0 + 16 * wq + shift);
+      if (edge) {
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int jj = n0 + nb * 8 + 2 * tq + (e & 1);
+            const int ii = row_g + (e >> 1) * 8;
+            const bool ok = jj < Lk && (!causal || jj <= ii + shift);
+            sc[4 * nb + e] = ok ? sc[4 * nb + e] * scale_log2 : -CJ_INF;
+          }
+      } else {
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) sc[i] *= scale_log2;
+      }
+      float mx0 = -CJ_INF, mx1 = -CJ_INF;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        mx0 = fmaxf(mx0, fmaxf(sc[4 * nb], sc[4 * nb + 1]));
+        mx1 = fmaxf(mx1, fmaxf(sc[4 * nb + 2], sc[4 * nb + 3]));
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      // lazy rescaling: the running max moves only when it grows by > 8 (log2)
+      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+      const bool up0 = mn0 > m0 + 8.f, up1 = mn1 > m1 + 8.f;
+      const float mnew0 = up0 ? mn0 : m0, mnew1 = up1 ? mn1 : m1;
+      const float mu0 = mnew0 == -CJ_INF ? 0.f : mnew0, mu1 = mnew1 == -CJ_INF ? 0.f : mnew1;
+      const float al0 = up0 ? fast_exp2(m0 - mu0) : 1.f;
+      const float al1 = up1 ? fast_exp2(m1 - mu1) : 1.f;
+      m0 = mnew0;
+      m1 = mnew1;
+      float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        sc[4 * nb] = fast_exp2(sc[4 * nb] - mu0);
+        sc[4 * nb + 1] = fast_exp2(sc[4 * nb + 1] - mu0);
+        sc[4 * nb + 2] = fast_exp2(sc[4 * nb + 2] - mu1);
+        sc[4 * nb + 3] = fast_exp2(sc[4 * nb + 3] - mu1);
+        rs0 += sc[4 * nb] + sc[4 * nb + 1];
+        rs1 += sc[4 * nb + 2] + sc[4 * nb + 3];
+      }
+      l0 = l0 * al0 + rs0;
+      l1 = l1 * al1 + rs1;
+      const bool resc = __any_sync(0xffffffffu, up0 || up1);
+      if constexpr (!FIRST) {
+        fence_regs<BN / 2>(sc);
+        wgmma_wait<0>();  // P_{j-1} V_{j-1} done: O and pa are free, and so is slot sp
+        fence_regs<D / 2>(oacc);
+        fence_regs<BN / 2>(sc);
+        mbar_arrive(bar(p, 2 + ST + sp));
+      }
+      if (resc) {
+#pragma unroll
+        for (int i = 0; i < DB; ++i) {
+          oacc[4 * i] *= al0; oacc[4 * i + 1] *= al0;
+          oacc[4 * i + 2] *= al1; oacc[4 * i + 3] *= al1;
+        }
+      }
+#pragma unroll
+      for (int kc = 0; kc < BN / 16; ++kc) {
+        pa[kc][0] = pack2<T>(sc[8 * kc], sc[8 * kc + 1]);
+        pa[kc][1] = pack2<T>(sc[8 * kc + 2], sc[8 * kc + 3]);
+        pa[kc][2] = pack2<T>(sc[8 * kc + 4], sc[8 * kc + 5]);
+        pa[kc][3] = pack2<T>(sc[8 * kc + 6], sc[8 * kc + 7]);
+      }
+      fence_regs<D / 2>(oacc);
+      if (j == n_kv - 1) {  // the tile's last key step: O += P_j V_j now, then free slot s
+        wgmma_fence();
+        const uint64_t dV = sw128_desc(sKV + s * 2 * L::KV + L::KV, BN * 128, 1024);
+#pragma unroll
+        for (int kc = 0; kc < BN / 16; ++kc) wgmma_rs<T, D>(oacc, pa[kc], dV + ((kc * 2048) >> 4));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs<D / 2>(oacc);
+        mbar_arrive(bar(p, 2 + ST + s));
+      }
+      ++u;
+    };
+    if (n_kv > 0) {
+      step(0, BoolC<true>());
+      for (int j = 1; j < n_kv; ++j) step(j, BoolC<false>());
+    }
+
+    // epilogue: normalise and store straight from the accumulator fragments
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const bool v0 = row_g < Lq && l0 > 0.f, v1 = row_g + 8 < Lq && l1 > 0.f;
+    const float inv0 = v0 ? 1.f / l0 : 0.f, inv1 = v1 ? 1.f / l1 : 0.f;
+    T* orow = o + (ti.q_start + row_g) * q_rs + (int64_t)ti.h * D + 2 * tq;
+    const bool w0 = row_g < ti.Lq_full, w1 = row_g + 8 < ti.Lq_full;
+#pragma unroll
+    for (int i = 0; i < DB; ++i) {
+      const uint32_t x0 = pack2<T>(v0 ? oacc[4 * i] * inv0 : 0.f, v0 ? oacc[4 * i + 1] * inv0 : 0.f);
+      const uint32_t x1 =
+          pack2<T>(v1 ? oacc[4 * i + 2] * inv1 : 0.f, v1 ? oacc[4 * i + 3] * inv1 : 0.f);
+      if (w0) *reinterpret_cast<uint32_t*>(orow + i * 8) = x0;
+      if (w1) *reinterpret_cast<uint32_t*>(orow + 8 * q_rs + i * 8) = x1;
+    }
+    if (write_lse && tq == 0) {
+      if (w0) lse[(ti.q_start + row_g) * H + ti.h] = v0 ? (m0 + __log2f(l0)) * JFA_LN2 : -CJ_INF;
+      if (w1)
+        lse[(ti.q_start + row_g + 8) * H + ti.h] = v1 ? (m1 + __log2f(l1)) * JFA_LN2 : -CJ_INF;
+    }
+  }
+}

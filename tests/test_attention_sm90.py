@@ -86,3 +86,76 @@ def test_sm90_many_rows_many_waves():
              causal=False, msl=None, scale=None, bias=False, bias_heads=1, off_dtype=np.int64,
              seed=11)
     check_gpu(p, _impl="sm90")
+
+
+# ---- the warp-specialized persistent kernel (_impl="ws": D = 128, 64-row tiles) ---------------
+@pytest.mark.gpu
+@given(problems(max_len=300, dtypes=(np.float16, bfloat16), dims=tuple(A._SM90WS_CFG)))
+def test_ws_matches_numba(p):
+    _need_sm90()
+    p["bias"] = False
+    check_gpu(p, _impl="ws")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [bfloat16, np.float16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_ws_long_rows(dtype, causal):
+    _need_sm90()
+    lq = [0, 1, 700, 64, 129, 333, 1000, 5, 2500]
+    p = dict(lq=lq, lk=lq, cross=False, H=2, Hk=1, D=128, dtype=np.dtype(dtype), causal=causal,
+             msl=2000, scale=None, bias=False, bias_heads=1, off_dtype=np.int32, seed=3)
+    check_gpu(p, _impl="ws")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+def test_ws_cross_gqa(causal):
+    _need_sm90()
+    lq = [3, 0, 64, 200, 1, 65, 0, 0]
+    lk = [130, 7, 0, 513, 64, 1, 5, 0]
+    p = dict(lq=lq, lk=lk, cross=True, H=4, Hk=2, D=128, dtype=np.dtype(bfloat16),
+             causal=causal, msl=None, scale=0.3, bias=False, bias_heads=1, off_dtype=np.int64,
+             seed=7)
+    check_gpu(p, _impl="ws")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+def test_ws_scores_growing_along_the_row(causal):
+    _need_sm90()
+    check_growing_scores(128, bfloat16, causal, _impl="ws")
+
+
+@pytest.mark.gpu
+def test_ws_many_units_repeated_and_on_two_streams():
+    """Thousands of units pulled from the ticket counter; the counter resets itself, so calls
+    again (and on another stream, which has its own counter) give the same output."""
+    import cupy
+
+    _need_sm90()
+    rng = np.random.default_rng(5)
+    lq = [int(x) for x in rng.integers(0, 300, size=1500)]
+    p = dict(lq=lq, lk=lq, cross=False, H=3, Hk=3, D=128, dtype=np.dtype(bfloat16),
+             causal=True, msl=250, scale=None, bias=False, bias_heads=1, off_dtype=np.int64,
+             seed=11)
+    check_gpu(p, _impl="ws")
+    off = cupy.asarray(np.concatenate([[0], np.cumsum(lq)]))
+    x = cupy.asarray(rng.standard_normal((int(off[-1]), 3, 128)).astype(bfloat16))
+    first = jagged_flash_attention(x, x, x, off, _impl="ws")
+    for _ in range(3):
+        assert (jagged_flash_attention(x, x, x, off, _impl="ws") == first).all()
+    with cupy.cuda.Stream(non_blocking=True) as s:
+        other = jagged_flash_attention(x, x, x, off, _impl="ws")
+        s.synchronize()
+    assert (other == first).all()
+
+
+@pytest.mark.gpu
+def test_ws_rejects_other_head_dims():
+    import cupy
+
+    _need_sm90()
+    x = cupy.zeros((4, 1, 64), dtype=bfloat16)
+    with pytest.raises(ValueError, match="ws"):
+        jagged_flash_attention(x, x, x, cupy.asarray([0, 4]), _impl="ws")
