@@ -1,11 +1,14 @@
 """One attention launch (and one FA2 varlen launch) on a reference shape, for ncu:
 
     ncu -k regex:"jfa_fwd|flash" -c 2 --section SpeedOfLight ... python3 -m bench.attention_profile
+
+``CJ_IMPL=ws`` (or mma, sm90) picks the kernel (``_impl``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 import numpy as np
@@ -28,7 +31,7 @@ def main(B=1024, L=256, fill=0.5, H=1, D=128):
     x = [cujagged.JaggedArray(a, off, max_length=int(lens.max()), validate=False)
          for a in (q, k, v)]
     for _ in range(3):
-        cujagged.jagged_flash_attention(*x)
+        cujagged.jagged_flash_attention(*x, _impl=os.environ.get("CJ_IMPL") or None)
     t = [torch.from_dlpack(a) for a in (q, k, v)]
     for _ in range(3):
         _fa2(torch, *t, torch.from_dlpack(off), L, 1 / math.sqrt(D), False)

@@ -4,15 +4,15 @@ time back to back), after checking each against the mma.sync result. Every varia
 ``ROUNDS`` interleaved rounds (same process, same inputs), so that drift shows.
 
     PYTHONPATH=. python3 -m bench.attention_sm90_time [--rounds=N] [--d=D] [BNxST ...] [-DX=1 ...]
-        [ws | wsBNxST ...]
+        [ws | wsBNxSTxNP[r] ...]
 
 With ``BNxST[@MINB]`` arguments (keys per step x K/V stages, e.g. ``32x3 64x2 32x3@5``) and
 ``-DX=1`` arguments (the default configuration compiled with that option) the default kernel is
 timed against those variants (configurations apply to every head dim) instead of ``VARIANTS``;
 ``@MINB`` sets the blocks per SM that registers are planned for (``JFA90_MINB``) of the
 one-warpgroup kernels (1 for the others). ``--d=D`` times (and compiles) head dim D only.
-``ws`` / ``wsBNxST`` add the warp-specialized persistent kernel (``_impl="ws"``, D = 128) in its
-default / that configuration.
+``ws`` / ``wsBNxSTxNP[r]`` add the warp-specialized persistent kernel (``_impl="ws"``, D = 128)
+in its default / that configuration (NP pipelines per SM, ``r``: Q in registers).
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def main(argv=None):
         elif a.startswith("--d="):
             dims = (int(a.split("=", 1)[1]),)
             cases = [c for c in CASES if c[4] in dims]
-    # wsBNxST: the warp-specialized kernel (_impl="ws") with that configuration; "ws" its default
+    # wsBNxSTxNP[r]: the warp-specialized kernel (_impl="ws") with that configuration (r: Q in
+    # registers); "ws" its default
     wss = [a for a in args if a.startswith("ws")]
     cfgs = [a for a in args if not a.startswith("-") and not a.startswith("ws")]
     defs = [a for a in args if a.startswith("-D")]  # the default configuration with -D options
@@ -75,8 +76,9 @@ def main(argv=None):
             for _, bm, c, op in VARIANTS if c is not None or op}
 
     ws_default = A._SM90WS_CFG
-    ws_cfgs = {w: (tuple(map(int, w[2:].split("x"))) if w != "ws" else ws_default[128])
-               for w in wss}
+    # wsBNxSTxNP[r]: r = Q in registers
+    ws_cfgs = {w: ((*map(int, w[2:].rstrip("r").split("x")), w.endswith("r")) if w != "ws"
+                   else ws_default[128]) for w in wss}
     fams.update({(c, "ws"): KernelFamily("attention_sm90.cu", ["jfa_sm90_smem_offset",
                                           A._sm90ws_name("bf16_t", 128, *c)],
                                           options=A._FAM90.options[1:], arch="sm_90a",

@@ -408,22 +408,24 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
 }
 
 // ---- warp-specialized persistent kernel (FlashAttention-3's structure) --------------------------
-// One block per SM, 384 threads: warpgroup 0 produces, warpgroups 1 and 2 consume. Each consumer
-// warpgroup with one producer warp (warp p of warpgroup 0 serves consumer p) is an independent
+// One block per SM, 128 (NP + 1) threads: warpgroup 0 produces, warpgroups 1 .. NP consume. Each
+// consumer warpgroup with one producer warp (warp p of warpgroup 0 serves consumer p) is an independent
 // pipeline that pulls (tile, head) units from a global ticket counter (sched[0], in the list's
-// order: most work first) until the list is exhausted, so the two pipelines of an SM interleave
+// order: most work first) until the list is exhausted, so the pipelines of an SM interleave
 // (one's softmax and epilogue under the other's wgmma) and a consumer never issues a load: the
 // producer fetches the next unit's record, Q and first key tiles while the consumer computes.
-// Registers move to the consumers with setmaxnreg (producers 40, consumers 232).
+// Registers move to the consumers with setmaxnreg (Ws90Regs). QREG: Q as register fragments
+// (loaded once per unit; Q's buffer is free for the next unit at once), else read by every
+// key step's wgmma from shared memory (fewer registers; the buffer is free after the last S).
 //
 // Shared memory of pipeline p (1024-byte aligned pieces): Q (64 x D, swizzled panels as above),
 // a ring of ST slots of K (BN x D) then V (BN x D); after both pipelines, the mbarriers and the
 // unit slot (the unit index and its 32-byte record, written by the producer). Handshakes, all
 // mbarriers (phase parity from a running count):
 //   qfull   producer -> consumer: the unit slot and Q landed (32 cp.async arrivals + 1 arrive)
-//   qempty  consumer -> producer: Q is in registers and the slot read (128 arrivals)
+//   qempty  consumer -> producer: the slot read and Q no longer needed (one arrival a warp)
 //   kvfull[s]  the K and V tiles of slot s landed (32 cp.async arrivals)
-//   kvempty[s] the consumer's wgmmas that read slot s completed (128 arrivals)
+//   kvempty[s] the consumer's wgmmas that read slot s completed (one arrival a warp)
 // A unit index of -1 in the slot ends the consumer. The ticket counter resets itself: each
 // pipeline's producer counts itself out in sched[1] after its last ticket, and the last one to
 // do so zeroes both (the next launch on the stream sees zeros).
@@ -433,6 +435,11 @@ __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar)
                : "memory");
+}
+// one arrival for the whole warp, after every lane's earlier accesses
+__device__ __forceinline__ void mbar_arrive_warp(uint32_t bar) {
+  __syncwarp();
+  if ((threadIdx.x & 31) == 0) mbar_arrive(bar);
 }
 // arrives once every cp.async this thread issued before it completed
 __device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar) {
@@ -472,23 +479,29 @@ __device__ __forceinline__ void load_sw_warp(uint32_t dst, const T* src, int64_t
   }
 }
 
-// Dynamic shared memory of jfa_fwd_sm90ws (host: _sm90ws_smem): two pipelines of Q + ST slots,
-// then 2 x (2 + 2 ST) mbarriers and 2 unit slots of 48 bytes.
-template <int D, int BN, int ST> struct Ws90Smem {
+// Dynamic shared memory of jfa_fwd_sm90ws (host: _sm90ws_smem): NP pipelines of Q + ST slots,
+// then NP x (2 + 2 ST) mbarriers and NP unit slots of 48 bytes.
+template <int D, int BN, int ST, int NP> struct Ws90Smem {
   static constexpr uint32_t Q = 64 * D * 2, KV = BN * D * 2, PIPE = Q + ST * 2 * KV;
-  static constexpr uint32_t BARS = 2 * PIPE, NBAR = 2 + 2 * ST, SLOTS = BARS + 2 * NBAR * 8;
-  static constexpr uint32_t bytes = SLOTS + 2 * 48;
+  static constexpr uint32_t BARS = NP * PIPE, NBAR = 2 + 2 * ST, SLOTS = BARS + NP * NBAR * 8;
+  static constexpr uint32_t bytes = SLOTS + NP * 48;
+};
+// Registers after setmaxnreg: the launch gives 65536 / (128 (NP + 1)) a thread; the producers
+// keep 56 and the consumers share the rest (multiples of 8).
+template <int NP> struct Ws90Regs {
+  static constexpr int PROD = 56;
+  static constexpr int CONS = ((65536 / 128 - PROD) / NP) / 8 * 8;
 };
 
-template <typename T, int D, int BN, int ST>
-__global__ void __launch_bounds__(384, 1)
+template <typename T, int D, int BN, int ST, int NP, bool QREG>
+__global__ void __launch_bounds__(128 * (NP + 1), 1)
 jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                T* __restrict__ o, float* __restrict__ lse, const int32_t* __restrict__ tile_info,
                const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk,
                int64_t max_seq_len, float scale_log2, int causal, const T* __restrict__ bias,
                int64_t bias_sb, int64_t bias_sh, int64_t bias_si, int write_lse,
                int* __restrict__ sched) {
-  using L = Ws90Smem<D, BN, ST>;
+  using L = Ws90Smem<D, BN, ST, NP>;
   constexpr int NB = BN / 8, DB = D / 8, KC = D / 16;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t sbase = (smem_addr(smem_raw) + 1023u) & ~1023u;
@@ -497,13 +510,13 @@ jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   auto bar = [&](int p, int i) { return sbase + L::BARS + (p * L::NBAR + i) * 8; };
   if (tid == 0) {
 #pragma unroll
-    for (int p = 0; p < 2; ++p) {
+    for (int p = 0; p < NP; ++p) {
       mbar_init(bar(p, 0), 33);
-      mbar_init(bar(p, 1), 128);
+      mbar_init(bar(p, 1), 4);
 #pragma unroll
       for (int s = 0; s < ST; ++s) {
         mbar_init(bar(p, 2 + s), 32);
-        mbar_init(bar(p, 2 + ST + s), 128);
+        mbar_init(bar(p, 2 + ST + s), 4);
       }
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -513,24 +526,25 @@ jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   const int64_t ntiles = __ldg(tile_off + B);
 
   if (wg == 0) {  // ---- producers -------------------------------------------------------------
-    setmaxnreg_dec<56>();
-    if (warp >= 2) return;
+    setmaxnreg_dec<Ws90Regs<NP>::PROD>();
+    if (warp >= NP) return;
     const int p = warp;
     const uint32_t sQ = sbase + p * L::PIPE, sKV = sQ + L::Q;
     int* slot = reinterpret_cast<int*>(smem_raw + (sbase - smem_addr(smem_raw)) + L::SLOTS +
                                        p * 48);
     uint32_t u = 0;  // key tiles produced (ring position)
+    int unit = lane == 0 ? atomicAdd(sched, 1) : 0;
+    unit = __shfl_sync(0xffffffffu, unit, 0);
     for (uint32_t t = 0;; ++t) {
-      int unit = 0;
-      if (lane == 0) unit = atomicAdd(sched, 1);
-      unit = __shfl_sync(0xffffffffu, unit, 0);
       const int64_t tile = unit / H;
       const bool live = tile < ntiles;
       longlong2 st;
       int4 info;
+      int next = 0;  // the next ticket, taken now: its round trip overlaps this unit's loads
       if (live) {
         st = __ldg(reinterpret_cast<const longlong2*>(tile_info) + 2 * tile);
         info = __ldg(reinterpret_cast<const int4*>(tile_info) + 2 * tile + 1);
+        if (lane == 0) next = atomicAdd(sched, 1);
       }
       mbar_wait(bar(p, 1), (t & 1) ^ 1);  // the consumer is done with the slot and Q
       if (!live) {
@@ -538,7 +552,7 @@ jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
           slot[8] = -1;
           mbar_arrive(bar(p, 0));
           __threadfence();
-          if (atomicAdd(sched + 1, 1) == 2 * (int)gridDim.x - 1) {  // the last pipeline out
+          if (atomicAdd(sched + 1, 1) == NP * (int)gridDim.x - 1) {  // the last pipeline out
             atomicExch(sched, 0);
             atomicExch(sched + 1, 0);
           }
@@ -571,11 +585,12 @@ jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
                             ti.Lk - n1, v, lane);
         mbar_arrive_cp_async(bar(p, 2 + s));
       }
+      unit = __shfl_sync(0xffffffffu, next, 0);
     }
   }
 
   // ---- consumers: warpgroup 1 + p -----------------------------------------------------------
-  setmaxnreg_inc<224>();
+  setmaxnreg_inc<Ws90Regs<NP>::CONS>();
   const int p = wg - 1, wq = warp & 3, g = lane >> 2, tq = lane & 3;
   const uint32_t sQ = sbase + p * L::PIPE, sKV = sQ + L::Q;
   const int* slot = reinterpret_cast<const int*>(smem_raw + (sbase - smem_addr(smem_raw)) +
@@ -590,8 +605,8 @@ jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
     const TileInfo ti = tile_from_record<64>(st, info, unit % H, H, Hk, max_seq_len);
     const int n_kv = tile_key_steps<64, BN>(ti, causal);
     const int i0 = ti.i0, Lq = ti.Lq, Lk = ti.Lk, shift = Lk - Lq;
-    uint32_t qa[KC][4];  // Q as A fragments
-    if (n_kv > 0) {
+    uint32_t qa[QREG ? KC : 1][4];  // Q as A fragments (QREG; else wgmma reads Q from sQ)
+    if (QREG && n_kv > 0) {
       const int r = 16 * wq + (lane & 15);
 #pragma unroll
       for (int kk = 0; kk < KC; ++kk) {
@@ -600,7 +615,7 @@ jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
                 sQ + (c >> 3) * (64 * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4));
       }
     }
-    mbar_arrive(bar(p, 1));
+    if (QREG || n_kv == 0) mbar_arrive_warp(bar(p, 1));  // (else after the tile's last S)
 
     float oacc[D / 2];
 #pragma unroll
@@ -618,11 +633,16 @@ jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
       const int n0 = j * BN;
       const uint64_t dK = sw128_desc(sKV + s * 2 * L::KV, 16, 1024);
       float sc[BN / 2];
+      const uint64_t dQ = sw128_desc(sQ, 16, 1024);
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < KC; ++kk)
-        wgmma_rs_k<T, BN>(sc, qa[kk], dK + ((((kk >> 2) * BN * 128 + (kk & 3) * 32)) >> 4),
-                          kk > 0);
+      for (int kk = 0; kk < KC; ++kk) {
+        const uint64_t db = dK + ((((kk >> 2) * BN * 128 + (kk & 3) * 32)) >> 4);
+        if constexpr (QREG)
+          wgmma_rs_k<T, BN>(sc, qa[kk], db, kk > 0);
+        else
+          wgmma_ss<T, BN>(sc, dQ + ((((kk >> 2) * 64 * 128 + (kk & 3) * 32)) >> 4), db, kk > 0);
+      }
       wgmma_commit();
       if constexpr (!FIRST) {
         const uint64_t dV = sw128_desc(sKV + sp * 2 * L::KV + L::KV, BN * 128, 1024);
@@ -634,6 +654,7 @@ jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
         wgmma_wait<0>();
       }
       fence_regs<BN / 2>(sc);
+      if (!QREG && j == n_kv - 1) mbar_arrive_warp(bar(p, 1));  // the tile's last S read Q
       const bool edge = n0 + BN > Lk || (causal && n0 + BN - 1 > i0 + 16 * wq + shift);
       if (edge) {
 #pragma unroll
@@ -686,7 +707,7 @@ jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
         wgmma_wait<0>();  // P_{j-1} V_{j-1} done: O and pa are free, and so is slot sp
         fence_regs<D / 2>(oacc);
         fence_regs<BN / 2>(sc);
-        mbar_arrive(bar(p, 2 + ST + sp));
+        mbar_arrive_warp(bar(p, 2 + ST + sp));
       }
       if (resc) {
 #pragma unroll
@@ -711,7 +732,7 @@ jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
         wgmma_commit();
         wgmma_wait<0>();
         fence_regs<D / 2>(oacc);
-        mbar_arrive(bar(p, 2 + ST + s));
+        mbar_arrive_warp(bar(p, 2 + ST + s));
       }
       ++u;
     };

@@ -104,19 +104,20 @@ def _sm90_align_slack() -> int:
 
 
 # The warp-specialized persistent variant (jfa_fwd_sm90ws: one producer warp and one consumer
-# warpgroup per pipeline, two pipelines per SM, units from a ticket counter): head dim ->
-# (BN, ST). Opt-in (_impl="ws") until it beats jfa_fwd_sm90 (bench/NOTES.md).
-_SM90WS_CFG = {128: (64, 3)}
+# warpgroup per pipeline, np pipelines per SM, units from a ticket counter): head dim ->
+# (BN, ST, NP, QREG). Opt-in (_impl="ws") until it beats jfa_fwd_sm90 (bench/NOTES.md).
+_SM90WS_CFG = {128: (32, 3, 3, False)}
 
 
-def _sm90ws_name(tname: str, d: int, bn: int, st: int) -> str:
-    return f"jfa_fwd_sm90ws<{tname}, {d}, {bn}, {st}>"
+def _sm90ws_name(tname: str, d: int, bn: int, st: int, np_: int, qreg: bool) -> str:
+    return f"jfa_fwd_sm90ws<{tname}, {d}, {bn}, {st}, {np_}, {str(qreg).lower()}>"
 
 
-def _sm90ws_smem(d: int, bn: int, st: int) -> int:
-    """Ws90Smem<D, BN, ST>::bytes (two pipelines of Q + st K/V slots, 2 * (2 + 2 st) mbarriers,
-    two 48-byte unit slots) plus the alignment slack."""
-    return 2 * (64 + 2 * st * bn) * d * 2 + 2 * (2 + 2 * st) * 8 + 96 + _sm90_align_slack()
+def _sm90ws_smem(d: int, bn: int, st: int, np_: int, qreg: bool) -> int:
+    """Ws90Smem<D, BN, ST, NP>::bytes (np pipelines of Q + st K/V slots, np * (2 + 2 st)
+    mbarriers, np 48-byte unit slots) plus the alignment slack."""
+    return (np_ * (64 + 2 * st * bn) * d * 2 + np_ * (2 + 2 * st) * 8 + np_ * 48
+            + _sm90_align_slack())
 
 
 _SCHED: dict = {}
@@ -415,7 +416,7 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                 sc = scale * math.log2(math.e)
             elif ws:
                 bm, fam, name = 64, _FAM90, _sm90ws_name(_TNAME[dt], D, *_SM90WS_CFG[D])
-                smem, threads = _sm90ws_smem(D, *_SM90WS_CFG[D]), 384
+                smem, threads = _sm90ws_smem(D, *_SM90WS_CFG[D]), 128 * (_SM90WS_CFG[D][2] + 1)
                 sc = scale * math.log2(math.e)
             elif sm90_ok and (_impl == "sm90" or (_impl is None and _SM90_ENABLED
                                                   and _FAM90.supported())):
