@@ -459,8 +459,9 @@ template <int N> __device__ __forceinline__ void setmaxnreg_dec() {
 }
 
 // load_sw for one warp (RSTEP = 32 / (D / 8) rows per copy round, fewer than the swizzle's 8:
-// each round's chunk is re-swizzled with its own row bits)
-template <int ROWS, int D, typename T>
+// each round's chunk is re-swizzled with its own row bits). FULL: every row is valid (no bound
+// test or zero-fill: two instructions a copy instead of five, the producer's issue is the limit)
+template <int ROWS, int D, bool FULL = false, typename T>
 __device__ __forceinline__ void load_sw_warp(uint32_t dst, const T* src, int64_t rs, int nvalid,
                                              const T* safe, int lane) {
   constexpr int CPR = D / 8, RSTEP = 32 / CPR;
@@ -473,8 +474,13 @@ __device__ __forceinline__ void load_sw_warp(uint32_t dst, const T* src, int64_t
   const int64_t step = RSTEP * rs;
 #pragma unroll
   for (int i = 0; i < ROWS / RSTEP; ++i) {
-    const bool ok = r0 + i * RSTEP < nvalid;
-    cp_async16(d0 + i * RSTEP * 128 + ((x0 ^ ((i * RSTEP) & 7)) << 4), ok ? p : safe, ok);
+    const uint32_t d = d0 + i * RSTEP * 128 + ((x0 ^ ((i * RSTEP) & 7)) << 4);
+    if constexpr (FULL) {
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(p) : "memory");
+    } else {
+      const bool ok = r0 + i * RSTEP < nvalid;
+      cp_async16(d, ok ? p : safe, ok);
+    }
     p += step;
   }
 }
@@ -486,11 +492,14 @@ template <int D, int BN, int ST, int NP> struct Ws90Smem {
   static constexpr uint32_t BARS = NP * PIPE, NBAR = 2 + 2 * ST, SLOTS = BARS + NP * NBAR * 8;
   static constexpr uint32_t bytes = SLOTS + NP * 48;
 };
-// Registers after setmaxnreg: the launch gives 65536 / (128 (NP + 1)) a thread; the producers
-// keep 56 and the consumers share the rest (multiples of 8).
+// Registers after setmaxnreg: the launch gives every thread R = 65536 / (128 (NP + 1)) rounded
+// down to 8; the producers drop to 64 and the consumers take what that frees, no more (an
+// increase past the block's pool waits forever: 2 pipelines at 56 / 224 fit, at 64 / 224 hung).
 template <int NP> struct Ws90Regs {
-  static constexpr int PROD = 56;
-  static constexpr int CONS = ((65536 / 128 - PROD) / NP) / 8 * 8;
+  static constexpr int R = 65536 / (128 * (NP + 1)) / 8 * 8;
+  static constexpr int PROD = 64;
+  static constexpr int CONS = (R + (R - PROD) / NP) / 8 * 8;
+  static_assert(PROD * 128 + CONS * 128 * NP <= R * 128 * (NP + 1), "register pool");
 };
 
 template <typename T, int D, int BN, int ST, int NP, bool QREG>
@@ -563,9 +572,11 @@ jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
       }
       const TileInfo ti = tile_from_record<64>(st, info, unit % H, H, Hk, max_seq_len);
       const int n_kv = tile_key_steps<64, BN>(ti, causal);
-      if (n_kv > 0)
-        load_sw_warp<64, D>(sQ, q + (ti.q_start + ti.i0) * q_rs + (int64_t)ti.h * D, q_rs,
-                            ti.Lq - ti.i0, q, lane);
+      const T* qs = q + (ti.q_start + ti.i0) * q_rs + (int64_t)ti.h * D;
+      if (n_kv > 0 && ti.Lq - ti.i0 >= 64)
+        load_sw_warp<64, D, true>(sQ, qs, q_rs, 64, q, lane);
+      else if (n_kv > 0)
+        load_sw_warp<64, D>(sQ, qs, q_rs, ti.Lq - ti.i0, q, lane);
       mbar_arrive_cp_async(bar(p, 0));
       if (lane == 0) {
         reinterpret_cast<longlong2*>(slot)[0] = st;
@@ -579,10 +590,15 @@ jfa_fwd_sm90ws(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
         const int s = (int)(u % ST);
         mbar_wait(bar(p, 2 + ST + s), ((u / ST) & 1) ^ 1);
         const int n1 = j * BN;
-        load_sw_warp<BN, D>(sKV + s * 2 * L::KV, kb + (int64_t)n1 * k_rs, k_rs, ti.Lk - n1, k,
-                            lane);
-        load_sw_warp<BN, D>(sKV + s * 2 * L::KV + L::KV, vb + (int64_t)n1 * k_rs, k_rs,
-                            ti.Lk - n1, v, lane);
+        const uint32_t dk = sKV + s * 2 * L::KV;
+        const T *ks = kb + (int64_t)n1 * k_rs, *vs = vb + (int64_t)n1 * k_rs;
+        if (ti.Lk - n1 >= BN) {
+          load_sw_warp<BN, D, true>(dk, ks, k_rs, BN, k, lane);
+          load_sw_warp<BN, D, true>(dk + L::KV, vs, k_rs, BN, v, lane);
+        } else {
+          load_sw_warp<BN, D>(dk, ks, k_rs, ti.Lk - n1, k, lane);
+          load_sw_warp<BN, D>(dk + L::KV, vs, k_rs, ti.Lk - n1, v, lane);
+        }
         mbar_arrive_cp_async(bar(p, 2 + s));
       }
       unit = __shfl_sync(0xffffffffu, next, 0);
