@@ -15,7 +15,7 @@ oq = cupy.asarray(np.concatenate([[0], np.cumsum(lq)]))
 ok = cupy.asarray(np.concatenate([[0], np.cumsum(lk)]))
 QUICK = bool(os.environ.get("SANITIZE_QUICK"))  # a few cases only (racecheck is slow)
 for dt in (cujagged.bfloat16,) if QUICK else (cujagged.bfloat16, np.float16, np.float32):
-    for D in (64, 128, 256) if QUICK else (32, 64, 96, 128, 256):
+    for D in (64, 256) if QUICK else (32, 64, 96, 128, 256):
         for causal in (True,) if QUICK else (False, True):
             for bias in (False,) if QUICK else (False, True):
                 q = cupy.asarray(rng.standard_normal((lq.sum(), 2, D)).astype(dt))
@@ -28,8 +28,5 @@ for dt in (cujagged.bfloat16,) if QUICK else (cujagged.bfloat16, np.float16, np.
                 if dt != np.float32 and D in (64, 128) and not bias:
                     o2 = jagged_flash_attention(q, k, k, oq, kv_offsets=ok, causal=causal,
                                                 max_seq_len=100, _bm=128)
-                if dt != np.float32 and D == 128 and not bias:
-                    o3 = jagged_flash_attention(q, k, k, oq, kv_offsets=ok, causal=causal,
-                                                max_seq_len=100, _impl="ws")
 cupy.cuda.runtime.deviceSynchronize()
 print("sanitize cases done")

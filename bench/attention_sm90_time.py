@@ -4,15 +4,12 @@ time back to back), after checking each against the mma.sync result. Every varia
 ``ROUNDS`` interleaved rounds (same process, same inputs), so that drift shows.
 
     PYTHONPATH=. python3 -m bench.attention_sm90_time [--rounds=N] [--d=D] [BNxST ...] [-DX=1 ...]
-        [ws | wsBNxSTxNP[r] ...]
 
 With ``BNxST[@MINB]`` arguments (keys per step x K/V stages, e.g. ``32x3 64x2 32x3@5``) and
 ``-DX=1`` arguments (the default configuration compiled with that option) the default kernel is
 timed against those variants (configurations apply to every head dim) instead of ``VARIANTS``;
 ``@MINB`` sets the blocks per SM that registers are planned for (``JFA90_MINB``) of the
 one-warpgroup kernels (1 for the others). ``--d=D`` times (and compiles) head dim D only.
-``ws`` / ``wsBNxSTxNP[r]`` add the warp-specialized persistent kernel (``_impl="ws"``, D = 128)
-in its default / that configuration (NP pipelines per SM, ``r``: Q in registers).
 """
 
 from __future__ import annotations
@@ -54,12 +51,9 @@ def main(argv=None):
         elif a.startswith("--d="):
             dims = (int(a.split("=", 1)[1]),)
             cases = [c for c in CASES if c[4] in dims]
-    # wsBNxSTxNP[r]: the warp-specialized kernel (_impl="ws") with that configuration (r: Q in
-    # registers); "ws" its default
-    wss = [a for a in args if a.startswith("ws")]
-    cfgs = [a for a in args if not a.startswith("-") and not a.startswith("ws")]
+    cfgs = [a for a in args if not a.startswith("-")]
     defs = [a for a in args if a.startswith("-D")]  # the default configuration with -D options
-    if cfgs or defs or wss:
+    if cfgs or defs:
         VARIANTS = [VARIANTS[0]] + [(a[2:], 64, None, (a,)) for a in defs]
         for a in cfgs:
             cfg, _, minb = a.partition("@")
@@ -75,20 +69,9 @@ def main(argv=None):
                                   register=False)
             for _, bm, c, op in VARIANTS if c is not None or op}
 
-    ws_default = A._SM90WS_CFG
-    # wsBNxSTxNP[r]: r = Q in registers
-    ws_cfgs = {w: ((*map(int, w[2:].rstrip("r").split("x")), w.endswith("r")) if w != "ws"
-                   else ws_default[128]) for w in wss}
-    fams.update({(c, "ws"): KernelFamily("attention_sm90.cu", ["jfa_sm90_smem_offset",
-                                          A._sm90ws_name("bf16_t", 128, *c)],
-                                          options=A._FAM90.options[1:], arch="sm_90a",
-                                          register=False)
-                 for c in ws_cfgs.values()})
-
     def use(c, op):
         A._FAM90 = fams.get((c, op), default[0])
         A._SM90_CFG = {d: (c, c) for d in A._SM90_DIMS} if c else default[1]
-        A._SM90WS_CFG = {128: c} if op == "ws" else ws_default
 
     dev = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print("device:", dev)
@@ -101,11 +84,8 @@ def main(argv=None):
         for rnd in range(ROUNDS):
             fa2 = gpu_time_ms(lambda: _fa2(torch, *next(it), cu, L, sc, causal))[0]  # noqa: B023
             line[f"fa2#{rnd}"] = f"{fa2:.4f}"
-            ws_here = [(w, None, c, "ws") for w, c in ws_cfgs.items()] if D == 128 else []
-            for name, bm, c, op in [("mma", None, None, ())] + VARIANTS + ws_here:
+            for name, bm, c, op in [("mma", None, None, ())] + VARIANTS:
                 kw = dict(_impl="mma") if name == "mma" else dict(_impl="sm90", _bm=bm)
-                if op == "ws":
-                    kw = dict(_impl="ws")
                 use(c, op)
                 for x in js[0] + js[1]:
                     x._cache.clear()
@@ -120,7 +100,6 @@ def main(argv=None):
                 except Exception as e:  # keep timing the other variants
                     line[f"{name}#{rnd}"] = f"ERR {type(e).__name__}: {str(e)[:200]}"
         A._FAM90, A._SM90_CFG = default
-        A._SM90WS_CFG = ws_default
         print(" | ".join(f"{k}={v}" for k, v in line.items()), flush=True)
 
 

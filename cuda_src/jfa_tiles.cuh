@@ -15,13 +15,19 @@ struct TileInfo {
   bool live;
 };
 
-// Tile `tile` (its record st, info) for head h, given that it is live.
 template <int BM>
-__device__ __forceinline__ TileInfo tile_from_record(longlong2 st, int4 info, int h, int H, int Hk,
-                                                     int64_t max_seq_len) {
+__device__ __forceinline__ TileInfo locate_tile(const int32_t* __restrict__ tile_info,
+                                                const int32_t* __restrict__ tile_off, int64_t B,
+                                                int H, int Hk, int64_t max_seq_len) {
   TileInfo ti;
-  ti.live = true;
-  ti.h = h;
+  const int64_t lin = blockIdx.x;
+  ti.h = (int)(lin % H);
+  const int64_t tile = lin / H;
+  // three independent loads (tile < the grid's bound: its record is readable even past the end)
+  const longlong2 st = __ldg(reinterpret_cast<const longlong2*>(tile_info) + 2 * tile);
+  const int4 info = __ldg(reinterpret_cast<const int4*>(tile_info) + 2 * tile + 1);
+  ti.live = tile < (int64_t)__ldg(tile_off + B);
+  if (!ti.live) return ti;
   ti.q_start = st.x;
   ti.k_start = st.y;
   ti.Lq_full = info.x;
@@ -29,33 +35,8 @@ __device__ __forceinline__ TileInfo tile_from_record(longlong2 st, int4 info, in
   ti.Lk = (int)(info.y < max_seq_len ? info.y : max_seq_len);
   ti.i0 = info.z * BM;
   ti.row = info.w;
-  ti.hk = h / (H / Hk);
+  ti.hk = ti.h / (H / Hk);
   return ti;
-}
-
-template <int BM>
-__device__ __forceinline__ TileInfo locate_tile(const int32_t* __restrict__ tile_info,
-                                                const int32_t* __restrict__ tile_off, int64_t B,
-                                                int H, int Hk, int64_t max_seq_len) {
-  const int64_t lin = blockIdx.x;
-  const int64_t tile = lin / H;
-  // three independent loads (tile < the grid's bound: its record is readable even past the end)
-  const longlong2 st = __ldg(reinterpret_cast<const longlong2*>(tile_info) + 2 * tile);
-  const int4 info = __ldg(reinterpret_cast<const int4*>(tile_info) + 2 * tile + 1);
-  if (tile >= (int64_t)__ldg(tile_off + B)) {
-    TileInfo ti;
-    ti.live = false;
-    return ti;
-  }
-  return tile_from_record<BM>(st, info, (int)(lin % H), H, Hk, max_seq_len);
-}
-
-// The key tiles of BN keys that query rows [i0, i0 + BM) of a tile see (0 for rows past Lq).
-template <int BM, int BN>
-__device__ __forceinline__ int tile_key_steps(const TileInfo& ti, int causal) {
-  int kmax = ti.i0 < ti.Lq ? ti.Lk : 0;
-  if (causal) kmax = min(kmax, min(ti.i0 + BM, ti.Lq) + ti.Lk - ti.Lq);
-  return kmax > 0 ? (kmax + BN - 1) / BN : 0;
 }
 
 // q_start of tile `tile` again (kernels near their register cap reload it for the epilogue).

@@ -103,42 +103,10 @@ def _sm90_align_slack() -> int:
     return slack
 
 
-# The warp-specialized persistent variant (jfa_fwd_sm90ws: one producer warp and one consumer
-# warpgroup per pipeline, np pipelines per SM, units from a ticket counter): head dim ->
-# (BN, ST, NP, QREG). Opt-in (_impl="ws") until it beats jfa_fwd_sm90 (bench/NOTES.md).
-_SM90WS_CFG = {128: (32, 3, 3, False)}
-
-
-def _sm90ws_name(tname: str, d: int, bn: int, st: int, np_: int, qreg: bool) -> str:
-    return f"jfa_fwd_sm90ws<{tname}, {d}, {bn}, {st}, {np_}, {str(qreg).lower()}>"
-
-
-def _sm90ws_smem(d: int, bn: int, st: int, np_: int, qreg: bool) -> int:
-    """Ws90Smem<D, BN, ST, NP>::bytes (np pipelines of Q + st K/V slots, np * (2 + 2 st)
-    mbarriers, np 48-byte unit slots) plus the alignment slack."""
-    return (np_ * (64 + 2 * st * bn) * d * 2 + np_ * (2 + 2 * st) * 8 + np_ * 48
-            + _sm90_align_slack())
-
-
-_SCHED: dict = {}
-
-
-def _sched():
-    """The ticket counter of jfa_fwd_sm90ws for the current device and stream (two int32, zero
-    between launches: the kernel resets them; launches on one stream run one after another)."""
-    key = (_cupy.cuda.runtime.getDevice(), _cupy.cuda.get_current_stream().ptr)
-    buf = _SCHED.get(key)
-    if buf is None:
-        buf = _SCHED[key] = _cupy.zeros(2, dtype=np.int32)
-    return buf
-
-
 _FAM90 = KernelFamily("attention_sm90.cu",
                       ["jfa_sm90_smem_offset"]
                       + [_sm90_name(t, d, w, *c) for t in ("bf16_t", "f16_t")
-                         for d in _SM90_DIMS for w in (1, 2) for c in sorted(set(_SM90_CFG[d]))]
-                      + [_sm90ws_name(t, d, *c) for t in ("bf16_t", "f16_t")
-                         for d, c in _SM90WS_CFG.items()],
+                         for d in _SM90_DIMS for w in (1, 2) for c in sorted(set(_SM90_CFG[d]))],
                       options=("-default-device",), arch="sm_90a")
 
 
@@ -223,14 +191,12 @@ def _plan_key(q, k, v, max_seq_len, scale, causal, return_lse, allow_tf32, bm, i
 
 def _launch_plan(plan, q, k, v, return_lse):
     """Launch a cached, already validated configuration (see the end of the slow path)."""
-    _, _, kern, grid, threads, smem, tail, ws = plan
+    _, _, kern, grid, threads, smem, tail = plan
     qv = q._values
     T, H, _ = qv.shape
     out = _cupy.empty(qv.shape, dtype=qv.dtype)
     lse = _cupy.empty((T, H), dtype=np.float32) if return_lse else out
-    kern((grid,), (threads,), (qv, k._values, v._values, out, lse) + tail + ((_sched(),) if ws
-                                                                            else ()),
-         shared_mem=smem)
+    kern((grid,), (threads,), (qv, k._values, v._values, out, lse) + tail, shared_mem=smem)
     o = q._with_values(out)
     return (o, lse) if return_lse else o
 
@@ -397,26 +363,18 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
         if T and B:
             has_bias = bias is not None
             fam = _FAM
-            if _impl not in (None, "mma", "sm90", "ws"):
-                raise ValueError(f"_impl must be None, 'mma', 'sm90' or 'ws', got {_impl!r}")
+            if _impl not in (None, "mma", "sm90"):
+                raise ValueError(f"_impl must be None, 'mma' or 'sm90', got {_impl!r}")
             sm90_ok = dt != np.float32 and not has_bias and D in _SM90_DIMS
             if _impl == "sm90" and not (sm90_ok and _FAM90.supported()):
                 raise ValueError("_impl='sm90' needs an sm_90 device, bf16/fp16, D in "
                                  f"{_SM90_DIMS} and no bias")
-            ws = _impl == "ws"
-            if ws and not (sm90_ok and D in _SM90WS_CFG and _FAM90.supported()):
-                raise ValueError("_impl='ws' needs an sm_90 device, bf16/fp16, D in "
-                                 f"{tuple(_SM90WS_CFG)} and no bias")
             if dt == np.float32 and not allow_tf32:
                 bm, name, smem, threads = 16, _f32_name(D, has_bias), _f32_smem(D), 128
                 sc = scale
             elif dt == np.float32:  # TF32 tensor cores, 64-row tiles
                 bm, name = 64, _mma_name("float", D, 64, has_bias)
                 smem, threads = _mma_smem(D, 64, 4), _mma_threads(D, 64)
-                sc = scale * math.log2(math.e)
-            elif ws:
-                bm, fam, name = 64, _FAM90, _sm90ws_name(_TNAME[dt], D, *_SM90WS_CFG[D])
-                smem, threads = _sm90ws_smem(D, *_SM90WS_CFG[D]), 128 * (_SM90WS_CFG[D][2] + 1)
                 sc = scale * math.log2(math.e)
             elif sm90_ok and (_impl == "sm90" or (_impl is None and _SM90_ENABLED
                                                   and _FAM90.supported())):
@@ -441,15 +399,12 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
             grid = bound * H
             if grid >= 2**31:
                 raise ValueError("batch too large for one launch (tile count * heads >= 2**31)")
-            if ws:  # persistent: one block (two pipelines) per SM
-                grid = _cupy.cuda.Device().attributes["MultiProcessorCount"]
             info, tile_off = _tile_list(xp, qj.offsets, kj.offsets, bm, msl, qj._cache, bound)
             tail = (info, tile_off, np.int64(B), np.int32(H), np.int32(Hk),
                     np.int64(msl), np.float32(sc), np.int32(bool(causal)))
             kern((grid,), (threads,),
                  (qv, kv, vv, out, lse, *tail, bias if has_bias else qv, np.int64(sb),
-                  np.int64(sh), np.int64(si), np.int32(bool(return_lse)))
-                 + ((_sched(),) if ws else ()),
+                  np.int64(sh), np.int64(si), np.int32(bool(return_lse))),
                  shared_mem=smem)
             if (not has_bias and isinstance(q, JaggedArray) and isinstance(k, JaggedArray)
                     and isinstance(v, JaggedArray) and vv is v.values):
@@ -459,7 +414,7 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                                    allow_tf32, _bm, _impl)] = (
                     k._offsets, v._offsets, kern, grid, threads, smem,
                     tail + (tile_off, np.int64(0), np.int64(0), np.int64(0),
-                            np.int32(bool(return_lse))), ws)
+                            np.int32(bool(return_lse))))
         elif return_lse:
             lse = xp.full((T, H), -np.inf, dtype=np.float32)
             out[...] = 0
