@@ -4,10 +4,11 @@ A :class:`JaggedArray` is flat ``values [T, *inner]`` plus ``offsets [B+1]``. Nu
 run on Numba kernels, CuPy-backed arrays on hand-written CUDA kernels compiled through NVRTC.
 """
 
-from . import rowwise
+from . import interaction, rowwise
 from ._backend import bfloat16, gpu_available
 from ._kernels import KernelCompileError, compile_all
 from .attention import jagged_flash_attention
+from .interaction import jagged_dense_bmm, jagged_jagged_bmm
 from .interop import (
     from_awkward,
     from_dlpack_parts,
@@ -34,6 +35,8 @@ __all__ = [
     "rowwise", "softmax", "log_softmax", "logsumexp",
     # attention
     "jagged_flash_attention",
+    # feature interaction (the backward functions: cujagged.interaction)
+    "interaction", "jagged_dense_bmm", "jagged_jagged_bmm",
     # interop
     "from_dlpack_parts", "from_torch", "to_torch", "from_torch_nested", "to_torch_nested",
     "from_jax", "to_jax", "from_awkward", "to_awkward",
