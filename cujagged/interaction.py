@@ -1,4 +1,5 @@
-"""Jagged matmuls (feature interaction, DESIGN.md kernel family 5), forward and backward.
+"""Feature interaction (DESIGN.md kernel family 5): jagged matmuls and jagged2 ops, forward and
+backward.
 
 ``jagged_dense_bmm``: X ``[B, None, K]`` (values ``[ΣL, K]``) times a dense ``[B, K, N]`` -> a
 JaggedArray ``[B, None, N]`` (every item of row b times matrix b: FBGEMM's
@@ -6,22 +7,35 @@ JaggedArray ``[B, None, N]`` (every item of row b times matrix b: FBGEMM's
 structure -> dense ``[B, M, N]``, ``Σ_i X_b[i]ᵀ Y_b[i]`` (the weight gradient of the former; an
 empty row gives zeros). Each one's backward is the other, exposed as ``*_backward``.
 
+**jagged2** (one ``L_b × L_b`` matrix per row, e.g. the pairwise interactions of a user's items):
+a JaggedArray whose row ``b`` is that matrix flattened row-major, so values ``[ΣL_b², *inner]``
+and offsets ``cumsum(L_b²)`` (:func:`jagged2_offsets`); every op on one takes the jagged array
+``x`` whose lengths ``L_b`` it belongs to. ``jagged_jagged_bmm_jagged_out(x, y)``:
+``x_b @ y_bᵀ`` as jagged2; ``array_jagged_bmm_jagged_out(m, x)``: ``m_b @ x_b`` (jagged);
+``jagged2_to_padded``; ``jagged_self_subtraction(x)``: ``x_b[i] − x_b[j]`` (e.g. timestamp
+deltas); ``dense_jagged_cat(d, x)``: ``d[b]`` prepended to row ``b``.
+
 Backends: NumPy values run the Numba kernels of ``cujagged.cpu.interaction`` (float64
 accumulation, results in the inputs' dtype). CuPy values take a host round trip through the same
-kernels (correct, not fast): the CUDA kernels of this family are not built yet.
+kernels (correct, not fast): the CUDA kernels of this family are not built yet
+(``dense_jagged_cat`` is CuPy/NumPy indexing on either backend).
 
-Dtypes: float16, bfloat16, float32, float64; both operands of one dtype (as ``torch.bmm``).
+Dtypes: the matmuls take float16, bfloat16, float32, float64, both operands of one dtype (as
+``torch.bmm``); the self-subtraction also signed integers; the cat any dtype.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._backend import bfloat16, cupy, is_array, is_gpu_array, not_array, on_array_device
+from ._backend import bfloat16, cupy, is_array, is_gpu_array, not_array, on_array_device, xp_of
 from .cpu import interaction as _cpu
 
 __all__ = ["jagged_dense_bmm", "jagged_dense_bmm_backward", "jagged_jagged_bmm",
-           "jagged_jagged_bmm_backward"]
+           "jagged_jagged_bmm_backward", "jagged2_offsets", "jagged_jagged_bmm_jagged_out",
+           "jagged_jagged_bmm_jagged_out_backward", "array_jagged_bmm_jagged_out",
+           "array_jagged_bmm_jagged_out_backward", "jagged2_to_padded", "jagged_self_subtraction",
+           "jagged_self_subtraction_backward", "dense_jagged_cat", "dense_jagged_cat_backward"]
 
 _FLOATS = (np.dtype(np.float16), bfloat16, np.dtype(np.float32), np.dtype(np.float64))
 
@@ -170,3 +184,263 @@ def jagged_jagged_bmm_backward(grad, x, y):
                          f"shape {tuple(grad.shape)}")
     return _dense_bmm(y, _swap(grad)), _dense_bmm(x, grad)
 
+
+
+# ---- jagged2 ---------------------------------------------------------------------------------
+def _dev(a, like):
+    return cupy.asarray(a) if like.is_gpu else a
+
+
+def _sq_offsets_host(x):
+    off = np.asarray(_host(x.offsets), dtype=np.int64)
+    lens = np.diff(off)
+    off2 = np.zeros_like(off)
+    np.cumsum(lens * lens, out=off2[1:])
+    return off, off2
+
+
+@on_array_device
+def jagged2_offsets(x):
+    """Offsets ``[B+1]`` (int64, on the device of ``x``) of the jagged2 arrays of ``x``'s
+    structure: ``cumsum(L_b²)``."""
+    J = _jagged_cls()
+    if not isinstance(x, J):
+        raise TypeError(f"x must be a JaggedArray, got {type(x).__name__}")
+    return _dev(_sq_offsets_host(x)[1], x)
+
+
+def _jagged2(values, x, off2):
+    J = _jagged_cls()
+    ml = x.max_length
+    return J(_dev(values, x), _dev(off2, x), max_length=ml * ml, validate=False)
+
+
+def _check_m(m, x, name="m"):
+    """m must be a jagged2 array of x's structure (offsets cumsum(L_b²) by value)."""
+    J = _jagged_cls()
+    if not isinstance(m, J):
+        raise TypeError(f"{name} must be a jagged2 JaggedArray (rows of L_b² items), got "
+                        f"{type(m).__name__}")
+    if m.is_gpu != x.is_gpu:
+        raise TypeError(f"{name} is on {m.device} but x is on {x.device}")
+    off, off2 = _sq_offsets_host(x)
+    if m.nrows != x.nrows or not np.array_equal(np.asarray(_host(m.offsets), np.int64), off2):
+        raise ValueError(f"{name} must be a jagged2 array of x's rows: offsets cumsum(L_b²) = "
+                         "jagged2_offsets(x), one L_b x L_b matrix a row")
+    return off, off2
+
+
+@on_array_device
+def jagged_jagged_bmm_jagged_out(x, y):
+    """Per-row ``x_b @ y_bᵀ`` as jagged2.
+
+    Args:
+        x, y: JaggedArrays ``[B, None, D]`` of one structure and dtype.
+
+    Returns:
+        jagged2 JaggedArray: row ``b`` is the ``L_b × L_b`` matrix ``x_b[i] · y_b[j]``, values
+        ``[ΣL_b²]``, offsets ``jagged2_offsets(x)``.
+    """
+    _check_x(x, "x", "[B, None, D]")
+    _check_x(y, "y", "[B, None, D]")
+    _check_pair(x, y, "x", "y")
+    if x.inner_shape != y.inner_shape:
+        raise ValueError(f"x and y must have one D, got shapes {x.shape} and {y.shape}")
+    off, off2 = _sq_offsets_host(x)
+    out = np.zeros(int(off2[-1]), dtype=np.float64)
+    _cpu.jagged_jagged_bmm_jagged_out(_wide(_host(x.values)), _wide(_host(y.values)), off, off2,
+                                      out)
+    return _jagged2(out.astype(x.dtype), x, off2)
+
+
+def _ajbmm(m, x, off, off2, trans):
+    xv = _host(x.values)
+    out = np.zeros(xv.shape, dtype=np.float64)
+    _cpu.array_jagged_bmm_jagged_out(_wide(_host(m.values)), off2, _wide(xv), off, trans, out)
+    return x._with_values(_dev(out.astype(x.dtype), x))
+
+
+@on_array_device
+def array_jagged_bmm_jagged_out(m, x):
+    """Per-row ``m_b @ x_b``: a jagged2 matrix times the jagged rows it belongs to.
+
+    Args:
+        m: jagged2 JaggedArray of ``x``'s structure (values ``[ΣL_b²]``).
+        x: JaggedArray ``[B, None, N]``, the dtype of ``m``.
+
+    Returns:
+        JaggedArray ``[B, None, N]`` with the offsets of ``x``.
+    """
+    _check_x(x, "x", "[B, None, N]")
+    off, off2 = _check_m(m, x)
+    _check_m_values(m, x)
+    return _ajbmm(m, x, off, off2, False)
+
+
+def _check_m_values(m, x, name="m"):
+    if m.inner_shape != ():
+        raise ValueError(f"{name} must have values [ΣL_b²] (no inner dimensions), got shape "
+                         f"{m.shape}")
+    if m.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {m.dtype} but x has {x.dtype}: give both one dtype")
+
+
+@on_array_device
+def jagged_jagged_bmm_jagged_out_backward(grad, x, y):
+    """Gradients of ``m = jagged_jagged_bmm_jagged_out(x, y)`` given ``grad`` (jagged2, dL/dm).
+
+    Returns:
+        ``(grad_x, grad_y)``: ``grad_b @ y_b`` and ``grad_bᵀ @ x_b``, JaggedArrays like ``x``.
+    """
+    _check_x(x, "x", "[B, None, D]")
+    _check_x(y, "y", "[B, None, D]")
+    _check_pair(x, y, "x", "y")
+    off, off2 = _check_m(grad, x, "grad")
+    _check_m_values(grad, x, "grad")
+    return _ajbmm(grad, y, off, off2, False), _ajbmm(grad, x, off, off2, True)
+
+
+@on_array_device
+def array_jagged_bmm_jagged_out_backward(grad, m, x):
+    """Gradients of ``out = array_jagged_bmm_jagged_out(m, x)`` given ``grad`` (dL/dout, like
+    ``out``).
+
+    Returns:
+        ``(grad_m, grad_x)``: jagged2 ``grad_b @ x_bᵀ`` and ``m_bᵀ @ grad_b``.
+    """
+    _check_x(x, "x", "[B, None, N]")
+    off, off2 = _check_m(m, x)
+    _check_m_values(m, x)
+    _check_x(grad, "grad", "[B, None, N]")
+    _check_pair(x, grad, "x", "grad")
+    if grad.inner_shape != x.inner_shape:
+        raise ValueError(f"grad must have the shape of out {x.shape}, got {grad.shape}")
+    return jagged_jagged_bmm_jagged_out(grad, x), _ajbmm(m, grad, off, off2, True)
+
+
+@on_array_device
+def jagged2_to_padded(m, x, max_length=None, padding_value=0):
+    """A jagged2 array as dense ``[B, M, M, *inner]`` (``M = max_length``, default the longest
+    row of ``x``; longer rows are truncated to their leading ``M × M`` block)."""
+    J = _jagged_cls()
+    if not isinstance(x, J):
+        raise TypeError(f"x must be a JaggedArray, got {type(x).__name__}")
+    off, off2 = _check_m(m, x)
+    M = x.max_length if max_length is None else max_length
+    if not isinstance(M, (int, np.integer)) or isinstance(M, bool) or M < 0:
+        raise ValueError(f"max_length must be an integer >= 0, got {max_length!r}")
+    if isinstance(padding_value, bool) or not isinstance(padding_value, (int, float, np.number)):
+        raise TypeError(f"padding_value must be a real number, got {padding_value!r}")
+    mv = _wide(_host(m.values))
+    C = int(np.prod(m.inner_shape, dtype=np.int64))
+    out = np.full((m.nrows, int(M), int(M), C), padding_value, dtype=mv.dtype)
+    _cpu.jagged2_to_padded(mv.reshape(mv.shape[0], C), off, off2, out)
+    return _dev(out.astype(m.dtype, copy=False).reshape((m.nrows, int(M), int(M),
+                                                         *m.inner_shape)), x)
+
+
+def _check_sub(x):
+    J = _jagged_cls()
+    if not isinstance(x, J):
+        raise TypeError(f"x must be a JaggedArray, got {type(x).__name__}")
+    dt = x.dtype
+    if not (dt.kind in "if" or dt == bfloat16):
+        raise TypeError(f"x has values of dtype {dt}: the self-subtraction takes signed integer "
+                        "or floating values")
+
+
+@on_array_device
+def jagged_self_subtraction(x):
+    """Pairwise differences within each row: ``m_b[i, j] = x_b[i] − x_b[j]``.
+
+    Args:
+        x: JaggedArray ``[B, None, *inner]`` of signed integers or floats.
+
+    Returns:
+        jagged2 JaggedArray, values ``[ΣL_b², *inner]`` of ``x``'s dtype.
+    """
+    _check_sub(x)
+    off, off2 = _sq_offsets_host(x)
+    xv = _host(x.values)
+    C = int(np.prod(x.inner_shape, dtype=np.int64))
+    wide = _wide(xv).reshape(xv.shape[0], C)
+    out = np.empty((int(off2[-1]), C), dtype=wide.dtype)
+    _cpu.self_subtraction(wide, off, off2, out)
+    return _jagged2(out.astype(x.dtype).reshape((out.shape[0], *x.inner_shape)), x, off2)
+
+
+@on_array_device
+def jagged_self_subtraction_backward(grad, x):
+    """Gradient of ``m = jagged_self_subtraction(x)`` given ``grad`` (jagged2, dL/dm):
+    ``Σ_j grad_b[i, j] − Σ_j grad_b[j, i]``, a JaggedArray like ``x``."""
+    _check_sub(x)
+    if not (x.dtype.kind == "f" or x.dtype == bfloat16):
+        raise TypeError(f"x has values of dtype {x.dtype}: gradients need floating values")
+    off, off2 = _check_m(grad, x, "grad")
+    if grad.inner_shape != x.inner_shape or grad.dtype != x.dtype:
+        raise ValueError(f"grad must have x's inner shape {x.inner_shape} and dtype {x.dtype}, "
+                         f"got {grad.inner_shape} and {grad.dtype}")
+    gv = _host(grad.values)
+    C = int(np.prod(x.inner_shape, dtype=np.int64))
+    out = np.zeros((x.values.shape[0], C), dtype=np.float64)
+    _cpu.self_subtraction_backward(_wide(gv).reshape(gv.shape[0], C), off, off2, out)
+    return x._with_values(_dev(out.astype(x.dtype).reshape(x.values.shape), x))
+
+
+@on_array_device
+def dense_jagged_cat(d, x):
+    """``d[b]`` prepended to row ``b`` of ``x`` (e.g. a target item before a user's history).
+
+    Args:
+        d: dense ``[B, *inner]`` of ``x``'s dtype and device.
+        x: JaggedArray ``[B, None, *inner]``.
+
+    Returns:
+        JaggedArray ``[B, None, *inner]`` with lengths ``L_b + 1``.
+    """
+    from .layout import row_ids
+
+    J = _jagged_cls()
+    if not isinstance(x, J):
+        raise TypeError(f"x must be a JaggedArray, got {type(x).__name__}")
+    if not is_array(d):
+        raise not_array("d", d, "a NumPy/CuPy array [B, *inner]")
+    if is_gpu_array(d) != x.is_gpu:
+        raise TypeError(f"d is on {'the GPU' if is_gpu_array(d) else 'the host'} but x is on "
+                        f"{x.device}")
+    if tuple(d.shape) != (x.nrows, *x.inner_shape):
+        raise ValueError(f"d must be [B={x.nrows}, *inner={x.inner_shape}], got shape "
+                         f"{tuple(d.shape)}")
+    if d.dtype != x.dtype:
+        raise TypeError(f"d has dtype {d.dtype} but x has {x.dtype}: give both one dtype")
+    xp = xp_of(x.values)
+    off = x.offsets.astype(np.int64)
+    B, T = x.nrows, x.values.shape[0]
+    new_off = off + xp.arange(B + 1, dtype=np.int64)
+    out = xp.empty((T + B, *x.inner_shape), dtype=x.dtype)
+    out[new_off[:-1]] = d
+    out[xp.arange(T, dtype=np.int64) + row_ids(x, np.int64) + 1] = x.values
+    return J(out, new_off, max_length=x.max_length + 1 if B else 0, validate=False)
+
+
+@on_array_device
+def dense_jagged_cat_backward(grad, x):
+    """Gradients of ``out = dense_jagged_cat(d, x)`` given ``grad`` (like ``out``):
+    ``(grad_d [B, *inner], grad_x)`` (each row's first item, and the rest)."""
+    from .layout import row_ids
+
+    J = _jagged_cls()
+    if not isinstance(x, J) or not isinstance(grad, J):
+        raise TypeError("grad and x must be JaggedArrays, got "
+                        f"{type(grad).__name__} and {type(x).__name__}")
+    xp = xp_of(x.values)
+    off = x.offsets.astype(np.int64)
+    B, T = x.nrows, x.values.shape[0]
+    new_off = off + xp.arange(B + 1, dtype=np.int64)
+    if grad.is_gpu != x.is_gpu or grad.nrows != B or grad.inner_shape != x.inner_shape or not bool(
+            (grad.offsets.astype(np.int64) == new_off).all()):
+        raise ValueError("grad must have the structure of dense_jagged_cat(d, x): x's rows one "
+                         "item longer, x's inner shape, x's device")
+    gv = grad.values
+    return gv[new_off[:-1]], x._with_values(gv[xp.arange(T, dtype=np.int64) + row_ids(x, np.int64)
+                                              + 1])

@@ -12,10 +12,20 @@ from strategies import FLOAT_DTYPES, OFFSET_DTYPES, TOL, lengths, make_offsets, 
 import cujagged as cj
 from cujagged import JaggedArray, bfloat16
 from cujagged.interaction import (
+    array_jagged_bmm_jagged_out,
+    array_jagged_bmm_jagged_out_backward,
+    dense_jagged_cat,
+    dense_jagged_cat_backward,
+    jagged2_offsets,
+    jagged2_to_padded,
     jagged_dense_bmm,
     jagged_dense_bmm_backward,
     jagged_jagged_bmm,
     jagged_jagged_bmm_backward,
+    jagged_jagged_bmm_jagged_out,
+    jagged_jagged_bmm_jagged_out_backward,
+    jagged_self_subtraction,
+    jagged_self_subtraction_backward,
 )
 
 
@@ -108,10 +118,162 @@ def test_backward_is_the_directional_derivative(p):
     assert np.isclose(_dot(hz, dz), fd_z, rtol=1e-9, atol=1e-9)
 
 
+# ---- jagged2 -------------------------------------------------------------------------------------
+def _j2(p, rng, x, dtype=None, inner=()):
+    """A random jagged2 array of x's structure."""
+    n = int(sum(L * L for L in p["lens"]))
+    v = rng.standard_normal((n, *inner)).astype(np.float32).astype(dtype or p["dtype"])
+    return JaggedArray(v, jagged2_offsets(x))
+
+
+def _mats(m, x):
+    """The L_b x L_b matrices of a jagged2 array (float64), row by row."""
+    off2 = np.asarray(m.offsets, dtype=np.int64)
+    lens = np.diff(np.asarray(x.offsets, dtype=np.int64))
+    return [np.asarray(m.values[s:s + L * L], dtype=np.float64).reshape(L, L, *m.inner_shape)
+            for s, L in zip(off2[:-1], lens)]
+
+
+@given(problems())
+def test_jagged2_matmuls_match_numpy(p):
+    rng = np.random.default_rng(p["seed"])
+    x, y = _make(p, p["K"], rng), _make(p, p["K"], rng)
+    m = jagged_jagged_bmm_jagged_out(x, y)
+    assert m.dtype == x.dtype and m.nrows == x.nrows and m.values.shape[1:] == ()
+    lens = np.asarray(p["lens"], dtype=np.int64)
+    np.testing.assert_array_equal(m.offsets, np.concatenate([[0], np.cumsum(lens * lens)]))
+    tol = TOL[np.dtype(p["dtype"])]
+    ref = [a @ b.T for a, b in zip(_rows(x), _rows(y))]
+    for got, want in zip(_mats(m, x), ref):
+        assert rel_error(got, want) <= tol
+    z = _make(p, p["N"], rng)
+    a = _j2(p, rng, x)
+    out = array_jagged_bmm_jagged_out(a, z)
+    assert out.same_structure(z) and out.shape == z.shape
+    want = [mm @ r for mm, r in zip(_mats(a, x), _rows(z))]
+    got = _rows(out)
+    for g, w in zip(got, want):
+        assert rel_error(g, w) <= tol
+
+
+@given(problems(), st.sampled_from([None, 0, 1, 3, 50]), st.sampled_from([(), (2,)]))
+def test_jagged2_to_padded(p, max_length, inner):
+    rng = np.random.default_rng(p["seed"])
+    x = _make(p, 1, rng)
+    m = _j2(p, rng, x, inner=inner)
+    dense = jagged2_to_padded(m, x, max_length=max_length, padding_value=-7)
+    M = x.max_length if max_length is None else max_length
+    assert dense.shape == (x.nrows, M, M, *inner) and dense.dtype == m.dtype
+    for b, mat in enumerate(_mats(m, x)):
+        n = min(mat.shape[0], M)
+        np.testing.assert_array_equal(dense[b, :n, :n].astype(np.float64), mat[:n, :n])
+        assert (dense[b, n:] == -7).all() and (dense[b, :, n:] == -7).all()
+
+
+@given(problems(), st.sampled_from([np.dtype(np.int64), np.dtype(np.int32), bfloat16,
+                                    np.dtype(np.float32)]), st.sampled_from([(), (3,)]))
+def test_self_subtraction(p, dtype, inner):
+    rng = np.random.default_rng(p["seed"])
+    T = sum(p["lens"])
+    v = (rng.integers(-1000, 1000, size=(T, *inner)) if dtype.kind == "i"
+         else rng.standard_normal((T, *inner))).astype(dtype)
+    x = JaggedArray(v, make_offsets(p["lens"], p["off_dtype"]))
+    m = jagged_self_subtraction(x)
+    assert m.dtype == x.dtype and m.values.shape[1:] == tuple(inner)
+    for mat, r in zip(_mats(m, x), _rows(x)):
+        want = r[:, None] - r[None, :]
+        if dtype.kind == "i":
+            np.testing.assert_array_equal(mat, want)
+        else:
+            assert rel_error(mat, want) <= TOL[dtype]
+
+
+@given(problems(), st.sampled_from([(), (2,)]))
+def test_dense_jagged_cat(p, inner):
+    rng = np.random.default_rng(p["seed"])
+    T, B = sum(p["lens"]), len(p["lens"])
+    x = JaggedArray(rng.standard_normal((T, *inner)), make_offsets(p["lens"], p["off_dtype"]))
+    d = rng.standard_normal((B, *inner))
+    out = dense_jagged_cat(d, x)
+    assert out.tolist() == [[d[b].tolist()] + r for b, r in enumerate(x.tolist())]
+    assert out.max_length == (max(p["lens"]) + 1 if B else 0)
+    gd, gx = dense_jagged_cat_backward(out, x)  # the backward of the identity-like split
+    np.testing.assert_array_equal(gd, d)
+    assert gx.same_structure(x) and np.array_equal(gx.values, x.values)
+
+
+@given(problems())
+def test_jagged2_backward_is_the_directional_derivative(p):
+    p["dtype"] = np.dtype(np.float64)
+    rng = np.random.default_rng(p["seed"])
+    K, e = p["K"], 0.5
+    x, dx, y, dy = (_make(p, K, rng) for _ in range(4))
+
+    def shift(a, d, s):
+        return a._with_values(a.values + s * d.values)
+
+    g = _j2(p, rng, x)
+    gx, gy = jagged_jagged_bmm_jagged_out_backward(g, x, y)
+    f = jagged_jagged_bmm_jagged_out
+    assert np.isclose(_dot(gx, dx), _dot(g, f(shift(x, dx, e), y).values
+                                        - f(shift(x, dx, -e), y).values) / (2 * e))
+    assert np.isclose(_dot(gy, dy), _dot(g, f(x, shift(y, dy, e)).values
+                                        - f(x, shift(y, dy, -e)).values) / (2 * e))
+
+    a, da = _j2(p, rng, x), _j2(p, rng, x)
+    h = _make(p, K, rng)
+    ga, gx = array_jagged_bmm_jagged_out_backward(h, a, x)
+    f = array_jagged_bmm_jagged_out
+    assert ga.same_structure(a) and gx.same_structure(x)
+    assert np.isclose(_dot(ga, da), _dot(h, f(shift(a, da, e), x).values
+                                        - f(shift(a, da, -e), x).values) / (2 * e))
+    assert np.isclose(_dot(gx, dx), _dot(h, f(a, shift(x, dx, e)).values
+                                        - f(a, shift(x, dx, -e)).values) / (2 * e))
+
+    t, dt = _make(p, 1, rng), _make(p, 1, rng)
+    g = _j2(p, rng, t, inner=(1,))
+    gt = jagged_self_subtraction_backward(g, t)
+    f = jagged_self_subtraction
+    assert np.isclose(_dot(gt, dt), _dot(g, f(shift(t, dt, e)).values
+                                        - f(shift(t, dt, -e)).values) / (2 * e))
+
+
+def test_jagged2_input_errors():
+    x = JaggedArray(np.ones((5, 3)), lengths=[2, 3])
+    m = JaggedArray(np.ones(13), jagged2_offsets(x))
+    with pytest.raises(ValueError, match="jagged2 array of x's rows"):
+        array_jagged_bmm_jagged_out(JaggedArray(np.ones(5), lengths=[2, 3]), x)
+    with pytest.raises(TypeError, match="m must be a jagged2 JaggedArray"):
+        array_jagged_bmm_jagged_out(np.ones(13), x)
+    with pytest.raises(TypeError, match="give both one dtype"):
+        array_jagged_bmm_jagged_out(JaggedArray(np.ones(13, np.float32), m.offsets), x)
+    with pytest.raises(ValueError, match="no inner dimensions"):
+        array_jagged_bmm_jagged_out(JaggedArray(np.ones((13, 2)), m.offsets), x)
+    with pytest.raises(ValueError, match="one D"):
+        jagged_jagged_bmm_jagged_out(x, JaggedArray(np.ones((5, 2)), lengths=[2, 3]))
+    with pytest.raises(TypeError, match="signed integer or floating"):
+        jagged_self_subtraction(JaggedArray(np.ones(5, np.uint32), lengths=[2, 3]))
+    with pytest.raises(TypeError, match="floating values"):
+        jagged_self_subtraction_backward(m, JaggedArray(np.ones(5, np.int64), lengths=[2, 3]))
+    with pytest.raises(ValueError, match="max_length must be an integer"):
+        jagged2_to_padded(m, x, max_length=-1)
+    with pytest.raises(TypeError, match="padding_value must be a real number"):
+        jagged2_to_padded(m, x, padding_value=None)
+    with pytest.raises(ValueError, match=r"d must be \[B=2"):
+        dense_jagged_cat(np.ones((3, 3)), x)
+    with pytest.raises(TypeError, match="d has dtype"):
+        dense_jagged_cat(np.ones((2, 3), np.float32), x)
+    with pytest.raises(ValueError, match="structure of dense_jagged_cat"):
+        dense_jagged_cat_backward(x, x)
+
+
 def test_empty_batch_and_exported():
     x = JaggedArray(np.zeros((0, 3)), np.zeros(1, dtype=np.int64))
     assert jagged_dense_bmm(x, np.zeros((0, 3, 2))).values.shape == (0, 2)
     assert jagged_jagged_bmm(x, x).shape == (0, 3, 3)
+    assert jagged_jagged_bmm_jagged_out(x, x).values.shape == (0,)
+    assert jagged_self_subtraction(x).values.shape == (0, 3)
+    assert dense_jagged_cat(np.zeros((0, 3)), x).nrows == 0
     assert cj.interaction.jagged_dense_bmm is jagged_dense_bmm
     assert "jagged_dense_bmm" in cj.__all__ and cj.jagged_jagged_bmm is jagged_jagged_bmm
 
@@ -166,3 +328,8 @@ def test_gpu_matches_cpu(dtype):
     np.testing.assert_array_equal(cupy.asnumpy(w), jagged_jagged_bmm(xh, xh))
     with pytest.raises(TypeError, match="is on the host"):
         jagged_dense_bmm(xd, yh)
+    m = jagged_jagged_bmm_jagged_out(xd, xd)
+    assert m.is_gpu and np.array_equal(cupy.asnumpy(m.values),
+                                       jagged_jagged_bmm_jagged_out(xh, xh).values)
+    c = dense_jagged_cat(cupy.asarray(yh[:, :, 0]), xd)
+    assert c.is_gpu and c.tolist() == dense_jagged_cat(yh[:, :, 0], xh).tolist()

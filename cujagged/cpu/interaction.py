@@ -11,7 +11,9 @@ import numba
 import numpy as np
 from numba import prange
 
-__all__ = ["jagged_dense_bmm", "jagged_jagged_bmm"]
+__all__ = ["jagged_dense_bmm", "jagged_jagged_bmm", "jagged_jagged_bmm_jagged_out",
+           "array_jagged_bmm_jagged_out", "jagged2_to_padded", "self_subtraction",
+           "self_subtraction_backward"]
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -44,3 +46,86 @@ def jagged_jagged_bmm(xv, yv, off, out):
                 a = np.float64(xv[t, m])
                 for n in range(N):
                     out[b, m, n] += a * yv[t, n]
+
+
+# ---- jagged2: one L_b x L_b matrix per row, row-major, at off2[b] = sum of L_c^2 for c < b -------
+@numba.njit(parallel=True, **_JIT)
+def jagged_jagged_bmm_jagged_out(xv, yv, off, off2, out):
+    """out[off2[b] + i L + j] = xv[s + i] . yv[s + j] (rows b of L items from s = off[b])."""
+    B = off.shape[0] - 1
+    D = xv.shape[1]
+    for b in prange(B):
+        s = off[b]
+        L = off[b + 1] - s
+        for i in range(L):
+            for j in range(L):
+                acc = 0.0
+                for d in range(D):
+                    acc += np.float64(xv[s + i, d]) * yv[s + j, d]
+                out[off2[b] + i * L + j] = acc
+
+
+@numba.njit(parallel=True, **_JIT)
+def array_jagged_bmm_jagged_out(mv, off2, xv, off, trans, out):
+    """out[s + i] = sum_k M_b[i, k] xv[s + k] with M_b[i, k] = mv[off2[b] + i L + k] (its
+    transpose when trans): mv [ΣL²], xv [T, N], out [T, N] (zero-initialised)."""
+    B = off.shape[0] - 1
+    N = xv.shape[1]
+    for b in prange(B):
+        s = off[b]
+        L = off[b + 1] - s
+        o2 = off2[b]
+        for i in range(L):
+            for k in range(L):
+                a = np.float64(mv[o2 + k * L + i] if trans else mv[o2 + i * L + k])
+                for n in range(N):
+                    out[s + i, n] += a * xv[s + k, n]
+
+
+@numba.njit(parallel=True, **_JIT)
+def jagged2_to_padded(mv, off, off2, out):
+    """out[b, i, j] = M_b[i, j] for i, j < min(L_b, M) (out [B, M, M, C] pre-filled with the
+    padding; mv [ΣL², C])."""
+    B = off.shape[0] - 1
+    M = out.shape[1]
+    C = mv.shape[1]
+    for b in prange(B):
+        L = off[b + 1] - off[b]
+        n = min(L, M)
+        o2 = off2[b]
+        for i in range(n):
+            for j in range(n):
+                for c in range(C):
+                    out[b, i, j, c] = mv[o2 + i * L + j, c]
+
+
+@numba.njit(parallel=True, **_JIT)
+def self_subtraction(xv, off, off2, out):
+    """out[off2[b] + i L + j] = xv[s + i] - xv[s + j] (xv [T, C], out [ΣL², C])."""
+    B = off.shape[0] - 1
+    C = xv.shape[1]
+    for b in prange(B):
+        s = off[b]
+        L = off[b + 1] - s
+        o2 = off2[b]
+        for i in range(L):
+            for j in range(L):
+                for c in range(C):
+                    out[o2 + i * L + j, c] = xv[s + i, c] - xv[s + j, c]
+
+
+@numba.njit(parallel=True, **_JIT)
+def self_subtraction_backward(gv, off, off2, out):
+    """out[s + i] = sum_j G_b[i, j] - sum_j G_b[j, i] (gv [ΣL², C], out [T, C] float64)."""
+    B = off.shape[0] - 1
+    C = gv.shape[1]
+    for b in prange(B):
+        s = off[b]
+        L = off[b + 1] - s
+        o2 = off2[b]
+        for i in range(L):
+            for c in range(C):
+                acc = 0.0
+                for j in range(L):
+                    acc += np.float64(gv[o2 + i * L + j, c]) - gv[o2 + j * L + i, c]
+                out[s + i, c] = acc
