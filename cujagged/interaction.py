@@ -12,8 +12,9 @@ a JaggedArray whose row ``b`` is that matrix flattened row-major, so values ``[�
 and offsets ``cumsum(L_b²)`` (:func:`jagged2_offsets`); every op on one takes the jagged array
 ``x`` whose lengths ``L_b`` it belongs to. ``jagged_jagged_bmm_jagged_out(x, y)``:
 ``x_b @ y_bᵀ`` as jagged2; ``array_jagged_bmm_jagged_out(m, x)``: ``m_b @ x_b`` (jagged);
-``jagged2_to_padded``; ``jagged_self_subtraction(x)``: ``x_b[i] − x_b[j]`` (e.g. timestamp
-deltas); ``dense_jagged_cat(d, x)``: ``d[b]`` prepended to row ``b``.
+``jagged2_softmax`` (over each matrix's rows or columns); ``jagged2_to_padded``;
+``jagged_self_subtraction(x)``: ``x_b[i] − x_b[j]`` (e.g. timestamp deltas);
+``dense_jagged_cat(d, x)``: ``d[b]`` prepended to row ``b``.
 
 Backends: NumPy values run the Numba kernels of ``cujagged.cpu.interaction`` (float64
 accumulation, results in the inputs' dtype). CuPy values take a host round trip through the same
@@ -35,7 +36,8 @@ __all__ = ["jagged_dense_bmm", "jagged_dense_bmm_backward", "jagged_jagged_bmm",
            "jagged_jagged_bmm_backward", "jagged2_offsets", "jagged_jagged_bmm_jagged_out",
            "jagged_jagged_bmm_jagged_out_backward", "array_jagged_bmm_jagged_out",
            "array_jagged_bmm_jagged_out_backward", "jagged2_to_padded", "jagged_self_subtraction",
-           "jagged_self_subtraction_backward", "dense_jagged_cat", "dense_jagged_cat_backward"]
+           "jagged_self_subtraction_backward", "dense_jagged_cat", "dense_jagged_cat_backward",
+           "jagged2_softmax", "jagged2_softmax_backward"]
 
 _FLOATS = (np.dtype(np.float16), bfloat16, np.dtype(np.float32), np.dtype(np.float64))
 
@@ -444,3 +446,66 @@ def dense_jagged_cat_backward(grad, x):
     gv = grad.values
     return gv[new_off[:-1]], x._with_values(gv[xp.arange(T, dtype=np.int64) + row_ids(x, np.int64)
                                               + 1])
+
+
+def _softmax_axis(axis):
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or axis not in (
+            0, 1, -1, -2):
+        raise ValueError(f"axis must be 1 (-1: along each matrix row) or 0 (-2: along each "
+                         f"column), got {axis!r}")
+    return int(axis) % 2
+
+
+def _check_m_float(m, x, name):
+    off, off2 = _check_m(m, x, name)
+    if not (m.dtype.kind == "f" or m.dtype == bfloat16):
+        raise TypeError(f"{name} has values of dtype {m.dtype}: softmax takes floating values")
+    return off, off2
+
+
+def _flat2(a):
+    C = int(np.prod(a.shape[1:], dtype=np.int64))
+    return _wide(a).reshape(a.shape[0], C)
+
+
+@on_array_device
+def jagged2_softmax(m, x, axis=1):
+    """Softmax within every ``L_b × L_b`` matrix of a jagged2 array.
+
+    Args:
+        m: jagged2 JaggedArray of ``x``'s structure, floating values ``[ΣL_b², *inner]``.
+        x: the JaggedArray whose row lengths ``L_b`` the matrices have.
+        axis: 1 (or -1): over ``j`` for each ``i`` (each matrix row sums to 1); 0 (or -2): over
+            ``i`` for each ``j`` (each column).
+
+    Returns:
+        jagged2 JaggedArray like ``m``. A line of only ``-inf`` gives zeros.
+    """
+    J = _jagged_cls()
+    if not isinstance(x, J):
+        raise TypeError(f"x must be a JaggedArray, got {type(x).__name__}")
+    ax = _softmax_axis(axis)
+    off, off2 = _check_m_float(m, x, "m")
+    mv = _host(m.values)
+    out = np.empty((mv.shape[0], int(np.prod(m.inner_shape, dtype=np.int64))), np.float64)
+    _cpu.jagged2_softmax(_flat2(mv), off, off2, ax, out)
+    return m._with_values(_dev(out.astype(m.dtype).reshape(m.values.shape), x))
+
+
+@on_array_device
+def jagged2_softmax_backward(grad, out, x, axis=1):
+    """Gradient of ``out = jagged2_softmax(m, x, axis)`` given ``grad`` (dL/dout, like ``out``):
+    ``out · (grad − Σ grad · out)`` along the same lines, jagged2 like ``out``."""
+    J = _jagged_cls()
+    if not isinstance(x, J):
+        raise TypeError(f"x must be a JaggedArray, got {type(x).__name__}")
+    ax = _softmax_axis(axis)
+    off, off2 = _check_m_float(out, x, "out")
+    _check_m_float(grad, x, "grad")
+    if grad.inner_shape != out.inner_shape or grad.dtype != out.dtype:
+        raise ValueError(f"grad must have out's inner shape {out.inner_shape} and dtype "
+                         f"{out.dtype}, got {grad.inner_shape} and {grad.dtype}")
+    gv, yv = _host(grad.values), _host(out.values)
+    res = np.empty((gv.shape[0], int(np.prod(out.inner_shape, dtype=np.int64))), np.float64)
+    _cpu.jagged2_softmax_backward(_flat2(gv), _flat2(yv), off, off2, ax, res)
+    return out._with_values(_dev(res.astype(out.dtype).reshape(out.values.shape), x))

@@ -17,6 +17,8 @@ from cujagged.interaction import (
     dense_jagged_cat,
     dense_jagged_cat_backward,
     jagged2_offsets,
+    jagged2_softmax,
+    jagged2_softmax_backward,
     jagged2_to_padded,
     jagged_dense_bmm,
     jagged_dense_bmm_backward,
@@ -238,6 +240,49 @@ def test_jagged2_backward_is_the_directional_derivative(p):
                                         - f(shift(t, dt, -e)).values) / (2 * e))
 
 
+def _np_softmax(a, axis):
+    if a.size == 0:
+        return a
+    m = a.max(axis=axis, keepdims=True)
+    e = np.exp(a - np.where(np.isneginf(m), 0, m))
+    s = e.sum(axis=axis, keepdims=True)
+    return np.where(s > 0, e / np.where(s > 0, s, 1), 0)
+
+
+@given(problems(), st.sampled_from([1, 0, -1, -2]), st.sampled_from([(), (2,)]))
+def test_jagged2_softmax(p, axis, inner):
+    rng = np.random.default_rng(p["seed"])
+    x = _make(p, 1, rng)
+    m = _j2(p, rng, x, inner=inner)
+    if m.values.size:  # a masked entry and a fully masked line (row 0 of the first matrix)
+        v = m.values.astype(np.float32)
+        v[0] = -np.inf
+        L = next(n for n in p["lens"] if n)
+        v[:L] = -np.inf if axis in (1, -1) else v[:L]
+        m = m._with_values(v.astype(m.dtype))
+    y = jagged2_softmax(m, x, axis=axis)
+    assert y.same_structure(m) and y.dtype == m.dtype
+    ax = axis % 2
+    for got, mat in zip(_mats(y, x), _mats(m, x)):
+        want = _np_softmax(mat, ax)
+        assert not np.isnan(got).any()
+        assert rel_error(got, want) <= max(TOL[np.dtype(p["dtype"])], 1e-12)
+
+
+@given(problems(), st.sampled_from([1, 0]))
+def test_jagged2_softmax_backward_is_the_directional_derivative(p, axis):
+    p["dtype"] = np.dtype(np.float64)
+    rng = np.random.default_rng(p["seed"])
+    x = _make(p, 1, rng)
+    m, dm, g = (_j2(p, rng, x) for _ in range(3))
+    e = 1e-6
+    y = jagged2_softmax(m, x, axis)
+    gm = jagged2_softmax_backward(g, y, x, axis)
+    fd = _dot(g, jagged2_softmax(m._with_values(m.values + e * dm.values), x, axis).values
+              - jagged2_softmax(m._with_values(m.values - e * dm.values), x, axis).values) / (2 * e)
+    assert np.isclose(_dot(gm, dm), fd, rtol=1e-6, atol=1e-8)
+
+
 def test_jagged2_input_errors():
     x = JaggedArray(np.ones((5, 3)), lengths=[2, 3])
     m = JaggedArray(np.ones(13), jagged2_offsets(x))
@@ -265,6 +310,12 @@ def test_jagged2_input_errors():
         dense_jagged_cat(np.ones((2, 3), np.float32), x)
     with pytest.raises(ValueError, match="structure of dense_jagged_cat"):
         dense_jagged_cat_backward(x, x)
+    with pytest.raises(ValueError, match="axis must be 1"):
+        jagged2_softmax(m, x, axis=2)
+    with pytest.raises(TypeError, match="softmax takes floating values"):
+        jagged2_softmax(JaggedArray(np.ones(13, np.int64), m.offsets), x)
+    with pytest.raises(ValueError, match="grad must have out's inner shape"):
+        jagged2_softmax_backward(JaggedArray(np.ones(13, np.float32), m.offsets), m, x)
 
 
 def test_empty_batch_and_exported():
