@@ -93,20 +93,23 @@ def _host(a):
     return cupy.asnumpy(a) if is_gpu_array(a) else a
 
 
+def _dev(a, like):
+    """A host result back on the device of ``like`` (a JaggedArray)."""
+    return cupy.asarray(a) if like.is_gpu else a
+
+
 def _dense_bmm(x, y):
     xv, off, yh = _host(x.values), _host(x.offsets), _host(y)
     out = np.zeros((xv.shape[0], yh.shape[2]), dtype=np.float64)
     _cpu.jagged_dense_bmm(_wide(xv), off, _wide(yh), out)
-    out = out.astype(x.dtype)
-    return x._with_values(cupy.asarray(out) if x.is_gpu else out)
+    return x._with_values(_dev(out.astype(x.dtype), x))
 
 
 def _jj_bmm(x, y):
     xv, yv, off = _host(x.values), _host(y.values), _host(x.offsets)
     out = np.zeros((x.nrows, xv.shape[1], yv.shape[1]), dtype=np.float64)
     _cpu.jagged_jagged_bmm(_wide(xv), _wide(yv), off, out)
-    out = out.astype(x.dtype)
-    return cupy.asarray(out) if x.is_gpu else out
+    return _dev(out.astype(x.dtype), x)
 
 
 def _swap(y):
@@ -189,10 +192,6 @@ def jagged_jagged_bmm_backward(grad, x, y):
 
 
 # ---- jagged2 ---------------------------------------------------------------------------------
-def _dev(a, like):
-    return cupy.asarray(a) if like.is_gpu else a
-
-
 def _sq_offsets_host(x):
     off = np.asarray(_host(x.offsets), dtype=np.int64)
     lens = np.diff(off)
