@@ -7,7 +7,7 @@ run on Numba kernels, CuPy-backed arrays on hand-written CUDA kernels compiled t
 from . import interaction, rowwise
 from ._backend import bfloat16, gpu_available
 from ._kernels import KernelCompileError, compile_all
-from .attention import jagged_flash_attention
+from .attention import jagged_flash_attention, jagged_flash_attention_backward
 from .interaction import jagged_dense_bmm, jagged_jagged_bmm
 from .interop import (
     from_awkward,
@@ -34,7 +34,7 @@ __all__ = [
     # row-wise ops (the rest: cujagged.rowwise and JaggedArray methods)
     "rowwise", "softmax", "log_softmax", "logsumexp",
     # attention
-    "jagged_flash_attention",
+    "jagged_flash_attention", "jagged_flash_attention_backward",
     # feature interaction (the backward functions: cujagged.interaction)
     "interaction", "jagged_dense_bmm", "jagged_jagged_bmm",
     # interop

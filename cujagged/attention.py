@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from ._backend import cupy as _cupy
 from ._kernels import KernelFamily
 from .jagged import JaggedArray
 
-__all__ = ["jagged_flash_attention", "HEAD_DIMS"]
+__all__ = ["jagged_flash_attention", "jagged_flash_attention_backward", "HEAD_DIMS"]
 
 HEAD_DIMS = (32, 64, 96, 128, 256)
 _BM128_DIMS = (64, 128)  # head dims that also have a 128-query-row tile (long rows, no bias)
@@ -201,62 +202,10 @@ def _launch_plan(plan, q, k, v, return_lse):
     return (o, lse) if return_lse else o
 
 
-@on_array_device
-def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_len=None,
-                           scale=None, causal=False, bias=None, return_lse=False,
-                           allow_tf32=False, _bm=None, _impl=None):
-    """Softmax attention within each row of a jagged batch (forward).
-
-    Args:
-        q: queries, a :class:`JaggedArray` with values ``[Tq, H, D]``, or the values with
-            ``offsets [B+1]``.
-        k, v: keys and values ``[Tk, Hk, D]`` (JaggedArrays, or arrays with ``kv_offsets``;
-            without either they share the query offsets: self-attention). ``Hk`` may be smaller
-            than ``H`` when it divides it (grouped-query: query head ``h`` uses key head
-            ``h // (H // Hk)``). Cross-attention: the queries of row ``b`` attend to the keys
-            of row ``b`` (``Lq`` and ``Lk`` may differ, e.g. a few targets over a history).
-        offsets: query offsets ``[B+1]`` (int32/int64) when ``q`` is a plain array.
-        kv_offsets: key/value offsets ``[B+1]`` when ``k``/``v`` are plain arrays.
-        max_seq_len: only the first ``min(L, max_seq_len)`` queries and keys of every row take
-            part (FBGEMM's truncation); query positions past it get ``O = 0`` and
-            ``lse = -inf``. ``None``: no truncation.
-        scale: multiplies ``q·k``; default ``1/sqrt(D)``.
-        causal: query ``i`` sees key ``j`` only when ``j <= i + Lk - Lq`` (aligned to the end of
-            the row when the lengths differ, as FlashAttention-2). Queries that see no key
-            (possible when ``Lq > Lk``) get ``O = 0`` and ``lse = -inf``.
-        bias: optional additive bias, padded layout ``[B, H or 1, Mq, Mk]`` with
-            ``Mq >= min(max query length, max_seq_len)`` and likewise ``Mk`` for keys; element
-            ``[b, h, i, j]`` is added to the scaled score of query ``i``, key ``j`` of row ``b``
-            (``-inf`` masks). Cast to the dtype of ``q`` (bf16/fp16/fp32) before use; the last
-            axis must be unit-stride (otherwise it is copied).
-        return_lse: also return the fp32 natural-log log-sum-exp of the scores ``[Tq, H]``.
-        allow_tf32: float32 inputs on the GPU run on tensor cores in TF32 (Q, K, V and P rounded
-            to 10 mantissa bits, fp32 accumulation; like ``torch.backends.cuda.matmul
-            .allow_tf32``): faster, relative error ~1e-3. Default: the exact
-            fp32 FFMA kernel. No effect on other dtypes or on the CPU backend (always exact).
-
-    Returns:
-        ``O`` with the layout of ``q`` (a JaggedArray when ``q`` is one, else values
-        ``[Tq, H, D]``), and ``lse`` (float32 ``[Tq, H]``) when ``return_lse``.
-
-    Head dims 32, 64, 96, 128, 256. dtypes: bfloat16, float16 (tensor cores ``mma.sync``
-    m16n8k16, fp32 accumulation, P rounded to the input dtype for P·V), float32 (exact fp32 FFMA
-    kernel, or TF32 tensor cores m16n8k8 with ``allow_tf32``), float64 (CPU backend only).
-    Tiles: 64 query rows per block (128 when the longest row is >= 512, or >= 1024 with
-    ``causal``; bf16/fp16, head dims 64/128 only, no bias), 64 keys per step (32 for D >= 128,
-    16 for TF32 D = 256); only real tiles are launched, longest rows first. Extra device
-    memory: the output, the LSE when asked, and a cached tile list of ``8 * (T/BM + B)`` bytes.
-    Empty rows are fine. On the GPU no host synchronisation happens when ``q``/``k`` are
-    JaggedArrays (their tile list is cached); plain arrays with offsets are validated once (one
-    small transfer).
-    """
-    if (bias is None and offsets is None and kv_offsets is None and type(q) is JaggedArray
-            and type(k) is JaggedArray and type(v) is JaggedArray and is_gpu_array(q._values)):
-        plan = q._cache.get(_plan_key(q, k, v, max_seq_len, scale, causal, return_lse,
-                                      allow_tf32, _bm, _impl))
-        if plan is not None and plan[0] is k._offsets and plan[1] is v._offsets:
-            return _launch_plan(plan, q, k, v, return_lse)
-    scale_arg = scale  # (the plan's key: the caller's arguments)
+def _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias):
+    """Validate and normalise the arguments of :func:`jagged_flash_attention` (and of its
+    backward): the jagged q and k, the contiguous v values, the truncation, the scale, and the
+    bias with its element strides."""
     qj = _as_jagged(q, offsets, "q", "offsets")
     if isinstance(k, JaggedArray) or kv_offsets is not None:
         kj = _as_jagged(k, kv_offsets, "k", "kv_offsets")
@@ -344,6 +293,72 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
         if bias.shape[1] == 1:
             sh = 0
 
+    return SimpleNamespace(qj=qj, kj=kj, qv=qv, kv=kv, vv=vv, T=T, H=H, D=D, Hk=Hk, dt=dt, B=B,
+                           msl=msl, scale=scale, bias=bias, sb=sb, sh=sh, si=si, gpu=gpu, xp=xp)
+
+
+@on_array_device
+def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_len=None,
+                           scale=None, causal=False, bias=None, return_lse=False,
+                           allow_tf32=False, _bm=None, _impl=None):
+    """Softmax attention within each row of a jagged batch (forward).
+
+    Args:
+        q: queries, a :class:`JaggedArray` with values ``[Tq, H, D]``, or the values with
+            ``offsets [B+1]``.
+        k, v: keys and values ``[Tk, Hk, D]`` (JaggedArrays, or arrays with ``kv_offsets``;
+            without either they share the query offsets: self-attention). ``Hk`` may be smaller
+            than ``H`` when it divides it (grouped-query: query head ``h`` uses key head
+            ``h // (H // Hk)``). Cross-attention: the queries of row ``b`` attend to the keys
+            of row ``b`` (``Lq`` and ``Lk`` may differ, e.g. a few targets over a history).
+        offsets: query offsets ``[B+1]`` (int32/int64) when ``q`` is a plain array.
+        kv_offsets: key/value offsets ``[B+1]`` when ``k``/``v`` are plain arrays.
+        max_seq_len: only the first ``min(L, max_seq_len)`` queries and keys of every row take
+            part (FBGEMM's truncation); query positions past it get ``O = 0`` and
+            ``lse = -inf``. ``None``: no truncation.
+        scale: multiplies ``q·k``; default ``1/sqrt(D)``.
+        causal: query ``i`` sees key ``j`` only when ``j <= i + Lk - Lq`` (aligned to the end of
+            the row when the lengths differ, as FlashAttention-2). Queries that see no key
+            (possible when ``Lq > Lk``) get ``O = 0`` and ``lse = -inf``.
+        bias: optional additive bias, padded layout ``[B, H or 1, Mq, Mk]`` with
+            ``Mq >= min(max query length, max_seq_len)`` and likewise ``Mk`` for keys; element
+            ``[b, h, i, j]`` is added to the scaled score of query ``i``, key ``j`` of row ``b``
+            (``-inf`` masks). Cast to the dtype of ``q`` (bf16/fp16/fp32) before use; the last
+            axis must be unit-stride (otherwise it is copied).
+        return_lse: also return the fp32 natural-log log-sum-exp of the scores ``[Tq, H]``.
+        allow_tf32: float32 inputs on the GPU run on tensor cores in TF32 (Q, K, V and P rounded
+            to 10 mantissa bits, fp32 accumulation; like ``torch.backends.cuda.matmul
+            .allow_tf32``): faster, relative error ~1e-3. Default: the exact
+            fp32 FFMA kernel. No effect on other dtypes or on the CPU backend (always exact).
+
+    Returns:
+        ``O`` with the layout of ``q`` (a JaggedArray when ``q`` is one, else values
+        ``[Tq, H, D]``), and ``lse`` (float32 ``[Tq, H]``) when ``return_lse``.
+
+    Head dims 32, 64, 96, 128, 256. dtypes: bfloat16, float16 (tensor cores ``mma.sync``
+    m16n8k16, fp32 accumulation, P rounded to the input dtype for P·V), float32 (exact fp32 FFMA
+    kernel, or TF32 tensor cores m16n8k8 with ``allow_tf32``), float64 (CPU backend only).
+    Tiles: 64 query rows per block (128 when the longest row is >= 512, or >= 1024 with
+    ``causal``; bf16/fp16, head dims 64/128 only, no bias), 64 keys per step (32 for D >= 128,
+    16 for TF32 D = 256); only real tiles are launched, longest rows first. Extra device
+    memory: the output, the LSE when asked, and a cached tile list of ``8 * (T/BM + B)`` bytes.
+    Empty rows are fine. On the GPU no host synchronisation happens when ``q``/``k`` are
+    JaggedArrays (their tile list is cached); plain arrays with offsets are validated once (one
+    small transfer).
+    """
+    if (bias is None and offsets is None and kv_offsets is None and type(q) is JaggedArray
+            and type(k) is JaggedArray and type(v) is JaggedArray and is_gpu_array(q._values)):
+        plan = q._cache.get(_plan_key(q, k, v, max_seq_len, scale, causal, return_lse,
+                                      allow_tf32, _bm, _impl))
+        if plan is not None and plan[0] is k._offsets and plan[1] is v._offsets:
+            return _launch_plan(plan, q, k, v, return_lse)
+    scale_arg = scale  # (the plan's key: the caller's arguments)
+    P = _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias)
+    qj, kj, qv, kv, vv, T, H, D, Hk, dt, B = (P.qj, P.kj, P.qv, P.kv, P.vv, P.T, P.H, P.D, P.Hk,
+                                              P.dt, P.B)
+    msl, scale, bias, sb, sh, si, gpu, xp = (P.msl, P.scale, P.bias, P.sb, P.sh, P.si, P.gpu,
+                                             P.xp)
+
     if not gpu:
         from .cpu.attention import attention_fwd
 
@@ -422,3 +437,66 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
             out[...] = 0
     o = qj._with_values(out) if isinstance(q, JaggedArray) else out
     return (o, lse) if return_lse else o
+
+
+@on_array_device
+def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=None,
+                                    max_seq_len=None, scale=None, causal=False, bias=None):
+    """Gradients of :func:`jagged_flash_attention`'s output with respect to its inputs.
+
+    Args:
+        grad: ``dL/dO`` in the layout of ``q`` (a JaggedArray of ``q``'s structure, or values
+            ``[Tq, H, D]``), the dtype of ``q``.
+        q, k, v, offsets, kv_offsets, max_seq_len, scale, causal, bias: as given to the forward.
+
+    Returns:
+        ``(dq, dk, dv)`` in the layouts of ``q``, ``k``, ``v`` (JaggedArrays where the inputs
+        were), plus ``dbias`` (the shape and dtype of ``bias``; a bias of one head gets the sum
+        over heads) when ``bias`` is given. Queries past ``max_seq_len`` or seeing no key, and
+        keys past ``max_seq_len``, get zeros.
+
+    The backward recomputes the forward in float64 on the Numba backend (it is the reference
+    for a CUDA kernel not written yet): CuPy inputs take a host round trip (correct, not fast).
+    """
+    from .cpu.attention import attention_bwd
+
+    P = _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias)
+    gv = grad.values if isinstance(grad, JaggedArray) else grad
+    if isinstance(grad, JaggedArray) and not grad.same_structure(P.qj):
+        raise ValueError("grad must have the structure (offsets) of q")
+    if not is_array(gv):
+        raise not_array("grad", grad, "a JaggedArray or an array [Tq, H, D] like q")
+    if tuple(gv.shape) != tuple(P.qv.shape) or gv.dtype != P.dt or is_gpu_array(gv) != P.gpu:
+        raise ValueError(f"grad must be like q: shape {tuple(P.qv.shape)}, dtype {P.dt}, on "
+                         f"{device_of(P.qv)}; got {tuple(gv.shape)}, {gv.dtype}, "
+                         f"{device_of(gv)}")
+
+    def host64(a):
+        return np.asarray(_cupy.asnumpy(a) if is_gpu_array(a) else a).astype(np.float64)
+
+    qh, kh, vh, gh = host64(P.qv), host64(P.kv), host64(P.vv), host64(gv)
+    B, H = P.B, P.H
+    dq, dk, dv = np.zeros_like(qh), np.zeros_like(kh), np.zeros_like(vh)
+    if bias is not None:
+        bh = np.broadcast_to(host64(P.bias), (B, H) + P.bias.shape[2:])
+        dbias = np.zeros((B, H) + P.bias.shape[2:], dtype=np.float64)
+    else:
+        bh = dbias = np.zeros((1, 1, 1, 1))
+    attention_bwd(qh, kh, vh, gh, np.asarray(_cupy.asnumpy(P.qj.offsets) if P.gpu else
+                                             P.qj.offsets, np.int64),
+                  np.asarray(_cupy.asnumpy(P.kj.offsets) if P.gpu else P.kj.offsets, np.int64),
+                  P.msl, P.scale, bool(causal), bh, bias is not None, dq, dk, dv, dbias)
+
+    def back(a, like, dtype):
+        a = a.astype(dtype)
+        a = _cupy.asarray(a) if P.gpu else a
+        return like._with_values(a) if isinstance(like, JaggedArray) else a
+
+    out = (back(dq, q if isinstance(q, JaggedArray) else None, P.dt),
+           back(dk, k if isinstance(k, JaggedArray) else None, P.dt),
+           back(dv, v if isinstance(v, JaggedArray) else None, P.dt))
+    if bias is None:
+        return out
+    if bias.shape[1] == 1:
+        dbias = dbias.sum(axis=1, keepdims=True)
+    return (*out, back(dbias, None, bias.dtype))

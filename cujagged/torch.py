@@ -13,7 +13,9 @@ tensors run the CUDA kernels on torch's current stream; CPU tensors the Numba ba
     s = cjt.sum(values, offsets)                     # [B, *inner]
     z = cjt.jagged_dense_bmm(values, offsets, w)     # [T, N] from [T, K] and w [B, K, N]
 
-Forward only, so not here: attention (its backward is not written yet).
+``jagged_flash_attention`` takes ``q [Tq, H, D]``, ``k``/``v [Tk, Hk, D]`` and their offsets;
+its backward runs :func:`cujagged.jagged_flash_attention_backward` (the float64 Numba
+reference: CUDA tensors take a host round trip until a CUDA backward kernel exists).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import torch
 from . import interaction as _ia
 from . import rowwise as _rw
 from ._backend import cupy
+from .attention import jagged_flash_attention as _jfa
+from .attention import jagged_flash_attention_backward as _jfa_bwd
 from .interop import _torch_from, from_dlpack_parts
 
 __all__ = ["softmax", "log_softmax", "sum", "mean", "logsumexp", "cumsum", "jagged_dense_bmm",
-           "jagged_jagged_bmm"]
+           "jagged_jagged_bmm", "jagged_flash_attention"]
 
 
 def _check(values, offsets, *dense):
@@ -192,3 +196,39 @@ def jagged_jagged_bmm(x_values, y_values, offsets, *, max_length=None):
         raise ValueError(f"y_values must have the items of x_values (one structure: the same "
                          f"offsets), got {y_values.shape[0]} and {x_values.shape[0]} items")
     return _JaggedBmm.apply(x_values, y_values, offsets, max_length)
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bias, offsets, kv_offsets, opts):
+        with _stream(q):
+            kw = dict(opts, kv_offsets=None if kv_offsets is None else _dense(kv_offsets),
+                      bias=None if bias is None else _dense(bias))
+            out = _torch_from(_jfa(_dense(q), _dense(k), _dense(v), _dense(offsets), **kw))
+        ctx.opts = opts
+        ctx.save_for_backward(q, k, v, bias, offsets, kv_offsets)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, bias, offsets, kv_offsets = ctx.saved_tensors
+        opts = {n: ctx.opts[n] for n in ("max_seq_len", "scale", "causal")}
+        with _stream(q):
+            grads = _jfa_bwd(_dense(grad), _dense(q), _dense(k), _dense(v), _dense(offsets),
+                             kv_offsets=None if kv_offsets is None else _dense(kv_offsets),
+                             bias=None if bias is None else _dense(bias), **opts)
+            grads = [_torch_from(a) for a in grads]
+        dbias = grads[3] if bias is not None else None
+        return grads[0], grads[1], grads[2], dbias, None, None, None
+
+
+def jagged_flash_attention(q, k, v, offsets, *, kv_offsets=None, max_seq_len=None, scale=None,
+                           causal=False, bias=None, allow_tf32=False):
+    """:func:`cujagged.jagged_flash_attention` on torch tensors, differentiable in ``q``, ``k``,
+    ``v`` and ``bias``: ``q [Tq, H, D]``, ``k``/``v [Tk, Hk, D]``, ``offsets [B+1]`` (and
+    ``kv_offsets`` for cross-attention) -> ``O [Tq, H, D]``."""
+    dense = [("k", k), ("v", v)] + [(n, t) for n, t in (("kv_offsets", kv_offsets),
+                                                         ("bias", bias)) if t is not None]
+    _check(q, offsets, *dense)
+    opts = dict(max_seq_len=max_seq_len, scale=scale, causal=causal, allow_tf32=allow_tf32)
+    return _Attention.apply(q, k, v, bias, offsets, kv_offsets, opts)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import lengths, make_offsets, rel_error
 
@@ -369,3 +369,52 @@ def test_gpu_scores_growing_along_the_row(D, dtype, causal, bm):
     if bm == 128 and D == 256:
         pytest.skip("no 128-row tile for D=256")
     check_growing_scores(D, dtype, causal, _bm=bm)
+
+
+# ---- backward (Numba, float64) -------------------------------------------------------------
+@settings(max_examples=25)
+@given(problems(max_len=12))
+def test_backward_is_the_directional_derivative(p):
+    """<grad, O(x + e d) - O(x - e d)> / (2 e) = <dx, d> for x in q, k, v, bias (float64)."""
+    from cujagged import jagged_flash_attention_backward
+
+    q, k, v, bias = make_inputs(p)
+    rng = np.random.default_rng(p["seed"] + 1)
+    g = rng.standard_normal(q.shape)
+    qo, ko = make_offsets(p["lq"], p["off_dtype"]), make_offsets(p["lk"], p["off_dtype"])
+    kw = dict(max_seq_len=p["msl"], scale=p["scale"], causal=p["causal"])
+    if p["cross"]:
+        kw["kv_offsets"] = ko
+
+    def loss(q, k, v, bias):
+        return float(np.sum(jagged_flash_attention(q, k, v, qo, bias=bias, **kw) * g))
+
+    grads = jagged_flash_attention_backward(g, q, k, v, qo, bias=bias, **kw)
+    assert len(grads) == (4 if bias is not None else 3)
+    args = [q, k, v, bias]
+    e = 1e-6
+    for n, dx in enumerate(grads):
+        assert dx.shape == args[n].shape and dx.dtype == args[n].dtype
+        d = rng.standard_normal(args[n].shape)
+        plus, minus = list(args), list(args)
+        plus[n], minus[n] = args[n] + e * d, args[n] - e * d
+        fd = (loss(*plus) - loss(*minus)) / (2 * e)
+        assert np.isclose(float(np.sum(dx * d)), fd, rtol=1e-6, atol=1e-7), (n, p)
+
+
+def test_backward_layouts_and_errors():
+    from cujagged import jagged_flash_attention_backward
+
+    rng = np.random.default_rng(0)
+    off = make_offsets([3, 0, 5])
+    q = JaggedArray(rng.standard_normal((8, 2, 32)).astype(bfloat16), off)
+    g = q._with_values(rng.standard_normal((8, 2, 32)).astype(bfloat16))
+    dq, dk, dv = jagged_flash_attention_backward(g, q, q, q)
+    assert all(isinstance(a, JaggedArray) and a.same_structure(q) and a.dtype == bfloat16
+               for a in (dq, dk, dv))
+    with pytest.raises(ValueError, match="grad must be like q"):
+        jagged_flash_attention_backward(np.zeros((8, 2, 16)), q, q, q)
+    with pytest.raises(ValueError, match="structure"):
+        jagged_flash_attention_backward(JaggedArray(g.values, make_offsets([4, 0, 4])), q, q, q)
+    with pytest.raises(TypeError, match="grad must be"):
+        jagged_flash_attention_backward([1.0], q, q, q)

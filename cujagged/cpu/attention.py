@@ -76,3 +76,70 @@ def attention_fwd(q, k, v, q_off, k_off, max_seq_len, scale, causal, bias, has_b
             for d in range(D):
                 out[qs + i, h, d] = acc[d] / total
             lse[qs + i, h] = m + math.log(total)
+
+
+@numba.njit(cache=True, parallel=True)
+def attention_bwd(q, k, v, g, q_off, k_off, max_seq_len, scale, causal, bias, has_bias,
+                  dq, dk, dv, dbias):
+    """Gradients of :func:`attention_fwd`'s ``out`` given ``g = dL/dout`` (float64 throughout;
+    the forward is recomputed): with ``P = softmax(S)``, ``S = scale q kᵀ + bias``,
+    ``dS = P (g vᵀ − Σ_d g out)``: ``dq += scale dS k``, ``dk += scale dSᵀ q``, ``dv += Pᵀ g``,
+    ``dbias += dS``. ``dq``/``dk``/``dv``/``dbias`` (``[B, H, Mq, Mk]``, ignored unless
+    ``has_bias``) arrive zeroed. Work is split by (row, key head), so the query heads of a
+    group add into their key head's ``dk``/``dv`` without a race.
+    """
+    B = q_off.shape[0] - 1
+    D = q.shape[2]
+    Hk = k.shape[1]
+    group = q.shape[1] // Hk
+    for bk in numba.prange(B * Hk):
+        b = bk // Hk
+        hk = bk % Hk
+        qs = q_off[b]
+        lq = min(q_off[b + 1] - qs, max_seq_len)
+        ks = k_off[b]
+        lk = min(k_off[b + 1] - ks, max_seq_len)
+        p = np.empty(max(lk, 1), dtype=np.float64)
+        o = np.empty(D, dtype=np.float64)
+        for h in range(hk * group, (hk + 1) * group):
+            for i in range(lq):
+                nk = min(lk, i + lk - lq + 1) if causal else lk
+                if nk <= 0:
+                    continue
+                m = -np.inf
+                for j in range(nk):
+                    dot = 0.0
+                    for d in range(D):
+                        dot += q[qs + i, h, d] * k[ks + j, hk, d]
+                    x = dot * scale
+                    if has_bias:
+                        x += bias[b, h, i, j]
+                    p[j] = x
+                    if x > m or x != x:
+                        m = x
+                if m == -np.inf:  # the query sees no key: its output is 0 whatever the inputs
+                    continue
+                total = 0.0
+                for j in range(nk):
+                    p[j] = math.exp(p[j] - m)
+                    total += p[j]
+                for d in range(D):
+                    o[d] = 0.0
+                for j in range(nk):
+                    p[j] /= total
+                    for d in range(D):
+                        o[d] += p[j] * v[ks + j, hk, d]
+                di = 0.0
+                for d in range(D):
+                    di += g[qs + i, h, d] * o[d]
+                for j in range(nk):
+                    dp = 0.0
+                    for d in range(D):
+                        dp += g[qs + i, h, d] * v[ks + j, hk, d]
+                    ds = p[j] * (dp - di)
+                    if has_bias:
+                        dbias[b, h, i, j] += ds
+                    for d in range(D):
+                        dq[qs + i, h, d] += scale * ds * k[ks + j, hk, d]
+                        dk[ks + j, hk, d] += scale * ds * q[qs + i, h, d]
+                        dv[ks + j, hk, d] += p[j] * g[qs + i, h, d]
