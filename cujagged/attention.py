@@ -202,6 +202,11 @@ def _launch_plan(plan, q, k, v, return_lse):
     return (o, lse) if return_lse else o
 
 
+def _check_causal(causal):
+    if not (isinstance(causal, (bool, np.bool_)) or (type(causal) is int and causal in (0, 1))):
+        raise TypeError(f"causal must be True or False, got {causal!r}")
+
+
 def _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias):
     """Validate and normalise the arguments of :func:`jagged_flash_attention` (and of its
     backward): the jagged q and k, the contiguous v values, the truncation, the scale, and the
@@ -253,6 +258,8 @@ def _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias):
         msl = _NO_LIMIT
     else:
         try:
+            if isinstance(max_seq_len, (bool, np.bool_)):
+                raise TypeError
             msl = operator.index(max_seq_len)
         except TypeError:
             raise TypeError(f"max_seq_len must be an integer or None, got "
@@ -264,6 +271,8 @@ def _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias):
         scale = 1.0 / math.sqrt(D)
     else:
         try:
+            if isinstance(scale, (bool, np.bool_, str, bytes)):
+                raise TypeError
             scale = float(scale)
         except (TypeError, ValueError):
             raise TypeError(f"scale must be a real number or None, got {scale!r}") from None
@@ -285,6 +294,9 @@ def _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias):
                 bias.shape[2] < mq or bias.shape[3] < mk):
             raise ValueError(f"bias must be [B={B}, H={H} or 1, Mq>={mq}, Mk>={mk}], got shape "
                              f"{tuple(bias.shape)}")
+        if not (bias.dtype.kind == "f" or bias.dtype == bfloat16):
+            raise TypeError(f"bias must have a floating dtype (float16, bfloat16, float32, "
+                            f"float64), got {bias.dtype}")
         bdt = np.dtype(np.float64) if not gpu else dt
         bias = bias.astype(bdt, copy=False)
         if bias.strides[3] != bias.itemsize:
@@ -346,6 +358,7 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
     JaggedArrays (their tile list is cached); plain arrays with offsets are validated once (one
     small transfer).
     """
+    _check_causal(causal)
     if (bias is None and offsets is None and kv_offsets is None and type(q) is JaggedArray
             and type(k) is JaggedArray and type(v) is JaggedArray and is_gpu_array(q._values)):
         plan = q._cache.get(_plan_key(q, k, v, max_seq_len, scale, causal, return_lse,
@@ -460,16 +473,18 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
     """
     from .cpu.attention import attention_bwd
 
+    _check_causal(causal)
     P = _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias)
     gv = grad.values if isinstance(grad, JaggedArray) else grad
     if isinstance(grad, JaggedArray) and not grad.same_structure(P.qj):
         raise ValueError("grad must have the structure (offsets) of q")
     if not is_array(gv):
         raise not_array("grad", grad, "a JaggedArray or an array [Tq, H, D] like q")
-    if tuple(gv.shape) != tuple(P.qv.shape) or gv.dtype != P.dt or is_gpu_array(gv) != P.gpu:
-        raise ValueError(f"grad must be like q: shape {tuple(P.qv.shape)}, dtype {P.dt}, on "
-                         f"{device_of(P.qv)}; got {tuple(gv.shape)}, {gv.dtype}, "
-                         f"{device_of(gv)}")
+    if tuple(gv.shape) != tuple(P.qv.shape) or is_gpu_array(gv) != P.gpu:
+        raise ValueError(f"grad must be like q: shape {tuple(P.qv.shape)} on {device_of(P.qv)}; "
+                         f"got {tuple(gv.shape)} on {device_of(gv)}")
+    if gv.dtype != P.dt:
+        raise TypeError(f"grad must have the dtype of q ({P.dt}), got {gv.dtype}")
 
     def host64(a):
         return np.asarray(_cupy.asnumpy(a) if is_gpu_array(a) else a).astype(np.float64)

@@ -5,8 +5,9 @@ A jagged batch is passed as its torch parts, ``values [T, *inner]`` and ``offset
 or int64, the device of ``values``); results are torch tensors sharing memory with cujagged's
 outputs (DLPack, no copy): jagged results are new ``values`` with the same ``offsets``. CUDA
 tensors run the CUDA kernels on torch's current stream; CPU tensors the Numba backend.
-``offsets`` are validated on each call (a small reduction; on the GPU a device sync) unless
-``max_length`` is given, which skips the check and the measurement of the longest row.
+``offsets`` are validated on each call (a small reduction); for CUDA tensors that is a device
+sync, which ``max_length`` (the longest row, trusted: give it only for offsets known to be valid)
+skips. Backward functions are first-order (``once_differentiable``).
 
     import cujagged.torch as cjt
     y = cjt.softmax(values, offsets)                 # [T, *inner]
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import interaction as _ia
 from . import rowwise as _rw
@@ -35,7 +37,8 @@ __all__ = ["softmax", "log_softmax", "sum", "mean", "logsumexp", "cumsum", "jagg
            "jagged_jagged_bmm", "jagged_flash_attention"]
 
 
-def _check(values, offsets, *dense):
+def _check(values, offsets, *dense, max_length=None):
+    _check_max_length(max_length)
     for name, t in (("values", values), ("offsets", offsets), *dense):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch tensor, got {type(t).__name__} (values and "
@@ -44,10 +47,17 @@ def _check(values, offsets, *dense):
             raise TypeError(f"{name} is on {t.device} but values on {values.device}")
 
 
+def _check_max_length(max_length):
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(
+            max_length, int) or max_length < 0):
+        raise ValueError(f"max_length must be None or an integer >= 0, got {max_length!r}")
+
+
 def _jagged(values, offsets, max_length):
-    """The cujagged view of torch parts (detached: DLPack does not export autograd tensors)."""
+    """The cujagged view of torch parts (detached: DLPack does not export autograd tensors).
+    Host offsets are always checked; CUDA offsets unless ``max_length`` is given (a sync)."""
     return from_dlpack_parts(values.detach().contiguous(), offsets, max_length=max_length,
-                             validate=max_length is None)
+                             validate=max_length is None or not values.is_cuda)
 
 
 def _dense(t):
@@ -69,13 +79,14 @@ def _out(a):
 
 
 class _RowOp(torch.autograd.Function):
-    """Row-wise op ``kind`` of one jagged input (values, offsets)."""
+    """Row-wise op ``kind`` of one jagged input (values, offsets). The backward of a sum / mean
+    broadcasts over each row in torch (no saved values); softmax and log-softmax keep their
+    output, logsumexp its input and output, cumsum nothing but the offsets."""
 
     @staticmethod
     def forward(ctx, values, offsets, max_length, kind, opts):
         with _stream(values):
             x = _jagged(values, offsets, max_length)
-            ml = x.max_length
             if kind in ("softmax", "log_softmax"):
                 res = getattr(_rw, kind)(x)
             elif kind == "cumsum":
@@ -83,33 +94,40 @@ class _RowOp(torch.autograd.Function):
             else:
                 res = getattr(_rw, kind)(x, axis=1)
             out = _out(res)
-        ctx.kind, ctx.opts, ctx.max_length = kind, opts, ml
-        ctx.save_for_backward(values, offsets, out)
+        ctx.kind, ctx.opts, ctx.max_length, ctx.T = kind, opts, x.max_length, values.shape[0]
+        saved = {"softmax": (offsets, out), "log_softmax": (offsets, out),
+                 "logsumexp": (offsets, values, out)}.get(kind, (offsets,))
+        ctx.save_for_backward(*saved)
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
-        values, offsets, out = ctx.saved_tensors
         kind, ml = ctx.kind, ctx.max_length
-        with _stream(values):
-            x = _jagged(values, offsets, ml)
-            g = grad.detach().contiguous()
-            if kind in ("softmax", "log_softmax", "cumsum"):
-                gj = x._with_values(_dense(g))
+        offsets = ctx.saved_tensors[0]
+        if kind in ("sum", "mean"):
+            lens = offsets[1:] - offsets[:-1]
+            g = grad / lens.clamp(min=1).to(grad.dtype).reshape(-1, *[1] * (grad.ndim - 1)) \
+                if kind == "mean" else grad
+            return (torch.repeat_interleave(g, lens, dim=0, output_size=ctx.T), None, None, None,
+                    None)
+        g = grad.detach().contiguous()
+        with _stream(g):
+            if kind == "logsumexp":
+                _, values, out = ctx.saved_tensors
+                dx = _rw.logsumexp_backward(_dense(g), _jagged(values, offsets, ml), _dense(out))
+            else:
+                gj = _jagged(g, offsets, ml)
                 if kind == "cumsum":
                     dx = _rw.cumsum_backward(gj, **ctx.opts)
                 else:
-                    yj = x._with_values(_dense(out))
-                    dx = getattr(_rw, f"{kind}_backward")(gj, yj)
-            elif kind == "logsumexp":
-                dx = _rw.logsumexp_backward(_dense(g), x, _dense(out))
-            else:
-                dx = getattr(_rw, f"{kind}_backward")(_dense(g), x)
+                    dx = getattr(_rw, f"{kind}_backward")(gj, gj._with_values(
+                        _dense(ctx.saved_tensors[1])))
             return _out(dx), None, None, None, None
 
 
 def _row(kind, values, offsets, max_length=None, **opts):
-    _check(values, offsets)
+    _check(values, offsets, max_length=max_length)
     return _RowOp.apply(values, offsets, max_length, kind, opts)
 
 
@@ -154,6 +172,7 @@ class _DenseBmm(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         values, offsets, y = ctx.saved_tensors
         with _stream(values):
@@ -174,6 +193,7 @@ class _JaggedBmm(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         xv, yv, offsets = ctx.saved_tensors
         with _stream(xv):
@@ -184,14 +204,14 @@ class _JaggedBmm(torch.autograd.Function):
 
 def jagged_dense_bmm(values, offsets, y, *, max_length=None):
     """Every item of row ``b`` times ``y[b]``: ``values [T, K]``, ``y [B, K, N]`` -> ``[T, N]``."""
-    _check(values, offsets, ("y", y))
+    _check(values, offsets, ("y", y), max_length=max_length)
     return _DenseBmm.apply(values, offsets, y, max_length)
 
 
 def jagged_jagged_bmm(x_values, y_values, offsets, *, max_length=None):
     """Per-row ``x_bᵀ @ y_b``: ``x_values [T, M]``, ``y_values [T, N]`` (one structure) ->
     ``[B, M, N]``."""
-    _check(x_values, offsets, ("y_values", y_values))
+    _check(x_values, offsets, ("y_values", y_values), max_length=max_length)
     if y_values.shape[0] != x_values.shape[0]:
         raise ValueError(f"y_values must have the items of x_values (one structure: the same "
                          f"offsets), got {y_values.shape[0]} and {x_values.shape[0]} items")
@@ -210,6 +230,7 @@ class _Attention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         q, k, v, bias, offsets, kv_offsets = ctx.saved_tensors
         opts = {n: ctx.opts[n] for n in ("max_seq_len", "scale", "causal")}

@@ -418,3 +418,22 @@ def test_backward_layouts_and_errors():
         jagged_flash_attention_backward(JaggedArray(g.values, make_offsets([4, 0, 4])), q, q, q)
     with pytest.raises(TypeError, match="grad must be"):
         jagged_flash_attention_backward([1.0], q, q, q)
+    with pytest.raises(TypeError, match="dtype of q"):
+        jagged_flash_attention_backward(g.values.astype(np.float32), q, q, q)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(causal="no"), "causal must be True or False"),
+    (dict(causal=2), "causal must be True or False"),
+    (dict(max_seq_len=True), "max_seq_len must be an integer"),
+    (dict(scale=True), "scale must be a real number"),
+    (dict(bias=np.zeros((2, 1, 4, 4), np.int64)), "bias must have a floating dtype"),
+])
+def test_option_types_are_checked(kw, match):
+    from cujagged import jagged_flash_attention_backward
+
+    q = JaggedArray(np.ones((5, 1, 32)), make_offsets([2, 3]))
+    with pytest.raises(TypeError, match=match):
+        jagged_flash_attention(q, q, q, **kw)
+    with pytest.raises(TypeError, match=match):
+        jagged_flash_attention_backward(q, q, q, q, **kw)

@@ -304,6 +304,14 @@ def test_jagged2_input_errors():
         jagged2_to_padded(m, x, max_length=-1)
     with pytest.raises(TypeError, match="padding_value must be a real number"):
         jagged2_to_padded(m, x, padding_value=None)
+    mi = JaggedArray(np.ones(13, np.int32), m.offsets)
+    for bad in (0.5, np.nan, 2**40):
+        with pytest.raises(ValueError, match="padding_value"):
+            jagged2_to_padded(mi, x, padding_value=bad)
+    assert (jagged2_to_padded(mi, x, padding_value=-7)[0, 2:] == -7).all()
+    with pytest.raises(ValueError, match="overflows float16"):
+        jagged2_to_padded(JaggedArray(np.ones(13, np.float16), m.offsets), x, padding_value=1e6)
+    assert np.isneginf(jagged2_to_padded(m, x, padding_value=-np.inf)[0, 2:]).all()
     with pytest.raises(ValueError, match=r"d must be \[B=2"):
         dense_jagged_cat(np.ones((3, 3)), x)
     with pytest.raises(TypeError, match="d has dtype"):

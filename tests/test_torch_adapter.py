@@ -100,6 +100,27 @@ def test_errors():
         cjt.sum(v, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="y_values"):
         cjt.jagged_jagged_bmm(v, v[:2], off)
+    # host offsets are checked even with the max_length hint (it skips only a CUDA sync)
+    with pytest.raises(ValueError, match="offsets"):
+        cjt.softmax(v, torch.tensor([0, 2, 60]), max_length=55)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        cjt.softmax(v, torch.tensor([0, 2, 1, 3]), max_length=2)
+    with pytest.raises(ValueError, match="max_length must be None or an integer"):
+        cjt.sum(v, off, max_length=-3)
+
+
+def test_first_order_only_and_in_place_edits():
+    v, off = _parts([2, 0, 3], 2, 0)
+    g, = torch.autograd.grad(cjt.softmax(v, off).pow(2).sum(), v, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()  # a second derivative would be silently wrong: it raises instead
+    v.grad = None
+    w = v * 1
+    out = cjt.sum(w, off)
+    out.mul_(2)  # allowed, as for torch.sum: the backward keeps no values
+    w.mul_(3)  # (after out was computed from it: out's gradient does not see this)
+    out.sum().backward()
+    torch.testing.assert_close(v.grad, torch.full_like(v, 2.0))
 
 
 @pytest.mark.gpu
