@@ -34,7 +34,9 @@ from .attention import jagged_flash_attention_backward as _jfa_bwd
 from .interop import _torch_from, from_dlpack_parts
 
 __all__ = ["softmax", "log_softmax", "sum", "mean", "logsumexp", "cumsum", "jagged_dense_bmm",
-           "jagged_jagged_bmm", "jagged_flash_attention"]
+           "jagged_jagged_bmm", "jagged_flash_attention", "jagged2_offsets",
+           "jagged_jagged_bmm_jagged_out", "array_jagged_bmm_jagged_out", "jagged2_softmax",
+           "jagged_self_subtraction"]
 
 
 def _check(values, offsets, *dense, max_length=None):
@@ -253,3 +255,102 @@ def jagged_flash_attention(q, k, v, offsets, *, kv_offsets=None, max_seq_len=Non
     _check(q, offsets, *dense)
     opts = dict(max_seq_len=max_seq_len, scale=scale, causal=causal, allow_tf32=allow_tf32)
     return _Attention.apply(q, k, v, bias, offsets, kv_offsets, opts)
+
+
+# ---- jagged2 (one L_b x L_b matrix a row, values [ΣL_b², *inner]; offsets: jagged2_offsets) --
+def jagged2_offsets(offsets):
+    """The offsets ``cumsum(L_b²)`` of the jagged2 values of rows with ``offsets`` (int64, the
+    device of ``offsets``)."""
+    if not isinstance(offsets, torch.Tensor):
+        raise TypeError(f"offsets must be a torch tensor, got {type(offsets).__name__}")
+    lens = (offsets[1:] - offsets[:-1]).to(torch.int64)
+    return torch.cat([lens.new_zeros(1), torch.cumsum(lens * lens, 0)])
+
+
+def _m(x, m_values, name="m_values"):
+    """A jagged2 JaggedArray of x's rows over the torch tensor ``m_values`` (checked: it must
+    hold ``ΣL_b²`` items)."""
+    off2 = _ia.jagged2_offsets(x)
+    n = int(off2[-1])
+    if m_values.ndim < 1 or m_values.shape[0] != n:
+        raise ValueError(f"{name} must hold one L_b x L_b matrix a row: {n} items (the sum of "
+                         f"the squared row lengths), got shape {tuple(m_values.shape)}")
+    ml = x.max_length
+    return type(x)(_dense(m_values), off2, max_length=ml * ml, validate=False)
+
+
+class _J2(torch.autograd.Function):
+    """The jagged2 ops; ``kind`` picks the op, ``a``/``b`` its tensor operands."""
+
+    @staticmethod
+    def forward(ctx, a, b, offsets, max_length, kind, axis):
+        with _stream(a):
+            if kind == "bmm_out":  # a = x values [T, D], b = y values [T, D]
+                x = _jagged(a, offsets, max_length)
+                res = _ia.jagged_jagged_bmm_jagged_out(x, x._with_values(_dense(b)))
+            elif kind == "array_bmm":  # a = m values [ΣL²], b = x values [T, N]
+                x = _jagged(b, offsets, max_length)
+                res = _ia.array_jagged_bmm_jagged_out(_m(x, a), x)
+            elif kind == "softmax":  # a = m values
+                x = _jagged(offsets.new_zeros(int(offsets[-1])), offsets, max_length)
+                res = _ia.jagged2_softmax(_m(x, a), x, axis)
+            else:  # "self_sub": a = x values
+                x = _jagged(a, offsets, max_length)
+                res = _ia.jagged_self_subtraction(x)
+            out = _out(res)
+        ctx.kind, ctx.axis, ctx.max_length = kind, axis, x.max_length
+        ctx.save_for_backward(*((a, b, offsets) if kind in ("bmm_out", "array_bmm") else
+                                (offsets, out) if kind == "softmax" else (offsets, a)))
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        kind, ml = ctx.kind, ctx.max_length
+        g = grad.detach().contiguous()
+        with _stream(g):
+            if kind == "bmm_out":
+                a, b, offsets = ctx.saved_tensors
+                x = _jagged(a, offsets, ml)
+                ga, gb = _ia.jagged_jagged_bmm_jagged_out_backward(_m(x, g), x,
+                                                                   x._with_values(_dense(b)))
+                return _out(ga), _out(gb), None, None, None, None
+            if kind == "array_bmm":
+                a, b, offsets = ctx.saved_tensors
+                x = _jagged(b, offsets, ml)
+                ga, gb = _ia.array_jagged_bmm_jagged_out_backward(x._with_values(_dense(g)),
+                                                                  _m(x, a), x)
+                return _out(ga), _out(gb), None, None, None, None
+            offsets, saved = ctx.saved_tensors
+            if kind == "softmax":
+                x = _jagged(offsets.new_zeros(int(offsets[-1])), offsets, ml)
+                ga = _ia.jagged2_softmax_backward(_m(x, g), _m(x, saved), x, ctx.axis)
+            else:
+                x = _jagged(saved, offsets, ml)
+                ga = _ia.jagged_self_subtraction_backward(_m(x, g), x)
+            return _out(ga), None, None, None, None, None
+
+
+def jagged_jagged_bmm_jagged_out(x_values, y_values, offsets, *, max_length=None):
+    """Per-row ``x_b @ y_bᵀ`` as jagged2 values ``[ΣL_b²]`` (``x_values``/``y_values [T, D]``)."""
+    _check(x_values, offsets, ("y_values", y_values), max_length=max_length)
+    return _J2.apply(x_values, y_values, offsets, max_length, "bmm_out", 1)
+
+
+def array_jagged_bmm_jagged_out(m_values, x_values, offsets, *, max_length=None):
+    """Per-row ``m_b @ x_b``: jagged2 ``m_values [ΣL_b²]`` and ``x_values [T, N]`` -> ``[T, N]``."""
+    _check(x_values, offsets, ("m_values", m_values), max_length=max_length)
+    return _J2.apply(m_values, x_values, offsets, max_length, "array_bmm", 1)
+
+
+def jagged2_softmax(m_values, offsets, *, axis=1, max_length=None):
+    """Softmax within every ``L_b × L_b`` matrix (``axis`` 1: along its rows, 0: its columns) of
+    jagged2 ``m_values [ΣL_b², *inner]``, for rows with ``offsets``."""
+    _check(m_values, offsets, max_length=max_length)
+    return _J2.apply(m_values, None, offsets, max_length, "softmax", axis)
+
+
+def jagged_self_subtraction(values, offsets, *, max_length=None):
+    """Pairwise ``x_b[i] − x_b[j]`` within each row: jagged2 values ``[ΣL_b², *inner]``."""
+    _check(values, offsets, max_length=max_length)
+    return _J2.apply(values, None, offsets, max_length, "self_sub", 1)

@@ -82,6 +82,28 @@ def test_attention_gradcheck(causal, bias_heads):
         lambda q: cjt.jagged_flash_attention(q, q, q, off, causal=causal), (r(8, 1, 32),))
 
 
+@settings(max_examples=8)
+@given(lengths(max_rows=4, max_len=5), st.integers(0, 2**16))
+def test_jagged2_gradcheck(lens, seed):
+    x, off = _parts(lens, 3, seed)
+    y, _ = _parts(lens, 3, seed + 1)
+    n = int(cjt.jagged2_offsets(off)[-1])
+    assert n == sum(L * L for L in lens)
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randn(n, 2, generator=g, dtype=torch.float64).requires_grad_()
+    m1 = torch.randn(n, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: cjt.jagged_jagged_bmm_jagged_out(a, b, off),
+                                    (x, y))
+    assert torch.autograd.gradcheck(lambda a, b: cjt.array_jagged_bmm_jagged_out(a, b, off),
+                                    (m1, y))
+    for axis in (0, 1):
+        assert torch.autograd.gradcheck(lambda a: cjt.jagged2_softmax(a, off, axis=axis),  # noqa: B023
+                                        (m,))
+    assert torch.autograd.gradcheck(lambda a: cjt.jagged_self_subtraction(a, off), (x,))
+    with pytest.raises(ValueError, match="m_values must hold one L_b x L_b matrix"):
+        cjt.jagged2_softmax(m[:-1] if n else torch.zeros(1, dtype=torch.float64), off)
+
+
 def test_bf16_backward_and_max_length_hint():
     v, off = _parts([3, 0, 4], 4, 2, dtype=torch.bfloat16)
     out = cjt.softmax(v, off, max_length=4)
