@@ -169,3 +169,40 @@ def test_gpu_matches_cpu():
     cjt.jagged_flash_attention(qg, qg, qg, oc.cuda(), causal=True).sum().backward()
     cjt.jagged_flash_attention(qc, qc, qc, oc, causal=True).sum().backward()
     torch.testing.assert_close(qg.grad.cpu(), qc.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_a_small_model_trains():
+    """The adapter inside an nn.Module: attention over each user's history, a jagged matmul and
+    mean pooling; a few Adam steps on a fixed batch lower the loss (float32, CPU backend)."""
+    torch.manual_seed(0)
+    lens = [5, 0, 9, 3, 12, 1]
+    off = torch.from_numpy(make_offsets(lens))
+    T, B, D, H = sum(lens), len(lens), 64, 2
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(D, 3 * D)
+            self.w = torch.nn.Parameter(torch.randn(B, D, 8) / D ** 0.5)
+            self.head = torch.nn.Linear(8, 1)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).reshape(T, 3, H, D // H).unbind(1)
+            a = cjt.jagged_flash_attention(q, k, v, off, causal=True).reshape(T, D)
+            z = cjt.jagged_dense_bmm(a + x, off, self.w)
+            lens_ = (off[1:] - off[:-1]).clamp(min=1).unsqueeze(1)
+            pooled = cjt.sum(z, off) / lens_
+            return self.head(torch.tanh(pooled)).squeeze(1)
+
+    x = torch.randn(T, D)
+    target = torch.randn(B)
+    model = Model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0]
