@@ -21,7 +21,15 @@ from .interop import (
     to_torch_nested,
 )
 from .jagged import JaggedArray
-from .layout import from_padded, index_select, offsets_from_lengths, positions, row_ids, to_padded
+from .layout import (
+    concat,
+    from_padded,
+    index_select,
+    offsets_from_lengths,
+    positions,
+    row_ids,
+    to_padded,
+)
 from .rowwise import log_softmax, logsumexp, softmax
 
 __version__ = "0.1.0"
@@ -31,6 +39,7 @@ __all__ = [
     "JaggedArray", "bfloat16", "gpu_available", "compile_all", "KernelCompileError",
     # layout
     "to_padded", "from_padded", "index_select", "offsets_from_lengths", "positions", "row_ids",
+    "concat",
     # row-wise ops (the rest: cujagged.rowwise and JaggedArray methods)
     "rowwise", "softmax", "log_softmax", "logsumexp",
     # attention

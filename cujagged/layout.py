@@ -1,4 +1,5 @@
-"""Layout ops: jagged <-> padded, row ids / positions, row gather (index_select), per-row slicing.
+"""Layout ops: jagged <-> padded, row ids / positions, row gather (index_select), per-row slicing,
+concatenation along and within rows.
 
 NumPy-backed arrays run on the Numba twins (:mod:`cujagged.cpu.layout`), CuPy-backed arrays on
 the CUDA kernels of ``cuda_src/layout.cu``. The kernels move raw item bytes (an item is one row
@@ -32,7 +33,7 @@ from .cpu import layout as _cpu
 
 __all__ = [
     "to_padded", "from_padded", "index_select", "slice_rows", "row_ids", "positions",
-    "offsets_from_lengths",
+    "offsets_from_lengths", "concat",
 ]
 
 _VECS = ((16, "uint4"), (8, "uint2"), (4, "unsigned int"), (2, "unsigned short"),
@@ -513,3 +514,85 @@ def row_ids(x, dtype=None):
 def positions(x, dtype=None):
     """``[T]``: the position of every item within its row (``t - offsets[row]``)."""
     return _ids(x, dtype, "positions")
+
+
+# ---- concatenation ---------------------------------------------------------------------------
+@on_array_device
+def concat(xs, axis=0):
+    """Concatenate JaggedArrays.
+
+    Args:
+        xs: a sequence of JaggedArrays ``[B_i, None, *inner]`` on one device, of one inner
+            shape; their values are promoted to one dtype as :func:`numpy.concatenate` does.
+        axis: 0 — the rows of each in turn (``[ΣB_i, None, *inner]``); 1 — row ``b`` is row
+            ``b`` of every input in turn (all ``B_i`` equal; lengths add up).
+
+    Returns:
+        A JaggedArray (int64 offsets, or int32 when every input's are and the total fits).
+        Along rows the longest row is known on the host; within rows it is measured (one small
+        reduction, a sync on the GPU).
+    """
+    from .jagged import JaggedArray
+
+    if isinstance(xs, JaggedArray):
+        raise TypeError("xs must be a sequence of JaggedArrays, got one JaggedArray (pass [x, y])")
+    if isinstance(xs, (str, bytes)) or not hasattr(xs, "__len__"):
+        raise TypeError(f"xs must be a sequence of JaggedArrays, got {type(xs).__name__}")
+    xs = list(xs)
+    if not xs:
+        raise ValueError("xs must hold at least one JaggedArray")
+    for i, x in enumerate(xs):
+        _check_jagged(x, f"xs[{i}]")
+    if isinstance(axis, (bool, np.bool_)):
+        raise TypeError(f"axis must be 0 or 1, got {axis!r}")
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be 0 or 1, got {axis!r}") from None
+    if axis < 0:
+        axis += 2
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 (along rows) or 1 (within rows), got {axis}")
+    x0 = xs[0]
+    for i, x in enumerate(xs[1:], 1):
+        if x.is_gpu != x0.is_gpu or (x.is_gpu and x.values.device.id != x0.values.device.id):
+            raise ValueError(f"xs[{i}] is on {x.device} but xs[0] on {x0.device}")
+        if x.inner_shape != x0.inner_shape:
+            raise ValueError(f"xs[{i}] has inner shape {x.inner_shape} but xs[0] has "
+                             f"{x0.inner_shape}")
+        if axis == 1 and x.nrows != x0.nrows:
+            raise ValueError(f"axis=1 needs one number of rows: xs[{i}] has {x.nrows}, xs[0] "
+                             f"{x0.nrows}")
+    try:
+        dtype = np.result_type(*[x.dtype for x in xs])
+    except (TypeError, np.exceptions.DTypePromotionError):
+        raise TypeError(f"xs have dtypes {[str(x.dtype) for x in xs]} with no common dtype"
+                        ) from None
+    xp = x0.xp
+    values = xp.concatenate([x.values.astype(dtype, copy=False) for x in xs])
+    total = int(values.shape[0])
+    off_dt = (np.dtype(np.int32) if all(x.offsets.dtype == np.int32 for x in xs)
+              and total <= _INT32_MAX else np.dtype(np.int64))
+    if axis == 0:
+        parts, base = [xp.zeros(1, dtype=np.int64)], 0
+        for x in xs:
+            parts.append(x.offsets[1:].astype(np.int64) + base)
+            base += int(x.values.shape[0])
+        offsets = xp.concatenate(parts).astype(off_dt, copy=False)
+        return _make(values, offsets, max([x.max_length for x in xs]))
+    lens = [(x.offsets[1:] - x.offsets[:-1]).astype(np.int64) for x in xs]
+    total_lens = sum(lens[1:], lens[0])
+    offsets = _cumsum_offsets(total_lens, np.int64)
+    out = xp.empty_like(values)
+    before = xp.zeros_like(total_lens)  # items of the earlier inputs in each row
+    start = 0
+    for x, n in zip(xs, lens):
+        T = int(x.values.shape[0])
+        if T:
+            rid = row_ids(x, np.int64)
+            dst = offsets[rid] + before[rid] + positions(x, np.int64)
+            out[dst] = values[start:start + T]
+        before = before + n
+        start += T
+    lmax = int(total_lens.max()) if total_lens.shape[0] else 0
+    return _make(out, offsets.astype(off_dt, copy=False), lmax)

@@ -269,3 +269,91 @@ def test_layout_review_fixes():
         JaggedArray.from_row_ids(np.arange(3.0), [0, 0.7, 1.9])
     with pytest.raises(TypeError):
         JaggedArray.from_row_ids(np.arange(3.0), [0, 0, 1], nrows=3.9)
+
+
+# ---- concat ------------------------------------------------------------------------------------
+@st.composite
+def concat_inputs(draw):
+    n = draw(st.integers(1, 3))
+    inner = draw(st.sampled_from([(), (3,), (2, 2)]))
+    same_b = draw(st.integers(0, 5))
+    xs = []
+    for i in range(n):
+        lens = draw(lengths(max_rows=5, max_len=6)) if draw(st.booleans()) else \
+            draw(st.lists(st.integers(0, 6), min_size=same_b, max_size=same_b))
+        dt = draw(st.sampled_from([np.float32, np.int64, bfloat16]))
+        rng = np.random.default_rng(i)
+        v = random_values(rng, (sum(lens), *inner), dt)
+        xs.append(JaggedArray(v, make_offsets(lens, draw(st.sampled_from(OFFSET_DTYPES)))))
+    return xs
+
+
+def _promotes(xs):
+    try:
+        np.result_type(*[x.dtype for x in xs])
+        return True
+    except (TypeError, np.exceptions.DTypePromotionError):
+        return False
+
+
+@given(concat_inputs())
+def test_concat_along_rows(xs):
+    if not _promotes(xs):
+        with pytest.raises(TypeError, match="no common dtype"):
+            cujagged.concat(xs)
+        return
+    out = cujagged.concat(xs)
+    want = [r for x in xs for r in x.astype(np.float64).tolist()]
+    assert out.astype(np.float64).tolist() == want
+    assert out.max_length == max(x.max_length for x in xs)
+    assert out.dtype == np.result_type(*[x.dtype for x in xs])
+    assert out.offsets.dtype == (np.int32 if all(x.offsets.dtype == np.int32 for x in xs)
+                                 else np.int64)
+    out.validate()
+
+
+@given(concat_inputs())
+def test_concat_within_rows(xs):
+    if len({x.nrows for x in xs}) > 1 or not _promotes(xs):
+        with pytest.raises((ValueError, TypeError), match="one number of rows|no common dtype"):
+            cujagged.concat(xs, axis=1)
+        return
+    out = cujagged.concat(xs, axis=-1)
+    rows = [x.astype(np.float64).tolist() for x in xs]
+    want = [sum((r[b] for r in rows), []) for b in range(xs[0].nrows)]
+    assert out.astype(np.float64).tolist() == want
+    assert out.max_length == max((len(r) for r in want), default=0)
+    out.validate()
+
+
+def test_concat_errors():
+    a = JaggedArray(np.ones((3, 2)), lengths=[1, 2])
+    with pytest.raises(TypeError, match="sequence of JaggedArrays"):
+        cujagged.concat(a)
+    with pytest.raises(ValueError, match="at least one"):
+        cujagged.concat([])
+    with pytest.raises(TypeError, match=r"xs\[1\] must be a JaggedArray"):
+        cujagged.concat([a, np.ones((3, 2))])
+    with pytest.raises(ValueError, match="inner shape"):
+        cujagged.concat([a, JaggedArray(np.ones((3, 3)), lengths=[1, 2])])
+    with pytest.raises(ValueError, match="axis must be 0"):
+        cujagged.concat([a], axis=2)
+    with pytest.raises(TypeError, match="axis must be 0 or 1"):
+        cujagged.concat([a], axis=True)
+
+
+@gpu
+@pytest.mark.parametrize("axis", [0, 1])
+def test_gpu_concat_matches_cpu(axis):
+    import cupy
+
+    rng = np.random.default_rng(0)
+    xs = [JaggedArray(random_values(rng, (sum(lens), 5), bfloat16), make_offsets(lens, od))
+          for lens, od in (([3, 0, 7, 1], np.int32), ([0, 2, 2, 9], np.int64))]
+    out = cujagged.concat([x.to("cuda") for x in xs], axis=axis)
+    assert isinstance(out.values, cupy.ndarray)
+    ref = cujagged.concat(xs, axis=axis)
+    np.testing.assert_array_equal(cupy.asnumpy(out.offsets), ref.offsets)
+    np.testing.assert_array_equal(cupy.asnumpy(out.values).view(np.uint16),
+                                  ref.values.view(np.uint16))
+    assert out.max_length == ref.max_length
