@@ -202,9 +202,15 @@ def _launch_plan(plan, q, k, v, return_lse):
     return (o, lse) if return_lse else o
 
 
-def _check_causal(causal):
-    if not (isinstance(causal, (bool, np.bool_)) or (type(causal) is int and causal in (0, 1))):
+def _check_options(causal, max_seq_len, scale):
+    """Type checks that must come before the launch-plan cache (True == 1 == 1.0 as keys)."""
+    if not (isinstance(causal, (bool, np.bool_)) or (
+            isinstance(causal, (int, np.integer)) and causal in (0, 1))):
         raise TypeError(f"causal must be True or False, got {causal!r}")
+    if isinstance(max_seq_len, (bool, np.bool_)):
+        raise TypeError(f"max_seq_len must be an integer or None, got {max_seq_len!r}")
+    if isinstance(scale, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"scale must be a real number or None, got {scale!r}")
 
 
 def _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias):
@@ -358,7 +364,7 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
     JaggedArrays (their tile list is cached); plain arrays with offsets are validated once (one
     small transfer).
     """
-    _check_causal(causal)
+    _check_options(causal, max_seq_len, scale)
     if (bias is None and offsets is None and kv_offsets is None and type(q) is JaggedArray
             and type(k) is JaggedArray and type(v) is JaggedArray and is_gpu_array(q._values)):
         plan = q._cache.get(_plan_key(q, k, v, max_seq_len, scale, causal, return_lse,
@@ -473,7 +479,7 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
     """
     from .cpu.attention import attention_bwd
 
-    _check_causal(causal)
+    _check_options(causal, max_seq_len, scale)
     P = _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias)
     gv = grad.values if isinstance(grad, JaggedArray) else grad
     if isinstance(grad, JaggedArray) and not grad.same_structure(P.qj):

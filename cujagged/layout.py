@@ -517,20 +517,20 @@ def positions(x, dtype=None):
 
 
 # ---- concatenation ---------------------------------------------------------------------------
-@on_array_device
 def concat(xs, axis=0):
     """Concatenate JaggedArrays.
 
     Args:
         xs: a sequence of JaggedArrays ``[B_i, None, *inner]`` on one device, of one inner
             shape; their values are promoted to one dtype as :func:`numpy.concatenate` does.
-        axis: 0 — the rows of each in turn (``[ΣB_i, None, *inner]``); 1 — row ``b`` is row
-            ``b`` of every input in turn (all ``B_i`` equal; lengths add up).
+        axis: 0 (or ``-ndim``) — the rows of each in turn (``[ΣB_i, None, *inner]``); 1 (or
+            ``1 - ndim``) — row ``b`` is row ``b`` of every input in turn (all ``B_i`` equal;
+            lengths add up).
 
     Returns:
-        A JaggedArray (int64 offsets, or int32 when every input's are and the total fits).
-        Along rows the longest row is known on the host; within rows it is measured (one small
-        reduction, a sync on the GPU).
+        A JaggedArray (int64 offsets, or int32 when every input's are and the total fits), on
+        the inputs' device. Along rows the longest row is known on the host; within rows it is
+        measured (one small reduction, a sync on the GPU).
     """
     from .jagged import JaggedArray
 
@@ -543,6 +543,7 @@ def concat(xs, axis=0):
         raise ValueError("xs must hold at least one JaggedArray")
     for i, x in enumerate(xs):
         _check_jagged(x, f"xs[{i}]")
+    x0 = xs[0]
     if isinstance(axis, (bool, np.bool_)):
         raise TypeError(f"axis must be 0 or 1, got {axis!r}")
     try:
@@ -550,10 +551,10 @@ def concat(xs, axis=0):
     except TypeError:
         raise TypeError(f"axis must be 0 or 1, got {axis!r}") from None
     if axis < 0:
-        axis += 2
+        axis += x0.ndim
     if axis not in (0, 1):
-        raise ValueError(f"axis must be 0 (along rows) or 1 (within rows), got {axis}")
-    x0 = xs[0]
+        raise ValueError(f"axis must be 0 (along rows) or 1 (within rows) for arrays of shape "
+                         f"{x0.shape}, got {axis}")
     for i, x in enumerate(xs[1:], 1):
         if x.is_gpu != x0.is_gpu or (x.is_gpu and x.values.device.id != x0.values.device.id):
             raise ValueError(f"xs[{i}] is on {x.device} but xs[0] on {x0.device}")
@@ -568,12 +569,19 @@ def concat(xs, axis=0):
     except (TypeError, np.exceptions.DTypePromotionError):
         raise TypeError(f"xs have dtypes {[str(x.dtype) for x in xs]} with no common dtype"
                         ) from None
-    xp = x0.xp
-    values = xp.concatenate([x.values.astype(dtype, copy=False) for x in xs])
-    total = int(values.shape[0])
+    if x0.is_gpu:  # (a list argument: on_array_device does not look inside it)
+        with x0.values.device:
+            return _concat(xs, axis, dtype)
+    return _concat(xs, axis, dtype)
+
+
+def _concat(xs, axis, dtype):
+    xp = xs[0].xp
+    total = sum(int(x.values.shape[0]) for x in xs)
     off_dt = (np.dtype(np.int32) if all(x.offsets.dtype == np.int32 for x in xs)
               and total <= _INT32_MAX else np.dtype(np.int64))
     if axis == 0:
+        values = xp.concatenate([x.values.astype(dtype, copy=False) for x in xs])
         parts, base = [xp.zeros(1, dtype=np.int64)], 0
         for x in xs:
             parts.append(x.offsets[1:].astype(np.int64) + base)
@@ -583,16 +591,11 @@ def concat(xs, axis=0):
     lens = [(x.offsets[1:] - x.offsets[:-1]).astype(np.int64) for x in xs]
     total_lens = sum(lens[1:], lens[0])
     offsets = _cumsum_offsets(total_lens, np.int64)
-    out = xp.empty_like(values)
-    before = xp.zeros_like(total_lens)  # items of the earlier inputs in each row
-    start = 0
+    out = xp.empty((total, *xs[0].inner_shape), dtype=dtype)
+    start = offsets[:-1].copy()  # where each row's next input goes
     for x, n in zip(xs, lens):
-        T = int(x.values.shape[0])
-        if T:
-            rid = row_ids(x, np.int64)
-            dst = offsets[rid] + before[rid] + positions(x, np.int64)
-            out[dst] = values[start:start + T]
-        before = before + n
-        start += T
+        if x.values.shape[0]:
+            out[start[row_ids(x, np.int64)] + positions(x, np.int64)] = x.values
+        start += n
     lmax = int(total_lens.max()) if total_lens.shape[0] else 0
     return _make(out, offsets.astype(off_dt, copy=False), lmax)

@@ -258,6 +258,8 @@ def jagged_flash_attention(q, k, v, offsets, *, kv_offsets=None, max_seq_len=Non
 
 
 # ---- jagged2 (one L_b x L_b matrix a row, values [ΣL_b², *inner]; offsets: jagged2_offsets) --
+# (on CUDA each call reads the number of jagged2 items back to the host: one sync, max_length
+# or not)
 def jagged2_offsets(offsets):
     """The offsets ``cumsum(L_b²)`` of the jagged2 values of rows with ``offsets`` (int64, the
     device of ``offsets``)."""
@@ -334,6 +336,9 @@ class _J2(torch.autograd.Function):
 def jagged_jagged_bmm_jagged_out(x_values, y_values, offsets, *, max_length=None):
     """Per-row ``x_b @ y_bᵀ`` as jagged2 values ``[ΣL_b²]`` (``x_values``/``y_values [T, D]``)."""
     _check(x_values, offsets, ("y_values", y_values), max_length=max_length)
+    if y_values.shape[0] != x_values.shape[0]:
+        raise ValueError(f"y_values must have the items of x_values (one structure: the same "
+                         f"offsets), got {y_values.shape[0]} and {x_values.shape[0]} items")
     return _J2.apply(x_values, y_values, offsets, max_length, "bmm_out", 1)
 
 
@@ -347,6 +352,8 @@ def jagged2_softmax(m_values, offsets, *, axis=1, max_length=None):
     """Softmax within every ``L_b × L_b`` matrix (``axis`` 1: along its rows, 0: its columns) of
     jagged2 ``m_values [ΣL_b², *inner]``, for rows with ``offsets``."""
     _check(m_values, offsets, max_length=max_length)
+    if offsets.ndim != 1 or offsets.shape[0] < 1:
+        raise ValueError(f"offsets must be [B+1] with B >= 0, got shape {tuple(offsets.shape)}")
     return _J2.apply(m_values, None, offsets, max_length, "softmax", axis)
 
 

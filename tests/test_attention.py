@@ -425,6 +425,7 @@ def test_backward_layouts_and_errors():
 @pytest.mark.parametrize("kw, match", [
     (dict(causal="no"), "causal must be True or False"),
     (dict(causal=2), "causal must be True or False"),
+    (dict(causal=np.float64(1)), "causal must be True or False"),
     (dict(max_seq_len=True), "max_seq_len must be an integer"),
     (dict(scale=True), "scale must be a real number"),
     (dict(bias=np.zeros((2, 1, 4, 4), np.int64)), "bias must have a floating dtype"),

@@ -318,7 +318,10 @@ def test_concat_within_rows(xs):
         with pytest.raises((ValueError, TypeError), match="one number of rows|no common dtype"):
             cujagged.concat(xs, axis=1)
         return
-    out = cujagged.concat(xs, axis=-1)
+    out = cujagged.concat(xs, axis=1 - xs[0].ndim)
+    assert out.dtype == np.result_type(*[x.dtype for x in xs])
+    assert out.offsets.dtype == (np.int32 if all(x.offsets.dtype == np.int32 for x in xs)
+                                 else np.int64)
     rows = [x.astype(np.float64).tolist() for x in xs]
     want = [sum((r[b] for r in rows), []) for b in range(xs[0].nrows)]
     assert out.astype(np.float64).tolist() == want
@@ -340,6 +343,11 @@ def test_concat_errors():
         cujagged.concat([a], axis=2)
     with pytest.raises(TypeError, match="axis must be 0 or 1"):
         cujagged.concat([a], axis=True)
+    # negative axes count from the end, as for the reductions: -1 is the inner axis here
+    with pytest.raises(ValueError, match="axis must be 0"):
+        cujagged.concat([a, a], axis=-1)
+    assert cujagged.concat([a, a], axis=-2).tolist() == cujagged.concat([a, a], axis=1).tolist()
+    assert cujagged.concat([a, a], axis=-3).nrows == 4
 
 
 @gpu

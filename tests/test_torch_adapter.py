@@ -100,6 +100,10 @@ def test_jagged2_gradcheck(lens, seed):
         assert torch.autograd.gradcheck(lambda a: cjt.jagged2_softmax(a, off, axis=axis),  # noqa: B023
                                         (m,))
     assert torch.autograd.gradcheck(lambda a: cjt.jagged_self_subtraction(a, off), (x,))
+    with pytest.raises(ValueError, match="y_values must have the items"):
+        cjt.jagged_jagged_bmm_jagged_out(x, y[:-1] if len(y) else torch.zeros(1, 3), off)
+    with pytest.raises(ValueError, match=r"offsets must be \[B\+1\]"):
+        cjt.jagged2_softmax(m, torch.zeros(0, dtype=torch.int64))
     with pytest.raises(ValueError, match="m_values must hold one L_b x L_b matrix"):
         cjt.jagged2_softmax(m[:-1] if n else torch.zeros(1, dtype=torch.float64), off)
 
