@@ -12,6 +12,25 @@ import numba
 import numpy as np
 
 
+@numba.njit(cache=True, inline="always")
+def _scores(q, k, qs, ks, i, h, hk, b, nk, scale, bias, has_bias, s):
+    """s[j] = scale q[qs + i, h] . k[ks + j, hk] (+ bias[b, h, i, j]) for j < nk, in float64;
+    returns their max (NaN if one is: max() would drop it and hide it)."""
+    D = q.shape[2]
+    m = -np.inf
+    for j in range(nk):
+        dot = 0.0
+        for d in range(D):
+            dot += np.float64(q[qs + i, h, d]) * np.float64(k[ks + j, hk, d])
+        x = dot * scale
+        if has_bias:
+            x += bias[b, h, i, j]
+        s[j] = x
+        if x > m or x != x:
+            m = x
+    return m
+
+
 @numba.njit(cache=True, parallel=True)
 def attention_fwd(q, k, v, q_off, k_off, max_seq_len, scale, causal, bias, has_bias, out, lse):
     """One softmax-attention per (row, head, query).
@@ -52,17 +71,7 @@ def attention_fwd(q, k, v, q_off, k_off, max_seq_len, scale, causal, bias, has_b
                 nk = min(lk, i + lk - lq + 1)
             if nk <= 0:
                 continue
-            m = -np.inf
-            for j in range(nk):
-                dot = 0.0
-                for d in range(D):
-                    dot += np.float64(q[qs + i, h, d]) * np.float64(k[ks + j, hk, d])
-                x = dot * scale
-                if has_bias:
-                    x += bias[b, h, i, j]
-                s[j] = x
-                if x > m or x != x:  # NaN propagates (max() would drop it and hide it)
-                    m = x
+            m = _scores(q, k, qs, ks, i, h, hk, b, nk, scale, bias, has_bias, s)
             if m == -np.inf:  # every score -inf (an all -inf bias): no key
                 continue
             total = 0.0
@@ -106,17 +115,7 @@ def attention_bwd(q, k, v, g, q_off, k_off, max_seq_len, scale, causal, bias, ha
                 nk = min(lk, i + lk - lq + 1) if causal else lk
                 if nk <= 0:
                     continue
-                m = -np.inf
-                for j in range(nk):
-                    dot = 0.0
-                    for d in range(D):
-                        dot += q[qs + i, h, d] * k[ks + j, hk, d]
-                    x = dot * scale
-                    if has_bias:
-                        x += bias[b, h, i, j]
-                    p[j] = x
-                    if x > m or x != x:
-                        m = x
+                m = _scores(q, k, qs, ks, i, h, hk, b, nk, scale, bias, has_bias, p)
                 if m == -np.inf:  # the query sees no key: its output is 0 whatever the inputs
                     continue
                 total = 0.0
