@@ -17,9 +17,11 @@ and offsets ``cumsum(L_b²)`` (:func:`jagged2_offsets`); every op on one takes t
 ``dense_jagged_cat(d, x)``: ``d[b]`` prepended to row ``b``.
 
 Backends: NumPy values run the Numba kernels of ``cujagged.cpu.interaction`` (float64
-accumulation, results in the inputs' dtype). CuPy values take a host round trip through the same
-kernels (correct, not fast): the CUDA kernels of this family are not built yet
-(``dense_jagged_cat`` is CuPy/NumPy indexing on either backend).
+accumulation, results in the inputs' dtype). On CuPy, ``jagged_dense_bmm`` of bf16/fp16 values
+(K, N multiples of 8) runs the tensor-core kernel of ``cuda_src/interaction.cu`` (fp32
+accumulation, real tiles only); the other ops and cases take a host round trip through the Numba
+kernels (correct, not fast) until their CUDA kernels exist (``dense_jagged_cat`` is CuPy/NumPy
+indexing on either backend).
 
 Dtypes: the matmuls take float16, bfloat16, float32, float64, both operands of one dtype (as
 ``torch.bmm``); the self-subtraction also signed integers; the cat any dtype.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._backend import bfloat16, cupy, is_array, is_gpu_array, not_array, on_array_device, xp_of
+from ._kernels import KernelFamily
 from .cpu import interaction as _cpu
 
 __all__ = ["jagged_dense_bmm", "jagged_dense_bmm_backward", "jagged_jagged_bmm",
@@ -98,7 +101,48 @@ def _dev(a, like):
     return cupy.asarray(a) if like.is_gpu else a
 
 
+_TN = {np.dtype(np.float16): "f16_t"}
+if bfloat16 is not None:
+    _TN[bfloat16] = "bf16_t"
+_FAM = KernelFamily("interaction.cu", [f"jagged_dense_bmm_mma<{t}>" for t in ("bf16_t", "f16_t")])
+
+
+def _aligned(a) -> bool:
+    return a.flags.c_contiguous and a.data.ptr % 16 == 0
+
+
+def _gpu_dense_bmm(x, y):
+    """The tensor-core kernel (cuda_src/interaction.cu): 16-bit values, K and N multiples of 8,
+    contiguous 16-byte-aligned operands; None where it does not apply."""
+    from .attention import _NO_LIMIT, _tile_list
+
+    xv = x.values
+    K, N = int(y.shape[1]), int(y.shape[2])
+    if x.dtype not in _TN or K % 8 or N % 8 or K == 0 or N == 0:
+        return None
+    y = cupy.ascontiguousarray(y)
+    if not (_aligned(xv) and _aligned(y)):
+        return None
+    T, B = int(xv.shape[0]), x.nrows
+    out = cupy.empty((T, N), dtype=x.dtype)
+    if T == 0:
+        return x._with_values(out)
+    bound = (T + 63) // 64 + B
+    nt = (N + 63) // 64
+    if bound * nt >= 2**31:
+        return None
+    info, tile_off = _tile_list(cupy, x.offsets, x.offsets, 64, _NO_LIMIT, x._cache, bound)
+    _FAM.get(f"jagged_dense_bmm_mma<{_TN[x.dtype]}>")(
+        (bound * nt,), (128,), (xv, y, out, info, tile_off, np.int64(B), np.int32(nt),
+                               np.int32(K), np.int32(N)))
+    return x._with_values(out)
+
+
 def _dense_bmm(x, y):
+    if x.is_gpu:
+        res = _gpu_dense_bmm(x, y)
+        if res is not None:
+            return res
     xv, off, yh = _host(x.values), _host(x.offsets), _host(y)
     out = np.zeros((xv.shape[0], yh.shape[2]), dtype=np.float64)
     _cpu.jagged_dense_bmm(_wide(xv), off, _wide(yh), out)
