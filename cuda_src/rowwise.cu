@@ -187,13 +187,19 @@ __device__ __forceinline__ float fmax_nan(float a, float b) {
 }
 
 // ---- reduction states --------------------------------------------------------------------------
+// K_PROD keeps the product of its finite nonzero items in a (a zero or an infinity enters as its
+// sign) and in i the flags 1: a zero seen, 2: an infinity seen, so that 0 * inf is NaN and an
+// infinity stays infinite whatever the order of the partial products (one that underflowed to 0
+// or overflowed to inf would otherwise decide it); see st_final.
 struct St { float a; float b; int i; };
+// the kinds whose state uses i (exchanged, stored and loaded with a and b)
+template <int K> __host__ __device__ constexpr bool st_uses_i() { return K == K_MAX || K == K_IMIN || K == K_PROD; }
 
 template <int K> __device__ __forceinline__ St st_init() {
   St s;
   s.a = (K == K_PROD) ? 1.f : ((K == K_MAX || K == K_MAXV || K == K_LSE) ? -CJ_INF : 0.f);
   s.b = 0.f;
-  s.i = CJ_NOIDX;
+  s.i = (K == K_PROD) ? 0 : CJ_NOIDX;
   return s;
 }
 
@@ -204,7 +210,9 @@ template <int K> __device__ __forceinline__ void st_push(St& s, float x, float y
   } else if (K == K_DOT) {
     s.a += x * y;
   } else if (K == K_PROD) {
-    s.a *= x;
+    const bool z = x == 0.f, inf = fabsf(x) == CJ_INF;
+    s.i |= (z ? 1 : 0) | (inf ? 2 : 0);
+    s.a *= (z | inf) ? copysignf(1.f, x) : x;
   } else if (K == K_MAXV) {
     s.a = fmax_nan(s.a, x);
   } else if (K == K_MAX) {  // compare-select: the first maximum, else the first NaN
@@ -231,6 +239,7 @@ template <int K> __device__ __forceinline__ void st_merge(St& s, const St& t) {
     s.a += t.a;
   } else if (K == K_PROD) {
     s.a *= t.a;
+    s.i |= t.i;
   } else if (K == K_MAXV) {
     s.a = fmax_nan(s.a, t.a);
   } else if (K == K_IMIN) {
@@ -273,8 +282,12 @@ __device__ __forceinline__ float st_final(const St& s, int mode, int64_t n, int 
     if (isnanf_(s.a)) return s.a;
     if (s.a == -CJ_INF || s.a == CJ_INF) return s.a;
     return s.a + logf(s.b);
+  } else if (K == K_PROD) {  // NaN: an item was NaN, or a zero met an infinity
+    if (isnanf_(s.a) || s.i == 3) return nanf_();
+    if (s.i == 2) return copysignf(CJ_INF, s.a);
+    if (s.i == 1) return copysignf(0.f, s.a);
   }
-  return s.a;  // K_PROD, K_DOT
+  return s.a;  // K_DOT; K_PROD with finite nonzero items only
 }
 
 template <typename T>
@@ -379,7 +392,7 @@ template <int K> __device__ __forceinline__ St st_shfl_xor(const St& s, int o) {
   St t;
   t.a = (K != K_IMIN) ? __shfl_xor_sync(0xffffffffu, s.a, o) : 0.f;
   t.b = (K == K_LSE) ? __shfl_xor_sync(0xffffffffu, s.b, o) : 0.f;
-  t.i = (K == K_MAX || K == K_IMIN) ? __shfl_xor_sync(0xffffffffu, s.i, o) : CJ_NOIDX;
+  t.i = st_uses_i<K>() ? __shfl_xor_sync(0xffffffffu, s.i, o) : CJ_NOIDX;
   return t;
 }
 
@@ -394,14 +407,14 @@ template <int K>
 __device__ __forceinline__ void st_store(const St& s, float* sa, float* sb, int* si, int k) {
   if (K != K_IMIN) sa[k] = s.a;
   if (K == K_LSE) sb[k] = s.b;
-  if (K == K_MAX || K == K_IMIN) si[k] = s.i;
+  if (st_uses_i<K>()) si[k] = s.i;
 }
 template <int K>
 __device__ __forceinline__ St st_load(const float* sa, const float* sb, const int* si, int k) {
   St t;
   t.a = (K != K_IMIN) ? sa[k] : 0.f;
   t.b = (K == K_LSE) ? sb[k] : 0.f;
-  t.i = (K == K_MAX || K == K_IMIN) ? si[k] : CJ_NOIDX;
+  t.i = st_uses_i<K>() ? si[k] : CJ_NOIDX;
   return t;
 }
 template <int K, int V>
@@ -968,7 +981,7 @@ template <typename T, int K, int V, bool FUSED> struct Pipe {
                                     : (K == K_LSE || (CJ_PIPE_MAX && K == K_MAX) || K == K_DOT));
   static constexpr int u = CJ_PIPE_U / (K == K_DOT ? 2 : 1);
   static constexpr int ring = on ? CJ_PIPE_ST * CJ_PIPE_U * CJ_BLOCK * 16 : 0;
-  static constexpr int merge = CJ_BLOCK * V * 4 * (1 + (K == K_LSE) + (K == K_MAX));
+  static constexpr int merge = CJ_BLOCK * V * 4 * (1 + (K == K_LSE) + st_uses_i<K>());
   static constexpr int bytes = ring > merge ? ring : merge;
 };
 
@@ -1012,8 +1025,8 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
   // stage of the ring holds CJ_PIPE_U loads
   using P = Pipe<T, K, V, FUSED>;
   constexpr int UA = P::on ? P::u
-                           : ((K == K_SUM || K == K_PROD || K == K_MAXV || (FUSED && K == K_LSE))
-                                  ? CJ_U : CJ_UH);
+                           : ((K == K_SUM || K == K_MAXV || (FUSED && K == K_LSE))
+                                  ? CJ_U : CJ_UH);  // (K_PROD: its flags take registers)
   // FUSED with a row cache (nc > 0): the lane's first nc items (of every input the rewrite
   // reads) go to shared memory by cp.async, all issued before the rest of the unit streams
   // through accumulate, and are folded last; the rewrite takes them from there (read once).
@@ -1051,7 +1064,7 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
       for (int j = 0; j < V; ++j) {
         part_a[g * C + col + j] = s[j].a;
         if (K == K_LSE) part_b[g * C + col + j] = s[j].b;
-        if (K == K_MAX) part_i[g * C + col + j] = s[j].i;
+        if (st_uses_i<K>()) part_i[g * C + col + j] = s[j].i;
       }
     }
     if (pass == 2) return;
@@ -1088,7 +1101,7 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
             const int64_t k = (gf < g1 ? gf : g) * C + col + j;
             u[f][j].a = __ldcg(part_a + k);
             u[f][j].b = (K == K_LSE) ? __ldcg(part_b + k) : 0.f;
-            u[f][j].i = (K == K_MAX) ? __ldcg(part_i + k) : CJ_NOIDX;
+            u[f][j].i = st_uses_i<K>() ? __ldcg(part_i + k) : CJ_NOIDX;
           }
         }
 #pragma unroll
@@ -1150,7 +1163,7 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
       int *__restrict__ part_i, int *__restrict__ counters, void *__restrict__ out,             \
       int out_kind, int has_init, float init, int fmode, T *__restrict__ fout, int nc
 // Shared memory of a reduction block: the cp.async ring of accumulate (Pipe::on) and, after it,
-// the merge states sa [, sb (K_LSE) | si (K_MAX)], each CJ_BLOCK * V, in the same bytes.
+// the merge states sa [, sb (K_LSE) | si (K_MAX, K_PROD)], each CJ_BLOCK * V, in the same bytes.
 #define CJ_REDUCE_SHARED(F)                                                                       \
   __shared__ __align__(16) unsigned char smem[Pipe<T, K, V, F>::bytes];                          \
   float* sa = reinterpret_cast<float*>(smem);                                                     \

@@ -408,7 +408,7 @@ def _gpu_reduce(x, K, mode, out_dtype, out_kind, trunc, *, has_init=0, init=0.0,
     if split:
         pa = part if part is not None else cupy.empty((nunits, C), dtype=np.float32)
         pb = cupy.empty((nunits, C), dtype=np.float32) if K == K_LSE else None
-        pi = cupy.empty((nunits, C), dtype=np.int32) if K == K_MAX else None
+        pi = cupy.empty((nunits, C), dtype=np.int32) if K in (K_MAX, K_PROD) else None
         ctr = _counters(x, B * yt) if pass_ != 2 else None
     p = pass_ if pass_ is not None else (1 if split else 0)
     kern((blocks, yt), (_BLOCK,),
@@ -603,7 +603,9 @@ def mean(x, axis=1, *, dim=None, max_length=None, dtype=None):
 @on_array_device
 def prod(x, axis=1, *, dim=None, max_length=None, dtype=None):
     """Product of each row: ``[B, *inner]`` (int64 for integers; ``dtype``: as :func:`sum`).
-    Empty rows give 1."""
+    Empty rows give 1. Special values do not depend on the order of the partial products: NaN
+    if an item is NaN or a zero meets an infinity, else ±inf if an item is infinite, else ±0 if
+    one is zero (a product of finite items that under- or overflowed never makes inf NaN)."""
     trunc = _reduce_common(x, axis, dim, max_length)
     if x.is_gpu:
         if not _kernel_ok(x):
@@ -611,7 +613,8 @@ def prod(x, axis=1, *, dim=None, max_length=None, dtype=None):
         return _gpu_sum_like(x, K_PROD, 0, trunc, dtype)
     acc = _acc_dtype(x.dtype)
     out = np.ones((x.nrows, _ncols(x)), dtype=acc)
-    _cpu.reduce_prod(_cpu_vals(x), x.offsets, trunc, out)
+    (_cpu.reduce_prod_float if _is_float(acc) else _cpu.reduce_prod)(_cpu_vals(x), x.offsets,
+                                                                      trunc, out)
     return _shape_out(x, out.astype(dtype or (x.dtype if _is_float(x.dtype) else acc)))
 
 

@@ -174,6 +174,33 @@ def test_empty_row_semantics_cpu():
     assert R.max(xi)[0] == np.iinfo(np.int32).min and R.min(xi)[0] == np.iinfo(np.int32).max
 
 
+# rows whose finite part under- or overflows the accumulator, with an infinity or a zero in it
+def _prod_special_rows(tiny, huge):
+    rows = [[tiny] * 40 + [np.inf] + [tiny] * 40,      # inf, however small the rest: inf
+            [-tiny] * 41 + [np.inf] + [tiny] * 40,     # the sign of the product: -inf
+            [huge] * 40 + [0.0] + [huge] * 40,         # zero, however large the rest: 0
+            [huge] * 40 + [-0.0] + [huge] * 40,        # -0
+            [tiny, 0.0, np.inf, tiny],                 # a zero meets an infinity: NaN
+            [2.0, np.nan, np.inf], [], [3.0, -0.5]]
+    want = [np.inf, -np.inf, 0.0, -0.0, np.nan, np.nan, 1.0, -1.5]
+    return rows, want
+
+
+def _check_prod(got, want):
+    got = np.asarray(got, dtype=np.float64)
+    for g, w in zip(got, want):
+        assert (np.isnan(g) and np.isnan(w)) or (g == w and np.signbit(g) == np.signbit(w)), \
+            (got, want)
+
+
+def test_prod_special_values_do_not_depend_on_order():
+    """A zero or an infinity decides the product whatever the finite part's rounding: float64
+    accumulation on the CPU under- / overflows at 1e-200 ** 2 / 1e200 ** 2."""
+    rows, want = _prod_special_rows(1e-200, 1e200)
+    x = JaggedArray.from_list([np.array(r, np.float64) for r in rows])
+    _check_prod(R.prod(x), want)
+
+
 def test_axis_and_validation():
     x = JaggedArray(np.ones((5, 3), np.float32), [0, 2, 5])
     np.testing.assert_array_equal(R.sum(x, dim=1), R.sum(x, axis=-2))
@@ -770,6 +797,20 @@ def test_gpu_split_paths_match_numba(chunk_bytes, case, special):
                 split_min=chunk_bytes, split_max=chunk_bytes, bcast_chunk=chunk_bytes,
                 scan_chunk=chunk_bytes):
         _split_paths(case, special)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunk_bytes", [0, 1, 16])
+@pytest.mark.parametrize("dtype", [np.float32, bfloat16])
+def test_gpu_prod_special_values_do_not_depend_on_order(chunk_bytes, dtype):
+    """The fp32 accumulator's partial products under- / overflow (1e-20 ** 2, 1e20 ** 2, lanes
+    and split blocks multiplying different items): a zero or an infinity still decides."""
+    rows, want = _prod_special_rows(1e-20, 1e20)
+    x = _gpu(JaggedArray.from_list([np.array(r, np.float32).astype(dtype) for r in rows]))
+    sched = dict(whole_reduce=0, small_row=-1, split_min=chunk_bytes,
+                 split_max=chunk_bytes) if chunk_bytes else {}
+    with _sched(**sched):
+        _check_prod(_np(R.prod(x)), want)
 
 
 @pytest.mark.gpu

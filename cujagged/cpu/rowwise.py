@@ -12,8 +12,8 @@ import numba
 import numpy as np
 from numba import prange
 
-__all__ = ["reduce_sum", "reduce_prod", "reduce_max", "reduce_maxval", "reduce_lse", "softmax_rows",
-           "softmax_backward_rows", "cumsum_rows"]
+__all__ = ["reduce_sum", "reduce_prod", "reduce_prod_float", "reduce_max", "reduce_maxval",
+           "reduce_lse", "softmax_rows", "softmax_backward_rows", "cumsum_rows"]
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -52,7 +52,7 @@ def reduce_sum(v, off, trunc, out):
 
 @numba.njit(parallel=True, **_JIT)
 def reduce_prod(v, off, trunc, out):
-    """out[b, c] *= product over the (truncated) row (out one-initialised)."""
+    """out[b, c] *= product over the (truncated) row (out one-initialised; integers)."""
     B = off.shape[0] - 1
     C = v.shape[1]
     for b in prange(B):
@@ -61,6 +61,35 @@ def reduce_prod(v, off, trunc, out):
         for i in range(s, e):
             for c in range(C):
                 out[b, c] *= v[i, c]
+
+
+@numba.njit(parallel=True, **_JIT)
+def reduce_prod_float(v, off, trunc, out):
+    """As :func:`reduce_prod` for floats, with the GPU kernel's order-free special values: NaN
+    if an item is NaN or a zero meets an infinity, else ±inf if an item is infinite, else ±0
+    if one is zero, else the product of the finite items (the sign is always the product of
+    the signs), so that a partial product that under- or overflowed cannot turn inf into NaN."""
+    B = off.shape[0] - 1
+    C = v.shape[1]
+    for b in prange(B):
+        s = off[b]
+        e = min(off[b + 1], s + trunc)
+        flags = np.zeros(C, dtype=np.int32)
+        for i in range(s, e):
+            for c in range(C):
+                x = out.dtype.type(v[i, c])
+                if x == 0 or np.isinf(x):
+                    flags[c] |= 1 if x == 0 else 2
+                    x = np.copysign(out.dtype.type(1), x)
+                out[b, c] *= x
+        for c in range(C):
+            a = out[b, c]
+            if np.isnan(a) or flags[c] == 3:
+                out[b, c] = np.nan
+            elif flags[c] == 2:
+                out[b, c] = np.copysign(np.inf, a)
+            elif flags[c] == 1:
+                out[b, c] = np.copysign(0.0, a)
 
 
 @numba.njit(parallel=True, **_JIT)
