@@ -1,9 +1,14 @@
-"""Feature-interaction benchmark: ``jagged_dense_bmm`` (bf16, B=1024, max_len 1024, fill 0.25,
-K = N = 128) against the padded way in PyTorch (``torch.bmm`` on ``[B, max_len, K]`` padded
-values, with the padding and the gather back: "padded_bmm_roundtrip"; and ``torch.bmm`` alone on
-an already padded tensor: "padded_bmm") and FBGEMM's ``jagged_dense_bmm`` where installed.
+"""Feature-interaction benchmark (bf16, B=1024, max_len 1024, fill 0.25, inner sizes 128):
 
-Bytes (read + written): x values + y + out values; FLOPs 2 ΣL K N.
+- ``jagged_dense_bmm`` (x ``[ΣL, K]`` times ``y[b]`` ``[K, N]``): bytes x + y + out, FLOPs
+  2 ΣL K N;
+- ``jagged_jagged_bmm`` (``x_bᵀ g_b``, the weight gradient): bytes x + g + out ``[B, K, N]``,
+  FLOPs 2 ΣL K N;
+
+each against the padded way in PyTorch (``torch.bmm`` on ``[B, max_len, ·]`` padded values with
+the padding and, for the jagged result, the gather back: "padded_bmm_roundtrip"; ``torch.bmm``
+alone on already padded tensors: "padded_bmm") and FBGEMM where installed. "cujagged" is the
+default block width (128 output columns at N = 128), "cujagged_bn64" the other one.
 """
 
 from __future__ import annotations
@@ -26,11 +31,48 @@ def _torch():
         return None
 
 
+def _timed(name, impl, params, fn, nbytes, flops, peak=0.0):
+    from bench.harness import device_fields, entry, time_ms
+
+    e = entry(name, impl, params, time_ms(fn), peak, nbytes=nbytes, flops=flops)
+    e.update(device_fields(fn, nbytes))
+    return e
+
+
+def _ours(name, params, fn, nbytes, flops):
+    """The default block width, then the other: (entries, the default's first result)."""
+    from bench.harness import cupy_peak
+    from cujagged import interaction
+
+    out = []
+    for impl, bn in (("cujagged", None), ("cujagged_bn64", 64)):
+        saved, interaction._BN = interaction._BN, bn
+        try:
+            with cupy_peak() as p:
+                res = fn()
+            out.append(_timed(name, impl, params, fn, nbytes, flops, p.mib))
+        finally:
+            interaction._BN = saved
+        if bn is None:
+            first = res
+    return out, first
+
+
+def _check(name, ref, ours, torch):
+    """Warn (stderr) where cujagged and the torch peer disagree."""
+    got = torch.from_dlpack(ours.view(np.int16)).view(torch.bfloat16).float()
+    diff = float((ref.float() - got).norm() / ref.float().norm())
+    if diff > 2e-2:
+        print(f"bench_interaction: {name}: cujagged and torch differ by {diff:.1e}",
+              file=sys.stderr)
+
+
 def _case(fill, rng, torch) -> list[dict]:
     import cupy
 
     import cujagged
-    from bench.harness import cupy_peak, device_fields, entry, lengths_for, rotate, time_ms
+    from bench.harness import lengths_for, rotate
+    from cujagged.interaction import jagged_dense_bmm, jagged_jagged_bmm
     from cujagged.interop import _torch_from
 
     lens = lengths_for(B, MAX_LEN, fill, seed=0)
@@ -40,63 +82,71 @@ def _case(fill, rng, torch) -> list[dict]:
     params = {"B": B, "max_len": MAX_LEN, "fill": fill, "K": K, "N": N, "dtype": "bfloat16",
               "T": T}
     dt = cujagged.bfloat16
-    nbytes = (T * K + B * K * N + T * N) * 2
-    flops = 2.0 * T * K * N
     offsets = cupy.asarray(off_h)
-    sets = [(cujagged.JaggedArray(cupy.asarray(rng.standard_normal((T, K), dtype=np.float32)
-                                               .astype(dt)), offsets, max_length=maxlen),
-             cupy.asarray(rng.standard_normal((B, K, N), dtype=np.float32).astype(dt)))
-            for _ in range(N_SETS)]
-    out = []
+
+    def jag(d):
+        return cujagged.JaggedArray(cupy.asarray(rng.standard_normal((T, d), dtype=np.float32)
+                                                 .astype(dt)), offsets, max_length=maxlen)
+
+    sets = [(jag(K), cupy.asarray(rng.standard_normal((B, K, N), dtype=np.float32).astype(dt)),
+             jag(N)) for _ in range(N_SETS)]
+    flops = 2.0 * T * K * N
+    nb_dense = (T * K + B * K * N + T * N) * 2
+    nb_jj = (T * K + T * N + B * K * N) * 2
     it = rotate(sets)
-    fn = lambda: cujagged.interaction.jagged_dense_bmm(*next(it))  # noqa: E731
-    ms = time_ms(fn)
-    with cupy_peak() as p:
-        ours = cujagged.interaction.jagged_dense_bmm(*sets[0])
-    out.append(entry("jagged_dense_bmm", "cujagged", params, ms, p.mib, nbytes=nbytes,
-                     flops=flops))
-    out[-1].update(device_fields(fn, nbytes))
-    if torch is not None:
-        tsets = [(_torch_from(x.values), _torch_from(y)) for x, y in sets]
-        toff = _torch_from(offsets)
-        j2p = torch.ops.aten._jagged_to_padded_dense_forward
-        p2j = torch.ops.aten._padded_dense_to_jagged_forward
+    out, dense0 = _ours("jagged_dense_bmm", params,
+                        lambda: jagged_dense_bmm(*next(it)[:2]).values, nb_dense, flops)
+    it = rotate(sets)
+    jj, jj0 = _ours("jagged_jagged_bmm", params,
+                    lambda: jagged_jagged_bmm((s := next(it))[0], s[2]), nb_jj, flops)
+    out += jj
+    if torch is None:
+        return out
+    tsets = [(_torch_from(x.values), _torch_from(y), _torch_from(g.values)) for x, y, g in sets]
+    toff = _torch_from(offsets)
+    j2p = torch.ops.aten._jagged_to_padded_dense_forward
+    p2j = torch.ops.aten._padded_dense_to_jagged_forward
 
-        def roundtrip(xv, y):
-            d = j2p(xv, [toff], [maxlen], 0.0)
-            return p2j(torch.bmm(d, y), [toff], T)
+    def dense_rt(xv, y, _):
+        return p2j(torch.bmm(j2p(xv, [toff], [maxlen], 0.0), y), [toff], T)
 
-        try:
-            ref = roundtrip(*tsets[0])
-            diff = float((ref.float() - torch.from_dlpack(ours.values.view(np.int16)).view(
-                torch.bfloat16).float()).norm() / ref.float().norm())
-            if diff > 2e-2:
-                print(f"bench_interaction: cujagged and torch differ by {diff:.1e}",
-                      file=sys.stderr)
+    def jj_rt(xv, _, gv):
+        return torch.bmm(j2p(xv, [toff], [maxlen], 0.0).transpose(1, 2),
+                         j2p(gv, [toff], [maxlen], 0.0))
+
+    try:
+        for name, rt, nbytes, ours in (("jagged_dense_bmm", dense_rt, nb_dense, dense0),
+                                       ("jagged_jagged_bmm", jj_rt, nb_jj, jj0)):
+            # a fresh first set each time: the ops above ran on the first set's rows
+            _check(name, rt(*tsets[0]), ours, torch)
             it2 = rotate(tsets)
-            fn2 = lambda: roundtrip(*next(it2))  # noqa: E731
-            out.append(entry("jagged_dense_bmm", "padded_bmm_roundtrip", params, time_ms(fn2),
-                             nbytes=nbytes, flops=flops))
-            out[-1].update(device_fields(fn2, nbytes))
-            dense = [(j2p(xv, [toff], [maxlen], 0.0), y) for xv, y in tsets]
-            it3 = rotate(dense)
-            fn3 = lambda: torch.bmm(*next(it3))  # noqa: E731
-            out.append(entry("jagged_dense_bmm", "padded_bmm", params, time_ms(fn3),
-                             nbytes=nbytes, flops=flops))
-            out[-1].update(device_fields(fn3, nbytes))
-        except Exception as e:  # a peer that cannot run is reported, not fatal
-            print(f"bench_interaction: torch peer failed: {e}", file=sys.stderr)
-        try:
-            import fbgemm_gpu  # noqa: F401
+            out.append(_timed(name, "padded_bmm_roundtrip", params,
+                              lambda rt=rt, it2=it2: rt(*next(it2)), nbytes, flops))
+        padded = [(j2p(xv, [toff], [maxlen], 0.0), y, j2p(gv, [toff], [maxlen], 0.0))
+                  for xv, y, gv in tsets]
+        it3 = rotate(padded)
+        out.append(_timed("jagged_dense_bmm", "padded_bmm", params,
+                          lambda: torch.bmm(*next(it3)[:2]), nb_dense, flops))
+        it3 = rotate(padded)
+        out.append(_timed("jagged_jagged_bmm", "padded_bmm", params,
+                          lambda: torch.bmm((s := next(it3))[0].transpose(1, 2), s[2]), nb_jj,
+                          flops))
+    except Exception as e:  # a peer that cannot run is reported, not fatal
+        print(f"bench_interaction: torch peer failed: {e}", file=sys.stderr)
+    try:
+        import fbgemm_gpu  # noqa: F401
 
-            fb = torch.ops.fbgemm.jagged_dense_bmm
-            it4 = rotate(tsets)
-            fn4 = lambda: fb(*next(it4), toff, maxlen)  # noqa: E731
-            out.append(entry("jagged_dense_bmm", "fbgemm", params, time_ms(fn4),
-                             nbytes=nbytes, flops=flops))
-            out[-1].update(device_fields(fn4, nbytes))
-        except Exception:
-            pass
+        fb = torch.ops.fbgemm
+        it4 = rotate(tsets)
+        out.append(_timed("jagged_dense_bmm", "fbgemm", params,
+                          lambda: fb.jagged_dense_bmm((s := next(it4))[0], s[1], toff, maxlen),
+                          nb_dense, flops))
+        it4 = rotate(tsets)
+        out.append(_timed("jagged_jagged_bmm", "fbgemm", params,
+                          lambda: fb.jagged_jagged_bmm((s := next(it4))[0], s[2], toff, maxlen),
+                          nb_jj, flops))
+    except Exception:
+        pass
     return out
 
 

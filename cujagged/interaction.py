@@ -17,11 +17,12 @@ and offsets ``cumsum(L_b²)`` (:func:`jagged2_offsets`); every op on one takes t
 ``dense_jagged_cat(d, x)``: ``d[b]`` prepended to row ``b``.
 
 Backends: NumPy values run the Numba kernels of ``cujagged.cpu.interaction`` (float64
-accumulation, results in the inputs' dtype). On CuPy, ``jagged_dense_bmm`` of bf16/fp16 values
-(K, N multiples of 8) runs the tensor-core kernel of ``cuda_src/interaction.cu`` (fp32
-accumulation, real tiles only); the other ops and cases take a host round trip through the Numba
-kernels (correct, not fast) until their CUDA kernels exist (``dense_jagged_cat`` is CuPy/NumPy
-indexing on either backend).
+accumulation, results in the inputs' dtype). On CuPy, ``jagged_dense_bmm`` and
+``jagged_jagged_bmm`` (so both backwards too) of bf16/fp16 values with inner sizes multiples of 8
+run the tensor-core kernels of ``cuda_src/interaction.cu`` (fp32 accumulation; real tiles only);
+the other ops and cases (fp32/fp64 matmuls) take a host round trip through the Numba kernels
+(correct, not fast) until their CUDA kernels exist (``dense_jagged_cat`` is CuPy/NumPy indexing
+on either backend).
 
 Dtypes: the matmuls take float16, bfloat16, float32, float64, both operands of one dtype (as
 ``torch.bmm``); the self-subtraction also signed integers; the cat any dtype.
@@ -104,38 +105,67 @@ def _dev(a, like):
 _TN = {np.dtype(np.float16): "f16_t"}
 if bfloat16 is not None:
     _TN[bfloat16] = "bf16_t"
-_FAM = KernelFamily("interaction.cu", [f"jagged_dense_bmm_mma<{t}>" for t in ("bf16_t", "f16_t")])
+_FAM = KernelFamily("interaction.cu", [f"{k}<{t}, {bn}>" for k in ("jagged_dense_bmm_mma",
+                                                                   "jagged_jagged_bmm_mma")
+                                       for t in ("bf16_t", "f16_t") for bn in (64, 128)])
+# output columns a block computes: None picks 128 from N = 128 on, else 64 (the benchmark sets it)
+_BN: int | None = None
 
 
-def _aligned(a) -> bool:
-    return a.flags.c_contiguous and a.data.ptr % 16 == 0
+def _bn(n: int) -> int:
+    return _BN or (128 if n >= 128 else 64)
+
+
+def _kernel_ok(dtype, dims, *arrays) -> bool:
+    """The tensor-core kernels apply: 16-bit values, inner sizes positive multiples of 8 and
+    C-contiguous 16-byte-aligned operands."""
+    return (dtype in _TN and all(d > 0 and d % 8 == 0 for d in dims)
+            and all(a.flags.c_contiguous and a.data.ptr % 16 == 0 for a in arrays))
 
 
 def _gpu_dense_bmm(x, y):
-    """The tensor-core kernel (cuda_src/interaction.cu): 16-bit values, K and N multiples of 8,
-    contiguous 16-byte-aligned operands; None where it does not apply."""
+    """``jagged_dense_bmm_mma`` (cuda_src/interaction.cu) over the attention tile list; None
+    where it does not apply."""
     from .attention import _NO_LIMIT, _tile_list
 
     xv = x.values
     K, N = int(y.shape[1]), int(y.shape[2])
-    if x.dtype not in _TN or K % 8 or N % 8 or K == 0 or N == 0:
-        return None
     y = cupy.ascontiguousarray(y)
-    if not (_aligned(xv) and _aligned(y)):
+    if not _kernel_ok(x.dtype, (K, N), xv, y):
         return None
     T, B = int(xv.shape[0]), x.nrows
     out = cupy.empty((T, N), dtype=x.dtype)
     if T == 0:
         return x._with_values(out)
-    bound = (T + 63) // 64 + B
-    nt = (N + 63) // 64
+    bn = _bn(N)
+    bound, nt = (T + 63) // 64 + B, (N + bn - 1) // bn
     if bound * nt >= 2**31:
         return None
     info, tile_off = _tile_list(cupy, x.offsets, x.offsets, 64, _NO_LIMIT, x._cache, bound)
-    _FAM.get(f"jagged_dense_bmm_mma<{_TN[x.dtype]}>")(
+    _FAM.get(f"jagged_dense_bmm_mma<{_TN[x.dtype]}, {bn}>")(
         (bound * nt,), (128,), (xv, y, out, info, tile_off, np.int64(B), np.int32(nt),
                                np.int32(K), np.int32(N)))
     return x._with_values(out)
+
+
+def _gpu_jj_bmm(x, y):
+    """``jagged_jagged_bmm_mma``: a block per (row, output tile), rows longest first; None where
+    it does not apply."""
+    xv, yv = x.values, y.values
+    B, M, N = x.nrows, int(xv.shape[1]), int(yv.shape[1])
+    if not _kernel_ok(x.dtype, (M, N), xv, yv):
+        return None
+    out = cupy.empty((B, M, N), dtype=x.dtype)
+    bn = _bn(N)
+    mt, nt = (M + 63) // 64, (N + bn - 1) // bn
+    if B == 0 or B * mt * nt >= 2**31:
+        return out if B == 0 else None
+    off = x.offsets.astype(np.int64, copy=False)
+    rows = cupy.argsort(off[:-1] - off[1:]).astype(np.int32)  # longest first
+    _FAM.get(f"jagged_jagged_bmm_mma<{_TN[x.dtype]}, {bn}>")(
+        (B * mt * nt,), (128,), (xv, yv, out, off, rows, np.int32(mt), np.int32(nt),
+                                 np.int32(M), np.int32(N)))
+    return out
 
 
 def _dense_bmm(x, y):
@@ -150,6 +180,10 @@ def _dense_bmm(x, y):
 
 
 def _jj_bmm(x, y):
+    if x.is_gpu:
+        res = _gpu_jj_bmm(x, y)
+        if res is not None:
+            return res
     xv, yv, off = _host(x.values), _host(y.values), _host(x.offsets)
     out = np.zeros((x.nrows, xv.shape[1], yv.shape[1]), dtype=np.float64)
     _cpu.jagged_jagged_bmm(_wide(xv), _wide(yv), off, out)

@@ -394,42 +394,71 @@ def test_gpu_matches_cpu(dtype):
     assert c.is_gpu and c.tolist() == dense_jagged_cat(yh[:, :, 0], xh).tolist()
 
 
-@pytest.mark.gpu
-@given(lengths(max_rows=10, max_len=70), st.sampled_from([8, 16, 40, 128, 136]),
-       st.sampled_from([8, 24, 64, 72, 200]), st.sampled_from([bfloat16, np.float16]),
-       st.sampled_from(OFFSET_DTYPES), st.integers(0, 2**16))
-def test_gpu_dense_bmm_kernel_matches_numba(lens, K, N, dtype, off_dtype, seed):
-    """The tensor-core kernel (16-bit, K and N multiples of 8) against the float64 Numba
-    reference: rows of every length (tiles past the row end, empty rows), K past one k-step,
-    N past one column tile; the output is poisoned by the test allocator."""
+def _gpu_pair(rng, lens, dims, dtype, off_dtype=np.int64):
+    """Host and device JaggedArrays of one structure with random values ``[ΣL, d]`` for each
+    d in dims."""
     import cupy
 
-    rng = np.random.default_rng(seed)
     off = make_offsets(lens, off_dtype)
-    xh = JaggedArray(rng.standard_normal((sum(lens), K)).astype(dtype), off)
-    yh = rng.standard_normal((len(lens), K, N)).astype(dtype)
-    xd = JaggedArray(cupy.asarray(xh.values), cupy.asarray(off))
-    out = jagged_dense_bmm(xd, cupy.asarray(yh))
-    ref = jagged_dense_bmm(JaggedArray(xh.values.astype(np.float64), off),
-                           yh.astype(np.float64)).values
-    got = cupy.asnumpy(out.values).astype(np.float64)
-    assert not np.isnan(got).any()
-    assert rel_error(got, ref) <= 1e-2
+    hs = [JaggedArray(rng.standard_normal((sum(lens), d)).astype(dtype), off) for d in dims]
+    return hs, [JaggedArray(cupy.asarray(h.values), cupy.asarray(off)) for h in hs]
+
+
+def _f64(x):
+    return JaggedArray(np.asarray(x.values, dtype=np.float64), x.offsets)
 
 
 @pytest.mark.gpu
-def test_gpu_dense_bmm_long_row_and_fallback():
-    """One long row (many tiles), and K / N not multiples of 8 (the host path) agree with the
-    CPU result."""
+@pytest.mark.parametrize("bn", [None, 64, 128])
+@given(lengths(max_rows=10, max_len=70), st.sampled_from([8, 16, 40, 128, 136]),
+       st.sampled_from([8, 24, 64, 72, 128, 200]), st.sampled_from([bfloat16, np.float16]),
+       st.sampled_from(OFFSET_DTYPES), st.integers(0, 2**16))
+def test_gpu_bmm_kernels_match_numba(bn, lens, K, N, dtype, off_dtype, seed):
+    """The tensor-core kernels (16-bit, inner sizes multiples of 8), each block width, against
+    the float64 Numba reference: rows of every length (tiles past the row end, empty rows:
+    zeros from jagged_jagged_bmm), K / M past one k-step or row tile, N past a column tile; the
+    outputs are poisoned by the test allocator."""
+    import cupy
+
+    from cujagged import interaction
+
+    rng = np.random.default_rng(seed)
+    (xh, gh), (xd, gd) = _gpu_pair(rng, lens, (K, N), dtype, off_dtype)
+    yh = rng.standard_normal((len(lens), K, N)).astype(dtype)
+    saved, interaction._BN = interaction._BN, bn
+    try:
+        out = jagged_dense_bmm(xd, cupy.asarray(yh)).values
+        w = jagged_jagged_bmm(xd, gd)
+    finally:
+        interaction._BN = saved
+    for got, ref in ((out, jagged_dense_bmm(_f64(xh), yh.astype(np.float64)).values),
+                     (w, jagged_jagged_bmm(_f64(xh), _f64(gh)))):
+        got = cupy.asnumpy(got).astype(np.float64)
+        assert got.shape == ref.shape and not np.isnan(got).any()
+        assert rel_error(got, ref) <= 1e-2
+
+
+@pytest.mark.gpu
+def test_gpu_bmm_long_rows_backward_and_fallback():
+    """Long rows (many item tiles; a 3,000-item reduction), both backwards (dense and transposed
+    operands through the kernels), and inner sizes not multiples of 8 (the host path) agree
+    with the float64 CPU result."""
     import cupy
 
     rng = np.random.default_rng(1)
-    for lens, K, N in (([3000, 0, 17], 64, 64), ([5, 7], 12, 20)):
-        off = make_offsets(lens)
-        xh = JaggedArray(rng.standard_normal((sum(lens), K)).astype(bfloat16), off)
+    for lens, K, N in (([3000, 0, 17], 64, 128), ([5, 7], 12, 20)):
+        (xh, gh), (xd, gd) = _gpu_pair(rng, lens, (K, N), bfloat16)
         yh = rng.standard_normal((len(lens), K, N)).astype(bfloat16)
-        out = jagged_dense_bmm(JaggedArray(cupy.asarray(xh.values), cupy.asarray(off)),
-                               cupy.asarray(yh))
-        ref = jagged_dense_bmm(JaggedArray(xh.values.astype(np.float64), off),
-                               yh.astype(np.float64)).values
-        assert rel_error(cupy.asnumpy(out.values).astype(np.float64), ref) <= 1e-2
+        yd = cupy.asarray(yh)
+        x64, g64, y64 = _f64(xh), _f64(gh), yh.astype(np.float64)
+        pairs = [(jagged_dense_bmm(xd, yd).values, jagged_dense_bmm(x64, y64).values),
+                 (jagged_jagged_bmm(xd, gd), jagged_jagged_bmm(x64, g64))]
+        for got, ref in zip(jagged_dense_bmm_backward(gd, xd, yd),
+                            jagged_dense_bmm_backward(g64, x64, y64)):
+            pairs.append((getattr(got, "values", got), getattr(ref, "values", ref)))
+        w = rng.standard_normal((len(lens), K, N)).astype(bfloat16)
+        for got, ref in zip(jagged_jagged_bmm_backward(cupy.asarray(w), xd, gd),
+                            jagged_jagged_bmm_backward(w.astype(np.float64), x64, g64)):
+            pairs.append((got.values, ref.values))
+        for got, ref in pairs:
+            assert rel_error(cupy.asnumpy(got).astype(np.float64), ref) <= 1e-2
