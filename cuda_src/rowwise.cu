@@ -78,6 +78,9 @@
 #ifndef CJ_UH
 #define CJ_UH 4  // the same for reductions with a larger state (index, exp sum) or a second input
 #endif
+#ifndef CJ_PROD_U
+#define CJ_PROD_U CJ_UH  // the same for prod (its zero / infinity flags take registers)
+#endif
 #define CJ_NOIDX 0x7fffffff
 #define CJ_LOG2E 1.4426950408889634f
 
@@ -808,6 +811,24 @@ __device__ __forceinline__ void fold_batch(St (&s)[V], bool& ffma, const VecT<T,
     }
     return;
   }
+  if (K == K_PROD) {  // the batch's product; only where it is 0, inf or NaN (a zero, an infinity
+                      // or a NaN among the items, or an under- / overflow: rare) item by item
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      float p = 1.f;
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (u < nv) p *= vf(w[u], j);
+      if (fabsf(p) > 0.f && fabsf(p) < CJ_INF) {
+        s[j].a *= p;
+      } else {
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (u < nv) st_push<K>(s[j], vf(w[u], j), 0.f, 0);
+      }
+    }
+    return;
+  }
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     if (u < nv) {
@@ -1026,7 +1047,7 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
   using P = Pipe<T, K, V, FUSED>;
   constexpr int UA = P::on ? P::u
                            : ((K == K_SUM || K == K_MAXV || (FUSED && K == K_LSE))
-                                  ? CJ_U : CJ_UH);  // (K_PROD: its flags take registers)
+                                  ? CJ_U : (K == K_PROD ? CJ_PROD_U : CJ_UH));
   // FUSED with a row cache (nc > 0): the lane's first nc items (of every input the rewrite
   // reads) go to shared memory by cp.async, all issued before the rest of the unit streams
   // through accumulate, and are folded last; the rewrite takes them from there (read once).
