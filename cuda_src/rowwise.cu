@@ -79,7 +79,7 @@
 #define CJ_UH 4  // the same for reductions with a larger state (index, exp sum) or a second input
 #endif
 #ifndef CJ_PROD_U
-#define CJ_PROD_U CJ_UH  // the same for prod (its zero / infinity flags take registers)
+#define CJ_PROD_U CJ_U  // the same for prod
 #endif
 #define CJ_NOIDX 0x7fffffff
 #define CJ_LOG2E 1.4426950408889634f
@@ -193,7 +193,9 @@ __device__ __forceinline__ float fmax_nan(float a, float b) {
 // K_PROD keeps the product of its finite nonzero items in a (a zero or an infinity enters as its
 // sign) and in i the flags 1: a zero seen, 2: an infinity seen, so that 0 * inf is NaN and an
 // infinity stays infinite whatever the order of the partial products (one that underflowed to 0
-// or overflowed to inf would otherwise decide it); see st_final.
+// or overflowed to inf would otherwise decide it); see st_final. While a thread accumulates, the
+// flags of all its V columns sit in s[0].i (bits 2j, 2j + 1: one register, not V) and
+// reduce_body spreads them before the merges.
 struct St { float a; float b; int i; };
 // the kinds whose state uses i (exchanged, stored and loaded with a and b)
 template <int K> __host__ __device__ constexpr bool st_uses_i() { return K == K_MAX || K == K_IMIN || K == K_PROD; }
@@ -212,10 +214,6 @@ template <int K> __device__ __forceinline__ void st_push(St& s, float x, float y
     s.a += x;
   } else if (K == K_DOT) {
     s.a += x * y;
-  } else if (K == K_PROD) {
-    const bool z = x == 0.f, inf = fabsf(x) == CJ_INF;
-    s.i |= (z ? 1 : 0) | (inf ? 2 : 0);
-    s.a *= (z | inf) ? copysignf(1.f, x) : x;
   } else if (K == K_MAXV) {
     s.a = fmax_nan(s.a, x);
   } else if (K == K_MAX) {  // compare-select: the first maximum, else the first NaN
@@ -823,8 +821,14 @@ __device__ __forceinline__ void fold_batch(St (&s)[V], bool& ffma, const VecT<T,
         s[j].a *= p;
       } else {
 #pragma unroll
-        for (int u = 0; u < U; ++u)
-          if (u < nv) st_push<K>(s[j], vf(w[u], j), 0.f, 0);
+        for (int u = 0; u < U; ++u) {
+          if (u < nv) {
+            const float x = vf(w[u], j);
+            const bool z = x == 0.f, inf = fabsf(x) == CJ_INF;
+            s[0].i |= ((z ? 1 : 0) | (inf ? 2 : 0)) << (2 * j);
+            s[j].a *= (z | inf) ? copysignf(1.f, x) : x;
+          }
+        }
       }
     }
     return;
@@ -1075,6 +1079,10 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
     fold_cached<T, K, V>(s, cache, ni, ncl, un.start + l, LPR, mode);
   }
   if constexpr (P::on) __syncthreads();  // the ring's bytes hold sa / sb / si from here on
+  if constexpr (K == K_PROD) {  // s[0].i holds every column's flags (see St)
+#pragma unroll
+    for (int j = V - 1; j >= 0; --j) s[j].i = (s[0].i >> (2 * j)) & 3;
+  }
   group_merge<K, V>(s, sa, sb, si, l, CT, LPR);
   const int64_t n = un.len < trunc ? un.len : trunc;
 
