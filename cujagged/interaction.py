@@ -19,10 +19,13 @@ and offsets ``cumsum(L_b²)`` (:func:`jagged2_offsets`); every op on one takes t
 Backends: NumPy values run the Numba kernels of ``cujagged.cpu.interaction`` (float64
 accumulation, results in the inputs' dtype). On CuPy, ``jagged_dense_bmm`` and
 ``jagged_jagged_bmm`` (so both backwards too) of bf16/fp16 values with inner sizes multiples of 8
-run the tensor-core kernels of ``cuda_src/interaction.cu`` (fp32 accumulation; real tiles only);
-the other ops and cases (fp32/fp64 matmuls) take a host round trip through the Numba kernels
-(correct, not fast) until their CUDA kernels exist (``dense_jagged_cat`` is CuPy/NumPy indexing
-on either backend).
+run the tensor-core kernels of ``cuda_src/interaction.cu`` (fp32 accumulation; real tiles only).
+``jagged2_softmax`` (and its backward) and ``jagged2_to_padded`` are array code on either
+backend over the row-wise softmax and ``to_padded`` (each matrix's lines as the rows of a jagged
+array; columns through a transposing gather), so on CuPy they run those CUDA kernels;
+``dense_jagged_cat`` is indexing. The other ops and cases (the other jagged2 ops, fp32/fp64
+matmuls) take a host round trip through the Numba kernels (correct, not fast) until their CUDA
+kernels exist.
 
 Dtypes: the matmuls take float16, bfloat16, float32, float64, both operands of one dtype (as
 ``torch.bmm``); the self-subtraction also signed integers; the cat any dtype.
@@ -134,6 +137,8 @@ def _gpu_dense_bmm(x, y):
     if not _kernel_ok(x.dtype, (K, N), xv, y):
         return None
     T, B = int(xv.shape[0]), x.nrows
+    if x.max_length > 2**31 - 65:  # the tile list keeps row lengths (and i0 + 64) in int32
+        return None
     out = cupy.empty((T, N), dtype=x.dtype)
     if T == 0:
         return x._with_values(out)
@@ -420,21 +425,27 @@ def _check_fill(value, dtype):
 @on_array_device
 def jagged2_to_padded(m, x, max_length=None, padding_value=0):
     """A jagged2 array as dense ``[B, M, M, *inner]`` (``M = max_length``, default the longest
-    row of ``x``; longer rows are truncated to their leading ``M × M`` block)."""
+    row of ``x``; longer rows are truncated to their leading ``M × M`` block).
+
+    Two :func:`cujagged.layout.to_padded` passes on either backend: the matrix rows padded to
+    ``M``, then each matrix's rows."""
+    from .layout import to_padded
+
     J = _jagged_cls()
     if not isinstance(x, J):
         raise TypeError(f"x must be a JaggedArray, got {type(x).__name__}")
-    off, off2 = _check_m(m, x)
+    _check_m(m, x)
     M = x.max_length if max_length is None else max_length
     if not isinstance(M, (int, np.integer)) or isinstance(M, bool) or M < 0:
         raise ValueError(f"max_length must be an integer >= 0, got {max_length!r}")
+    M = int(M)
     _check_fill(padding_value, m.dtype)
-    mv = _wide(_host(m.values))
+    lines = to_padded(J(m.values, _line_offsets(m, x), max_length=x.max_length, validate=False),
+                      M, padding_value)  # [ΣL, M, *inner]
     C = int(np.prod(m.inner_shape, dtype=np.int64))
-    out = np.full((m.nrows, int(M), int(M), C), padding_value, dtype=mv.dtype)
-    _cpu.jagged2_to_padded(mv.reshape(mv.shape[0], C), off, off2, out)
-    return _dev(out.astype(m.dtype, copy=False).reshape((m.nrows, int(M), int(M),
-                                                         *m.inner_shape)), x)
+    rows = J(lines.reshape(lines.shape[0], M * C), x.offsets, max_length=x.max_length,
+             validate=False)
+    return to_padded(rows, M, padding_value).reshape((m.nrows, M, M, *m.inner_shape))
 
 
 def _check_sub(x):
@@ -559,9 +570,43 @@ def _check_m_float(m, x, name):
     return off, off2
 
 
-def _flat2(a):
-    C = int(np.prod(a.shape[1:], dtype=np.int64))
-    return _wide(a).reshape(a.shape[0], C)
+def _line_offsets(m, x):
+    """Offsets ``[ΣL + 1]`` of the lines (matrix rows) of jagged2 ``m``: line ``(b, i)`` starts
+    at ``off2[b] + i L_b`` and holds ``L_b`` items."""
+    from .layout import positions, row_ids
+
+    xp = xp_of(m.values)
+    off = x.offsets.astype(np.int64, copy=False)
+    off2 = m.offsets.astype(np.int64, copy=False)
+    rid = row_ids(x, np.int64)
+    lo = xp.empty(x.values.shape[0] + 1, dtype=np.int64)
+    lo[:-1] = off2[rid] + positions(x, np.int64) * (off[1:] - off[:-1])[rid]
+    lo[-1:] = off2[-1:]
+    return lo
+
+
+def _transpose2(m, x):
+    """The gather ``[ΣL²]`` that transposes every matrix of jagged2 ``m`` (its own inverse)."""
+    from .layout import positions, row_ids
+
+    off = x.offsets.astype(np.int64, copy=False)
+    r = row_ids(m, np.int64)
+    L = (off[1:] - off[:-1])[r]
+    p = positions(m, np.int64)
+    i = p // xp_of(p).maximum(L, 1)
+    return m.offsets.astype(np.int64, copy=False)[r] + (p - i * L) * L + i
+
+
+def _by_lines(m, x, axis, f, *others):
+    """``f`` (a row-wise op) over each matrix line of ``m`` and ``others`` (jagged2 like ``m``):
+    the rows (axis 1) or, through a transposing gather, the columns (axis 0)."""
+    J = _jagged_cls()
+    lo = _line_offsets(m, x)
+    perm = _transpose2(m, x) if axis == 0 else None
+    args = [J(a.values if perm is None else a.values[perm], lo, max_length=x.max_length,
+              validate=False) for a in (m, *others)]
+    out = f(*args).values
+    return m._with_values(out if perm is None else out[perm])
 
 
 @on_array_device
@@ -580,12 +625,11 @@ def jagged2_softmax(m, x, axis=1):
     J = _jagged_cls()
     if not isinstance(x, J):
         raise TypeError(f"x must be a JaggedArray, got {type(x).__name__}")
+    from .rowwise import softmax
+
     ax = _softmax_axis(axis)
-    off, off2 = _check_m_float(m, x, "m")
-    mv = _host(m.values)
-    out = np.empty((mv.shape[0], int(np.prod(m.inner_shape, dtype=np.int64))), np.float64)
-    _cpu.jagged2_softmax(_flat2(mv), off, off2, ax, out)
-    return m._with_values(_dev(out.astype(m.dtype).reshape(m.values.shape), x))
+    _check_m_float(m, x, "m")
+    return _by_lines(m, x, ax, softmax)
 
 
 @on_array_device
@@ -595,13 +639,12 @@ def jagged2_softmax_backward(grad, out, x, axis=1):
     J = _jagged_cls()
     if not isinstance(x, J):
         raise TypeError(f"x must be a JaggedArray, got {type(x).__name__}")
+    from .rowwise import softmax_backward
+
     ax = _softmax_axis(axis)
-    off, off2 = _check_m_float(out, x, "out")
+    _check_m_float(out, x, "out")
     _check_m_float(grad, x, "grad")
     if grad.inner_shape != out.inner_shape or grad.dtype != out.dtype:
         raise ValueError(f"grad must have out's inner shape {out.inner_shape} and dtype "
                          f"{out.dtype}, got {grad.inner_shape} and {grad.dtype}")
-    gv, yv = _host(grad.values), _host(out.values)
-    res = np.empty((gv.shape[0], int(np.prod(out.inner_shape, dtype=np.int64))), np.float64)
-    _cpu.jagged2_softmax_backward(_flat2(gv), _flat2(yv), off, off2, ax, res)
-    return out._with_values(_dev(res.astype(out.dtype).reshape(out.values.shape), x))
+    return _by_lines(grad, x, ax, softmax_backward, out)

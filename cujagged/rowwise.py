@@ -603,9 +603,12 @@ def mean(x, axis=1, *, dim=None, max_length=None, dtype=None):
 @on_array_device
 def prod(x, axis=1, *, dim=None, max_length=None, dtype=None):
     """Product of each row: ``[B, *inner]`` (int64 for integers; ``dtype``: as :func:`sum`).
-    Empty rows give 1. Special values do not depend on the order of the partial products: NaN
-    if an item is NaN or a zero meets an infinity, else ±inf if an item is infinite, else ±0 if
-    one is zero (a product of finite items that under- or overflowed never makes inf NaN)."""
+    Empty rows give 1. Zeros and infinities decide the product whatever the order of the
+    partial products: NaN if an item is NaN or a zero meets an infinity, else ±inf if an item is
+    infinite, else ±0 if one is zero (a partial product of the other items that under- or
+    overflowed does not change that). A row of finite nonzero items whose partial products leave
+    the accumulator's range both ways (fp32 on the GPU: some lanes' products reach inf, others
+    0) gives NaN there, where the CPU's in-order float64 product may still be finite."""
     trunc = _reduce_common(x, axis, dim, max_length)
     if x.is_gpu:
         if not _kernel_ok(x):

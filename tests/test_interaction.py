@@ -394,6 +394,40 @@ def test_gpu_matches_cpu(dtype):
     assert c.is_gpu and c.tolist() == dense_jagged_cat(yh[:, :, 0], xh).tolist()
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [bfloat16, np.float16, np.float32])
+def test_gpu_jagged2_softmax_and_to_padded_match_cpu(dtype):
+    """jagged2_softmax (both axes), its backward and jagged2_to_padded are array code over the
+    row-wise softmax and to_padded: on CuPy they run those CUDA kernels and agree with the CPU
+    (a line of -inf gives zeros; truncation and padding exact)."""
+    import cupy
+
+    rng = np.random.default_rng(4)
+    lens = [4, 0, 1, 9, 40, 3]
+    xh = JaggedArray(np.zeros((sum(lens), 1), dtype), make_offsets(lens))
+    xd = JaggedArray(cupy.asarray(xh.values), cupy.asarray(xh.offsets))
+    n = sum(L * L for L in lens)
+    vh = rng.standard_normal((n, 2)).astype(np.float32)
+    vh[:4] = -np.inf  # the first line of the first matrix
+    mh, gh = (JaggedArray(v.astype(dtype), jagged2_offsets(xh))
+              for v in (vh, rng.standard_normal((n, 2)).astype(np.float32)))
+    md, gd = (JaggedArray(cupy.asarray(a.values), cupy.asarray(a.offsets)) for a in (mh, gh))
+    tol = max(TOL[np.dtype(dtype)], 1e-6)
+    for axis in (1, 0):
+        yh, yd = jagged2_softmax(mh, xh, axis), jagged2_softmax(md, xd, axis)
+        assert yd.is_gpu and yd.same_structure(md)
+        got = cupy.asnumpy(yd.values).astype(np.float64)
+        assert not np.isnan(got).any() and rel_error(got, yh.values.astype(np.float64)) <= tol
+        bh = jagged2_softmax_backward(gh, yh, xh, axis)
+        bd = jagged2_softmax_backward(gd, yd, xd, axis)
+        assert rel_error(cupy.asnumpy(bd.values).astype(np.float64),
+                         bh.values.astype(np.float64)) <= 4 * tol
+    for M in (None, 5, 0):
+        np.testing.assert_array_equal(
+            cupy.asnumpy(jagged2_to_padded(md, xd, max_length=M, padding_value=-3)),
+            jagged2_to_padded(mh, xh, max_length=M, padding_value=-3))
+
+
 def _gpu_pair(rng, lens, dims, dtype, off_dtype=np.int64):
     """Host and device JaggedArrays of one structure with random values ``[ΣL, d]`` for each
     d in dims."""

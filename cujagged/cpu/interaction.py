@@ -12,8 +12,7 @@ import numpy as np
 from numba import prange
 
 __all__ = ["jagged_dense_bmm", "jagged_jagged_bmm", "jagged_jagged_bmm_jagged_out",
-           "array_jagged_bmm_jagged_out", "jagged2_to_padded", "self_subtraction",
-           "self_subtraction_backward", "jagged2_softmax", "jagged2_softmax_backward"]
+           "array_jagged_bmm_jagged_out", "self_subtraction", "self_subtraction_backward"]
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -83,23 +82,6 @@ def array_jagged_bmm_jagged_out(mv, off2, xv, off, trans, out):
 
 
 @numba.njit(parallel=True, **_JIT)
-def jagged2_to_padded(mv, off, off2, out):
-    """out[b, i, j] = M_b[i, j] for i, j < min(L_b, M) (out [B, M, M, C] pre-filled with the
-    padding; mv [ΣL², C])."""
-    B = off.shape[0] - 1
-    M = out.shape[1]
-    C = mv.shape[1]
-    for b in prange(B):
-        L = off[b + 1] - off[b]
-        n = min(L, M)
-        o2 = off2[b]
-        for i in range(n):
-            for j in range(n):
-                for c in range(C):
-                    out[b, i, j, c] = mv[o2 + i * L + j, c]
-
-
-@numba.njit(parallel=True, **_JIT)
 def self_subtraction(xv, off, off2, out):
     """out[off2[b] + i L + j] = xv[s + i] - xv[s + j] (xv [T, C], out [ΣL², C])."""
     B = off.shape[0] - 1
@@ -129,52 +111,3 @@ def self_subtraction_backward(gv, off, off2, out):
                 for j in range(L):
                     acc += np.float64(gv[o2 + i * L + j, c]) - gv[o2 + j * L + i, c]
                 out[s + i, c] = acc
-
-
-@numba.njit(parallel=True, **_JIT)
-def jagged2_softmax(mv, off, off2, axis, out):
-    """Softmax of every line of every M_b (axis 1: each matrix row over j; axis 0: each column
-    over i): mv, out [ΣL², C]. A line of only -inf gives zeros; +inf or NaN give NaN."""
-    B = off.shape[0] - 1
-    C = mv.shape[1]
-    for b in prange(B):
-        L = off[b + 1] - off[b]
-        o2 = off2[b]
-        si, sj = (L, 1) if axis == 1 else (1, L)  # element j of line i at o2 + i si + j sj
-        for i in range(L):
-            for c in range(C):
-                m = -np.inf
-                for j in range(L):
-                    v = np.float64(mv[o2 + i * si + j * sj, c])
-                    if v > m:
-                        m = v
-                if m == -np.inf:
-                    for j in range(L):
-                        out[o2 + i * si + j * sj, c] = 0.0
-                    continue
-                s = 0.0
-                for j in range(L):
-                    s += np.exp(np.float64(mv[o2 + i * si + j * sj, c]) - m)
-                for j in range(L):
-                    out[o2 + i * si + j * sj, c] = np.exp(
-                        np.float64(mv[o2 + i * si + j * sj, c]) - m) / s
-
-
-@numba.njit(parallel=True, **_JIT)
-def jagged2_softmax_backward(gv, yv, off, off2, axis, out):
-    """dx = y (g - sum_j g_j y_j) along the lines of jagged2_softmax (gv, yv, out [ΣL², C])."""
-    B = off.shape[0] - 1
-    C = gv.shape[1]
-    for b in prange(B):
-        L = off[b + 1] - off[b]
-        o2 = off2[b]
-        si, sj = (L, 1) if axis == 1 else (1, L)
-        for i in range(L):
-            for c in range(C):
-                d = 0.0
-                for j in range(L):
-                    k = o2 + i * si + j * sj
-                    d += np.float64(gv[k, c]) * yv[k, c]
-                for j in range(L):
-                    k = o2 + i * si + j * sj
-                    out[k, c] = np.float64(yv[k, c]) * (gv[k, c] - d)
