@@ -20,12 +20,12 @@ Backends: NumPy values run the Numba kernels of ``cujagged.cpu.interaction`` (fl
 accumulation, results in the inputs' dtype). On CuPy, ``jagged_dense_bmm`` and
 ``jagged_jagged_bmm`` (so both backwards too) of bf16/fp16 values with inner sizes multiples of 8
 run the tensor-core kernels of ``cuda_src/interaction.cu`` (fp32 accumulation; real tiles only).
-``jagged2_softmax`` (and its backward) and ``jagged2_to_padded`` are array code on either
-backend over the row-wise softmax and ``to_padded`` (each matrix's lines as the rows of a jagged
-array; columns through a transposing gather), so on CuPy they run those CUDA kernels;
-``dense_jagged_cat`` is indexing. The other ops and cases (the other jagged2 ops, fp32/fp64
-matmuls) take a host round trip through the Numba kernels (correct, not fast) until their CUDA
-kernels exist.
+``jagged2_softmax``, ``jagged2_to_padded`` and ``jagged_self_subtraction`` (and their
+backwards) are array code on either backend over the row-wise kernels and ``to_padded`` (each
+matrix's lines as the rows of a jagged array; columns through a transposing gather), so on CuPy
+they run those CUDA kernels; ``dense_jagged_cat`` is indexing. The two jagged2 matmuls and the
+fp32/fp64 matmuls take a host round trip through the Numba kernels (correct, not fast) until
+their CUDA kernels exist.
 
 Dtypes: the matmuls take float16, bfloat16, float32, float64, both operands of one dtype (as
 ``torch.bmm``); the self-subtraction also signed integers; the cat any dtype.
@@ -466,34 +466,39 @@ def jagged_self_subtraction(x):
         x: JaggedArray ``[B, None, *inner]`` of signed integers or floats.
 
     Returns:
-        jagged2 JaggedArray, values ``[ΣL_b², *inner]`` of ``x``'s dtype.
+        jagged2 JaggedArray, values ``[ΣL_b², *inner]`` of ``x``'s dtype (one rounding of the
+        exact difference; integers wrap as NumPy's do).
     """
     _check_sub(x)
-    off, off2 = _sq_offsets_host(x)
-    xv = _host(x.values)
-    C = int(np.prod(x.inner_shape, dtype=np.int64))
-    wide = _wide(xv).reshape(xv.shape[0], C)
-    out = np.empty((int(off2[-1]), C), dtype=wide.dtype)
-    _cpu.self_subtraction(wide, off, off2, out)
-    return _jagged2(out.astype(x.dtype).reshape((out.shape[0], *x.inner_shape)), x, off2)
+    J = _jagged_cls()
+    off2_h = _sq_offsets_host(x)[1]
+    off2 = _dev(off2_h, x)
+    xp = xp_of(x.values)  # m: x's jagged2 structure over zero-byte values, for its indices
+    m = J(xp.empty((int(off2_h[-1]), 0), np.int8), off2, max_length=x.max_length ** 2,
+          validate=False)
+    i, j = _pair_items(m, x)
+    return J(x.values[i], off2, max_length=m.max_length, validate=False) - J(
+        x.values[j], off2, max_length=m.max_length, validate=False)
 
 
 @on_array_device
 def jagged_self_subtraction_backward(grad, x):
     """Gradient of ``m = jagged_self_subtraction(x)`` given ``grad`` (jagged2, dL/dm):
-    ``Σ_j grad_b[i, j] − Σ_j grad_b[j, i]``, a JaggedArray like ``x``."""
+    ``Σ_j grad_b[i, j] − Σ_j grad_b[j, i]``, a JaggedArray like ``x`` (the line sums of
+    ``grad − gradᵀ``)."""
+    from .rowwise import sum as row_sum
+
     _check_sub(x)
     if not (x.dtype.kind == "f" or x.dtype == bfloat16):
         raise TypeError(f"x has values of dtype {x.dtype}: gradients need floating values")
-    off, off2 = _check_m(grad, x, "grad")
+    _check_m(grad, x, "grad")
     if grad.inner_shape != x.inner_shape or grad.dtype != x.dtype:
         raise ValueError(f"grad must have x's inner shape {x.inner_shape} and dtype {x.dtype}, "
                          f"got {grad.inner_shape} and {grad.dtype}")
-    gv = _host(grad.values)
-    C = int(np.prod(x.inner_shape, dtype=np.int64))
-    out = np.zeros((x.values.shape[0], C), dtype=np.float64)
-    _cpu.self_subtraction_backward(_wide(gv).reshape(gv.shape[0], C), off, off2, out)
-    return x._with_values(_dev(out.astype(x.dtype).reshape(x.values.shape), x))
+    J = _jagged_cls()
+    d = grad - grad._with_values(grad.values[_transpose2(grad, x)])
+    lines = J(d.values, _line_offsets(grad, x), max_length=x.max_length, validate=False)
+    return x._with_values(row_sum(lines))
 
 
 @on_array_device
@@ -583,6 +588,19 @@ def _line_offsets(m, x):
     lo[:-1] = off2[rid] + positions(x, np.int64) * (off[1:] - off[:-1])[rid]
     lo[-1:] = off2[-1:]
     return lo
+
+
+def _pair_items(m, x):
+    """For every element ``(b, i, j)`` of jagged2 ``m``: the items ``off[b] + i`` and
+    ``off[b] + j`` of ``x`` (two int64 arrays ``[ΣL²]``)."""
+    from .layout import positions, row_ids
+
+    off = x.offsets.astype(np.int64, copy=False)
+    r = row_ids(m, np.int64)
+    L = (off[1:] - off[:-1])[r]
+    p = positions(m, np.int64)
+    i = p // xp_of(p).maximum(L, 1)
+    return off[r] + i, off[r] + (p - i * L)
 
 
 def _transpose2(m, x):

@@ -396,10 +396,11 @@ def test_gpu_matches_cpu(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [bfloat16, np.float16, np.float32])
-def test_gpu_jagged2_softmax_and_to_padded_match_cpu(dtype):
-    """jagged2_softmax (both axes), its backward and jagged2_to_padded are array code over the
-    row-wise softmax and to_padded: on CuPy they run those CUDA kernels and agree with the CPU
-    (a line of -inf gives zeros; truncation and padding exact)."""
+def test_gpu_jagged2_array_code_matches_cpu(dtype):
+    """jagged2_softmax (both axes), its backward, jagged2_to_padded and the self-subtraction
+    (and its backward) are array code over the row-wise kernels and to_padded: on CuPy they run
+    those CUDA kernels and agree with the CPU (a line of -inf gives zeros; truncation, padding
+    and the differences exact)."""
     import cupy
 
     rng = np.random.default_rng(4)
@@ -426,6 +427,13 @@ def test_gpu_jagged2_softmax_and_to_padded_match_cpu(dtype):
         np.testing.assert_array_equal(
             cupy.asnumpy(jagged2_to_padded(md, xd, max_length=M, padding_value=-3)),
             jagged2_to_padded(mh, xh, max_length=M, padding_value=-3))
+    xh = JaggedArray(rng.standard_normal((sum(lens), 2)).astype(dtype), xh.offsets)
+    xd = JaggedArray(cupy.asarray(xh.values), cupy.asarray(xh.offsets))
+    sd = jagged_self_subtraction(xd)
+    assert sd.is_gpu and sd.same_structure(md)
+    np.testing.assert_array_equal(cupy.asnumpy(sd.values), jagged_self_subtraction(xh).values)
+    assert rel_error(cupy.asnumpy(jagged_self_subtraction_backward(gd, xd).values).astype(
+        np.float64), jagged_self_subtraction_backward(gh, xh).values.astype(np.float64)) <= tol
 
 
 def _gpu_pair(rng, lens, dims, dtype, off_dtype=np.int64):

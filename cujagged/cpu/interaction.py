@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 __all__ = ["jagged_dense_bmm", "jagged_jagged_bmm", "jagged_jagged_bmm_jagged_out",
-           "array_jagged_bmm_jagged_out", "self_subtraction", "self_subtraction_backward"]
+           "array_jagged_bmm_jagged_out"]
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -79,35 +79,3 @@ def array_jagged_bmm_jagged_out(mv, off2, xv, off, trans, out):
                 a = np.float64(mv[o2 + k * L + i] if trans else mv[o2 + i * L + k])
                 for n in range(N):
                     out[s + i, n] += a * xv[s + k, n]
-
-
-@numba.njit(parallel=True, **_JIT)
-def self_subtraction(xv, off, off2, out):
-    """out[off2[b] + i L + j] = xv[s + i] - xv[s + j] (xv [T, C], out [ΣL², C])."""
-    B = off.shape[0] - 1
-    C = xv.shape[1]
-    for b in prange(B):
-        s = off[b]
-        L = off[b + 1] - s
-        o2 = off2[b]
-        for i in range(L):
-            for j in range(L):
-                for c in range(C):
-                    out[o2 + i * L + j, c] = xv[s + i, c] - xv[s + j, c]
-
-
-@numba.njit(parallel=True, **_JIT)
-def self_subtraction_backward(gv, off, off2, out):
-    """out[s + i] = sum_j G_b[i, j] - sum_j G_b[j, i] (gv [ΣL², C], out [T, C] float64)."""
-    B = off.shape[0] - 1
-    C = gv.shape[1]
-    for b in prange(B):
-        s = off[b]
-        L = off[b + 1] - s
-        o2 = off2[b]
-        for i in range(L):
-            for c in range(C):
-                acc = 0.0
-                for j in range(L):
-                    acc += np.float64(gv[o2 + i * L + j, c]) - gv[o2 + j * L + i, c]
-                out[s + i, c] = acc
