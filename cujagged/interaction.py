@@ -133,6 +133,8 @@ def _gpu_dense_bmm(x, y):
 
     xv = x.values
     K, N = int(y.shape[1]), int(y.shape[2])
+    if x.dtype not in _TN:  # (before copying a transposed y)
+        return None
     y = cupy.ascontiguousarray(y)
     if not _kernel_ok(x.dtype, (K, N), xv, y):
         return None
@@ -402,26 +404,6 @@ def array_jagged_bmm_jagged_out_backward(grad, m, x):
     return jagged_jagged_bmm_jagged_out(grad, x), _ajbmm(m, grad, off, off2, True)
 
 
-def _check_fill(value, dtype):
-    """padding_value must be a real number that ``dtype`` holds (integers: exactly; floats:
-    without overflowing to inf)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"padding_value must be a real number, got {value!r}")
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        if not (np.isfinite(value) and float(value).is_integer() and info.min <= value <= info.max):
-            raise ValueError(f"padding_value {value!r} is not an integer that {dtype} holds")
-    elif dtype.kind == "b":
-        if value not in (0, 1):
-            raise ValueError(f"padding_value must be 0 or 1 for bool values, got {value!r}")
-    elif np.isfinite(value):
-        with np.errstate(over="ignore"):
-            held = np.asarray(value, dtype=np.float64).astype(dtype)
-        if not np.isfinite(held):
-            raise ValueError(f"padding_value {value!r} overflows {dtype}")
-
-
 @on_array_device
 def jagged2_to_padded(m, x, max_length=None, padding_value=0):
     """A jagged2 array as dense ``[B, M, M, *inner]`` (``M = max_length``, default the longest
@@ -438,8 +420,7 @@ def jagged2_to_padded(m, x, max_length=None, padding_value=0):
     M = x.max_length if max_length is None else max_length
     if not isinstance(M, (int, np.integer)) or isinstance(M, bool) or M < 0:
         raise ValueError(f"max_length must be an integer >= 0, got {max_length!r}")
-    M = int(M)
-    _check_fill(padding_value, m.dtype)
+    M = int(M)  # (to_padded checks padding_value)
     lines = to_padded(J(m.values, _line_offsets(m, x), max_length=x.max_length, validate=False),
                       M, padding_value)  # [ΣL, M, *inner]
     C = int(np.prod(m.inner_shape, dtype=np.int64))

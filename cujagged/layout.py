@@ -99,7 +99,8 @@ def _pad_words_uncached(padding_value, dtype):
 
 def _scalar(value, dtype):
     """``value`` as a 0-d array of ``dtype``: TypeError unless a real number (or a scalar of
-    ``dtype``), ValueError when an integer dtype cannot hold it."""
+    ``dtype``), ValueError when an integer dtype cannot hold it or a finite value overflows a
+    float dtype."""
     v = np.asarray(value)
     if v.ndim or not (v.dtype.kind in "biuf" or v.dtype in (dtype, bfloat16)):
         raise TypeError(f"padding_value must be a real number, got {value!r}")
@@ -111,10 +112,14 @@ def _scalar(value, dtype):
             lo, hi = (0, 1) if dtype.kind == "b" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
             if not lo <= int(v) <= hi:
                 raise ValueError
-        return np.asarray(value).astype(dtype)
+        with np.errstate(over="ignore"):
+            out = np.asarray(value).astype(dtype)
     except (ValueError, TypeError, OverflowError):
         raise ValueError(f"padding_value={value!r} cannot be represented in dtype "
                          f"{dtype}") from None
+    if dtype.kind not in "iub" and np.isfinite(v) and not np.isfinite(out.astype(np.float64)):
+        raise ValueError(f"padding_value={value!r} overflows {dtype}")
+    return out
 
 
 def _launch_grid(ntiles: int) -> int:

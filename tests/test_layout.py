@@ -258,6 +258,10 @@ def test_layout_review_fixes():
     for bad in (None, 5 + 7j, np.array([1.0])):
         with pytest.raises(TypeError, match="padding_value must be a real number"):
             layout.to_padded(x, padding_value=bad)
+    with pytest.raises(ValueError, match="overflows float16"):
+        layout.to_padded(x._with_values(x.values.astype(np.float16)), padding_value=1e6)
+    assert np.isneginf(layout.to_padded(x._with_values(x.values.astype(np.float16)),
+                                        padding_value=-np.inf)[0, 1:]).all()
     from cujagged.layout import _pad_words
 
     neg, pos = _pad_words(np.float32(-0.0), np.dtype(np.float32)), _pad_words(
