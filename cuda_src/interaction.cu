@@ -45,6 +45,25 @@ __device__ __forceinline__ void mma_k32(float (&acc)[BN / 8][4], const T* sA, co
   }
 }
 
+// The two-stage ring of every kernel here: load(s, stage) issues step s's cp.async copies (one
+// commit group), step(stage) computes on a landed stage; nk steps (EMPTY_OK: nk may be 0, then
+// nothing is issued; else nk >= 1).
+template <bool EMPTY_OK, typename I, typename Load, typename Step>
+__device__ __forceinline__ void run_stages(I nk, Load load, Step step) {
+  if (!EMPTY_OK || nk > 0) load(I(0), 0);
+  for (I s = 0; s < nk; ++s) {
+    if (s + 1 < nk) {
+      load(s + 1, (int)((s + 1) & 1));
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // stage s landed for every thread
+    step((int)(s & 1));
+    __syncthreads();  // stage s & 1 is rewritten by the load two steps on
+  }
+}
+
 // acc (rows 16 warp + g and + 8 of the tile, columns 8 nb + 2 tq, + 1) into o (row stride ld,
 // the tile's first row and column), rows < nrow and columns < ncol only: 4-byte stores
 template <typename T, int BN>
@@ -99,19 +118,9 @@ jagged_dense_bmm_mma(const T* __restrict__ x, const T* __restrict__ y, T* __rest
   };
 
   float acc[BN / 8][4] = {};
-  const int nk = (K + JB_BK - 1) / JB_BK;
-  load(0, 0);
-  for (int s = 0; s < nk; ++s) {
-    if (s + 1 < nk) {
-      load(s + 1, (s + 1) & 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // stage s landed for every thread
-    mma_k32<T, BN, false, SA, SB>(acc, sX[s & 1], sY[s & 1], warp, lane);
-    __syncthreads();  // stage s & 1 is rewritten by the load two steps on
-  }
+  run_stages<false>((K + JB_BK - 1) / JB_BK, load, [&](int st) {  // K >= 8
+    mma_k32<T, BN, false, SA, SB>(acc, sX[st], sY[st], warp, lane);
+  });
   store_tile<T, BN>(acc, out + (ti.q_start + i0) * (int64_t)N + n0, N, L - i0, N - n0, warp,
                     lane);
 }
@@ -153,18 +162,7 @@ jagged_jagged_bmm_mma(const T* __restrict__ x, const T* __restrict__ y, T* __res
   };
 
   float acc[BN / 8][4] = {};
-  const int64_t nk = (L + JB_BK - 1) / JB_BK;
-  if (nk > 0) load(0, 0);
-  for (int64_t s = 0; s < nk; ++s) {
-    if (s + 1 < nk) {
-      load(s + 1, (int)((s + 1) & 1));
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    mma_k32<T, BN, true, SA, SB>(acc, sX[s & 1], sY[s & 1], warp, lane);
-    __syncthreads();
-  }
+  run_stages<true>((L + JB_BK - 1) / JB_BK, load,  // an empty row: zeros
+                   [&](int st) { mma_k32<T, BN, true, SA, SB>(acc, sX[st], sY[st], warp, lane); });
   store_tile<T, BN>(acc, out + ((int64_t)row * M + m0) * N + n0, N, M - m0, N - n0, warp, lane);
 }
