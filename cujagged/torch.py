@@ -163,51 +163,41 @@ def cumsum(values, offsets, *, exclusive=False, reverse=False, max_length=None):
     return _row("cumsum", values, offsets, max_length, exclusive=exclusive, reverse=reverse)
 
 
-class _DenseBmm(torch.autograd.Function):
+class _Bmm(torch.autograd.Function):
+    """The two jagged matmuls: ``dense`` (x jagged, b dense ``[B, K, N]``) or not (b jagged of
+    x's structure); each one's backward is the matching ``*_backward``."""
+
     @staticmethod
-    def forward(ctx, values, offsets, y, max_length):
-        with _stream(values):
-            x = _jagged(values, offsets, max_length)
-            out = _out(_ia.jagged_dense_bmm(x, _dense(y)))
-        ctx.max_length = x.max_length
-        ctx.save_for_backward(values, offsets, y)
+    def _operands(a, b, offsets, max_length, dense):
+        x = _jagged(a, offsets, max_length)
+        return x, (_dense(b) if dense else x._with_values(_dense(b)))
+
+    @staticmethod
+    def forward(ctx, dense, a, b, offsets, max_length):
+        with _stream(a):
+            x, y = _Bmm._operands(a, b, offsets, max_length, dense)
+            out = _out((_ia.jagged_dense_bmm if dense else _ia.jagged_jagged_bmm)(x, y))
+        ctx.dense, ctx.max_length = dense, x.max_length
+        ctx.save_for_backward(a, b, offsets)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        values, offsets, y = ctx.saved_tensors
-        with _stream(values):
-            x = _jagged(values, offsets, ctx.max_length)
-            gx, gy = _ia.jagged_dense_bmm_backward(x._with_values(_dense(grad)), x, _dense(y))
-            return _out(gx), None, _out(gy), None
-
-
-class _JaggedBmm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, xv, yv, offsets, max_length):
-        with _stream(xv):
-            x = _jagged(xv, offsets, max_length)
-            y = x._with_values(_dense(yv))
-            out = _out(_ia.jagged_jagged_bmm(x, y))
-        ctx.max_length = x.max_length
-        ctx.save_for_backward(xv, yv, offsets)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        xv, yv, offsets = ctx.saved_tensors
-        with _stream(xv):
-            x = _jagged(xv, offsets, ctx.max_length)
-            gx, gy = _ia.jagged_jagged_bmm_backward(_dense(grad), x, x._with_values(_dense(yv)))
-            return _out(gx), _out(gy), None, None
+        a, b, offsets = ctx.saved_tensors
+        with _stream(a):
+            x, y = _Bmm._operands(a, b, offsets, ctx.max_length, ctx.dense)
+            if ctx.dense:  # grad is jagged like the output
+                ga, gb = _ia.jagged_dense_bmm_backward(x._with_values(_dense(grad)), x, y)
+            else:
+                ga, gb = _ia.jagged_jagged_bmm_backward(_dense(grad), x, y)
+            return None, _out(ga), _out(gb), None, None
 
 
 def jagged_dense_bmm(values, offsets, y, *, max_length=None):
     """Every item of row ``b`` times ``y[b]``: ``values [T, K]``, ``y [B, K, N]`` -> ``[T, N]``."""
     _check(values, offsets, ("y", y), max_length=max_length)
-    return _DenseBmm.apply(values, offsets, y, max_length)
+    return _Bmm.apply(True, values, y, offsets, max_length)
 
 
 def jagged_jagged_bmm(x_values, y_values, offsets, *, max_length=None):
@@ -217,7 +207,7 @@ def jagged_jagged_bmm(x_values, y_values, offsets, *, max_length=None):
     if y_values.shape[0] != x_values.shape[0]:
         raise ValueError(f"y_values must have the items of x_values (one structure: the same "
                          f"offsets), got {y_values.shape[0]} and {x_values.shape[0]} items")
-    return _JaggedBmm.apply(x_values, y_values, offsets, max_length)
+    return _Bmm.apply(False, x_values, y_values, offsets, max_length)
 
 
 class _Attention(torch.autograd.Function):
