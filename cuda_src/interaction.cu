@@ -259,36 +259,40 @@ jagged_jagged_bmm_jagged_out_mma(const T* __restrict__ x, const T* __restrict__ 
 // steps of 32. m's rows are not 16-byte aligned: A comes by 2-byte loads (the next step's issued
 // before the current step's product), x by cp.async.
 template <typename T, int BN, bool TRANS>
-__global__ void __launch_bounds__(128, 3)  // (A's 16 staged loads and their addresses)
+__global__ void __launch_bounds__(128, BN > 64 ? 2 : 3)  // (A's 16 staged loads, addresses)
 array_jagged_bmm_jagged_out_mma(const T* __restrict__ m, const T* __restrict__ x,
                                 T* __restrict__ out, const int64_t* __restrict__ off2,
                                 const int32_t* __restrict__ tile_info,
                                 const int32_t* __restrict__ tile_off, int64_t B, int NT, int N) {
-  constexpr int SA = JB_BK + JB_PAD, SB = BN + JB_PAD;
-  __shared__ __align__(16) T sA[2][JB_BM * SA];  // [i][k]
-  __shared__ __align__(16) T sX[2][JB_BK * SB];  // [k][n]
+  // A is stored as read: m-major sA[i][k] (rows of m_b), or with TRANS k-major sA[k][i] (rows
+  // of m_b again, whose columns are A's rows): warps read rows of m_b either way (coalesced)
+  constexpr int SA = TRANS ? JB_BM + JB_PAD : JB_BK + JB_PAD, SB = BN + JB_PAD;
+  __shared__ __align__(16) T sA[2][JB_BM * (JB_BK + JB_PAD)];  // >= JB_BK * (JB_BM + JB_PAD)
+  __shared__ __align__(16) T sX[2][JB_BK * SB];                 // [k][n]
+  static_assert(JB_BK * (JB_BM + JB_PAD) <= JB_BM * (JB_BK + JB_PAD), "sA holds either layout");
   const TileInfo ti = locate_tile<JB_BM>(tile_info, tile_off, B, NT, NT, (int64_t)1 << 62);
   if (!ti.live) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int L = ti.Lq, i0 = ti.i0, n0 = ti.h * BN;
   const T* mb = m + __ldg(off2 + ti.row);
   const T* xb = x + ti.q_start * (int64_t)N;
-  // A: 64 x 32 elements a step, 16 a thread: thread tid takes column k = tid & 31 of the rows
-  // (tid >> 5) + 4 u (a warp reads 32 consecutive elements of a row of m_b; with TRANS, 32
-  // elements a column apart: the backward's uncoalesced read)
+  // A: 64 x 32 elements a step, 16 a thread, a warp reading consecutive elements of a row of
+  // m_b: A[i][k] = m_b[i][k] (thread: k = tid & 31 of rows i = tid >> 5, + 4, ...) or, with
+  // TRANS, m_b[k][i] (thread: i = tid & 63 of rows k = tid >> 6, + 2, ...)
+  constexpr int CW = TRANS ? JB_BM : JB_BK, RS = 128 / CW;  // a row's threads, rows a pass
   T a_reg[16];
   auto load_a = [&](int s) {
-    const int k = s * JB_BK + (tid & 31);
 #pragma unroll
     for (int u = 0; u < 16; ++u) {
-      const int r = (tid >> 5) + 4 * u, i = i0 + r;
-      const bool ok = i < L && k < L;  // A[i][k] = m_b[i][k], or m_b[k][i] with TRANS
+      const int c = tid % CW, r = tid / CW + RS * u;  // column / row of the m_b block read
+      const int i = i0 + (TRANS ? c : r), k = s * JB_BK + (TRANS ? r : c);
+      const bool ok = i < L && k < L;
       a_reg[u] = ok ? mb[TRANS ? (int64_t)k * L + i : (int64_t)i * L + k] : from_float<T>(0.f);
     }
   };
-  auto store_a = [&](int st) {
+  auto store_a = [&](int st) {  // sA[r][c] in the layout read (SA: its row stride)
 #pragma unroll
-    for (int u = 0; u < 16; ++u) sA[st][((tid >> 5) + 4 * u) * SA + (tid & 31)] = a_reg[u];
+    for (int u = 0; u < 16; ++u) sA[st][(tid / CW + RS * u) * SA + tid % CW] = a_reg[u];
   };
   auto load_x = [&](int s, int st) {  // 32 rows x BN / 8 chunks
     const int k0 = s * JB_BK;
@@ -317,7 +321,7 @@ array_jagged_bmm_jagged_out_mma(const T* __restrict__ m, const T* __restrict__ x
       cp_async_wait<0>();
     }
     __syncthreads();  // step s's A (stored last step) and x landed
-    mma_k32<T, BN, false, SA, SB>(acc, sA[s & 1], sX[s & 1], warp, lane);
+    mma_k32<T, BN, TRANS, SA, SB>(acc, sA[s & 1], sX[s & 1], warp, lane);
     if (more) store_a((s + 1) & 1);  // its buffer was last read at step s - 1
     __syncthreads();
   }

@@ -19,13 +19,14 @@ and offsets ``cumsum(L_b²)`` (:func:`jagged2_offsets`); every op on one takes t
 Backends: NumPy values run the Numba kernels of ``cujagged.cpu.interaction`` (float64
 accumulation, results in the inputs' dtype). On CuPy, ``jagged_dense_bmm`` and
 ``jagged_jagged_bmm`` (so both backwards too) of bf16/fp16 values with inner sizes multiples of 8
-run the tensor-core kernels of ``cuda_src/interaction.cu`` (fp32 accumulation; real tiles only).
+run the tensor-core kernels of ``cuda_src/interaction.cu`` (fp32 accumulation; real tiles only),
+as do ``jagged_jagged_bmm_jagged_out`` and ``array_jagged_bmm_jagged_out`` (and their backwards)
+with D, N multiples of 8.
 ``jagged2_softmax``, ``jagged2_to_padded`` and ``jagged_self_subtraction`` (and their
 backwards) are array code on either backend over the row-wise kernels and ``to_padded`` (each
 matrix's lines as the rows of a jagged array; columns through a transposing gather), so on CuPy
-they run those CUDA kernels; ``dense_jagged_cat`` is indexing. The two jagged2 matmuls and the
-fp32/fp64 matmuls take a host round trip through the Numba kernels (correct, not fast) until
-their CUDA kernels exist.
+they run those CUDA kernels; ``dense_jagged_cat`` is indexing. The fp32/fp64 matmuls and other
+inner sizes take a host round trip through the Numba kernels (correct, not fast).
 
 Dtypes: the matmuls take float16, bfloat16, float32, float64, both operands of one dtype (as
 ``torch.bmm``); the self-subtraction also signed integers; the cat any dtype.
@@ -197,7 +198,7 @@ def _gpu_jj_jagged_out(x, y, off, off2):
     if total >= 2**31:
         return None
     _FAM.get(f"jagged_jagged_bmm_jagged_out_mma<{_TN[x.dtype]}, {bn}>")(
-        (total,), (128,), (xv, yv, out, cupy.asarray(off, dtype=np.int64),
+        (total,), (128,), (xv, yv, out, x.offsets.astype(np.int64, copy=False),
                            cupy.asarray(off2, dtype=np.int64), cupy.asarray(tile_off),
                            cupy.asarray(rows), np.int64(len(lens)), np.int32(D)))
     return out
