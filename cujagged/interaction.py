@@ -19,13 +19,14 @@ and offsets ``cumsum(L_b²)`` (:func:`jagged2_offsets`); every op on one takes t
 Backends: NumPy values run the Numba kernels of ``cujagged.cpu.interaction`` (float64
 accumulation, results in the inputs' dtype). On CuPy, ``jagged_dense_bmm`` and
 ``jagged_jagged_bmm`` (so both backwards too) of bf16/fp16 values with inner sizes multiples of 8
-run the tensor-core kernels of ``cuda_src/interaction.cu`` (fp32 accumulation; real tiles only).
+run the tensor-core kernels of ``cuda_src/interaction.cu`` (fp32 accumulation; real tiles only),
+as do ``jagged_jagged_bmm_jagged_out`` and ``array_jagged_bmm_jagged_out`` (and their backwards)
+with D, N multiples of 8.
 ``jagged2_softmax``, ``jagged2_to_padded`` and ``jagged_self_subtraction`` (and their
 backwards) are array code on either backend over the row-wise kernels and ``to_padded`` (each
 matrix's lines as the rows of a jagged array; columns through a transposing gather), so on CuPy
-they run those CUDA kernels; ``dense_jagged_cat`` is indexing. The two jagged2 matmuls and the
-fp32/fp64 matmuls take a host round trip through the Numba kernels (correct, not fast) until
-their CUDA kernels exist.
+they run those CUDA kernels; ``dense_jagged_cat`` is indexing. The fp32/fp64 matmuls and other
+inner sizes take a host round trip through the Numba kernels (correct, not fast).
 
 Dtypes: the matmuls take float16, bfloat16, float32, float64, both operands of one dtype (as
 ``torch.bmm``); the self-subtraction also signed integers; the cat any dtype.
@@ -108,9 +109,12 @@ def _dev(a, like):
 _TN = {np.dtype(np.float16): "f16_t"}
 if bfloat16 is not None:
     _TN[bfloat16] = "bf16_t"
-_FAM = KernelFamily("interaction.cu", [f"{k}<{t}, {bn}>" for k in ("jagged_dense_bmm_mma",
-                                                                   "jagged_jagged_bmm_mma")
-                                       for t in ("bf16_t", "f16_t") for bn in (64, 128)])
+_FAM = KernelFamily("interaction.cu", [
+    *(f"{k}<{t}, {bn}>" for k in ("jagged_dense_bmm_mma", "jagged_jagged_bmm_mma",
+                                  "jagged_jagged_bmm_jagged_out_mma")
+      for t in ("bf16_t", "f16_t") for bn in (64, 128)),
+    *(f"array_jagged_bmm_jagged_out_mma<{t}, {bn}, {tr}>" for t in ("bf16_t", "f16_t")
+      for bn in (64, 128) for tr in ("false", "true"))])
 # output columns a block computes: None picks 128 from N = 128 on, else 64 (the benchmark sets it)
 _BN: int | None = None
 
@@ -173,6 +177,57 @@ def _gpu_jj_bmm(x, y):
         (B * mt * nt,), (128,), (xv, yv, out, off, rows, np.int32(mt), np.int32(nt),
                                  np.int32(M), np.int32(N)))
     return out
+
+
+def _gpu_jj_jagged_out(x, y, off, off2):
+    """``jagged_jagged_bmm_jagged_out_mma``: a block per (row, 64 x BN tile of its L x L
+    matrix), rows of most tiles first; None where it does not apply. ``off`` / ``off2``: the
+    host offsets and ``cumsum(L²)``."""
+    xv, yv = x.values, y.values
+    D = int(xv.shape[1])
+    if not _kernel_ok(x.dtype, (D,), xv, yv):
+        return None
+    lens = np.diff(off)
+    bn = _bn(int(lens.max(initial=0)))
+    counts = -(-lens // 64) * -(-lens // bn)
+    rows = np.argsort(-counts, kind="stable").astype(np.int32)
+    tile_off = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(counts[rows], out=tile_off[1:])
+    out = cupy.empty(int(off2[-1]), dtype=x.dtype)
+    total = int(tile_off[-1])
+    if total == 0:
+        return out
+    if total >= 2**31:
+        return None
+    _FAM.get(f"jagged_jagged_bmm_jagged_out_mma<{_TN[x.dtype]}, {bn}>")(
+        (total,), (128,), (xv, yv, out, x.offsets.astype(np.int64, copy=False),
+                           cupy.asarray(off2, dtype=np.int64), cupy.asarray(tile_off),
+                           cupy.asarray(rows), np.int64(len(lens)), np.int32(D)))
+    return out
+
+
+def _gpu_ajbmm(m, x, off2, trans):
+    """``array_jagged_bmm_jagged_out_mma`` (``m_b @ x_b`` or ``m_bᵀ @ x_b``) over the
+    attention tile list of ``x``; None where it does not apply."""
+    from .attention import _NO_LIMIT, _tile_list
+
+    xv, mv = x.values, m.values
+    T, B, N = int(xv.shape[0]), x.nrows, int(xv.shape[1])
+    if not (_kernel_ok(x.dtype, (N,), xv) and mv.flags.c_contiguous):
+        return None
+    out = cupy.empty((T, N), dtype=x.dtype)
+    if T == 0:
+        return x._with_values(out)
+    bn = _bn(N)
+    bound, nt = (T + 63) // 64 + B, (N + bn - 1) // bn
+    if bound * nt >= 2**31 or x.max_length > 2**31 - 65:
+        return None
+    info, tile_off = _tile_list(cupy, x.offsets, x.offsets, 64, _NO_LIMIT, x._cache, bound)
+    _FAM.get(f"array_jagged_bmm_jagged_out_mma<{_TN[x.dtype]}, {bn}, "
+             f"{'true' if trans else 'false'}>")(
+        (bound * nt,), (128,), (mv, xv, out, cupy.asarray(off2, dtype=np.int64), info, tile_off,
+                               np.int64(B), np.int32(nt), np.int32(N)))
+    return x._with_values(out)
 
 
 def _dense_bmm(x, y):
@@ -333,6 +388,10 @@ def jagged_jagged_bmm_jagged_out(x, y):
     if x.inner_shape != y.inner_shape:
         raise ValueError(f"x and y must have one D, got shapes {x.shape} and {y.shape}")
     off, off2 = _sq_offsets_host(x)
+    if x.is_gpu:
+        res = _gpu_jj_jagged_out(x, y, off, off2)
+        if res is not None:
+            return _jagged2(res, x, off2)
     out = np.zeros(int(off2[-1]), dtype=np.float64)
     _cpu.jagged_jagged_bmm_jagged_out(_wide(_host(x.values)), _wide(_host(y.values)), off, off2,
                                       out)
@@ -340,6 +399,10 @@ def jagged_jagged_bmm_jagged_out(x, y):
 
 
 def _ajbmm(m, x, off, off2, trans):
+    if x.is_gpu:
+        res = _gpu_ajbmm(m, x, off2, trans)
+        if res is not None:
+            return res
     xv = _host(x.values)
     out = np.zeros(xv.shape, dtype=np.float64)
     _cpu.array_jagged_bmm_jagged_out(_wide(_host(m.values)), off2, _wide(xv), off, trans, out)

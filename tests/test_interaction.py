@@ -481,6 +481,41 @@ def test_gpu_bmm_kernels_match_numba(bn, lens, K, N, dtype, off_dtype, seed):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("bn", [None, 64, 128])
+@given(lengths(max_rows=8, max_len=150), st.sampled_from([8, 40, 64, 136]),
+       st.sampled_from([8, 24, 72, 128, 200]), st.sampled_from([bfloat16, np.float16]),
+       st.sampled_from(OFFSET_DTYPES), st.integers(0, 2**16))
+def test_gpu_jagged2_bmm_kernels_match_numba(bn, lens, D, N, dtype, off_dtype, seed):
+    """The jagged2 tensor-core kernels against the float64 Numba reference: x_b y_bᵀ as jagged2
+    (unaligned L x L rows, tiles past L both ways, empty rows), m_b x_b and, through the
+    backwards, m_bᵀ x_b; outputs poisoned by the test allocator."""
+    import cupy
+
+    from cujagged import interaction
+
+    rng = np.random.default_rng(seed)
+    (xh, yh, zh), (xd, yd, zd) = _gpu_pair(rng, lens, (D, D, N), dtype, off_dtype)
+    n2 = sum(L * L for L in lens)
+    gh = JaggedArray(rng.standard_normal(n2).astype(dtype), jagged2_offsets(xh))
+    gd = JaggedArray(cupy.asarray(gh.values), cupy.asarray(gh.offsets))
+    saved, interaction._BN = interaction._BN, bn
+    try:
+        m = jagged_jagged_bmm_jagged_out(xd, yd).values
+        a = array_jagged_bmm_jagged_out(gd, zd).values
+        bx, by = jagged_jagged_bmm_jagged_out_backward(gd, xd, yd)
+    finally:
+        interaction._BN = saved
+    x64, y64, z64, g64 = _f64(xh), _f64(yh), _f64(zh), _f64(gh)
+    rx, ry = jagged_jagged_bmm_jagged_out_backward(g64, x64, y64)
+    for got, ref in ((m, jagged_jagged_bmm_jagged_out(x64, y64).values),
+                     (a, array_jagged_bmm_jagged_out(g64, z64).values),
+                     (bx.values, rx.values), (by.values, ry.values)):
+        got = cupy.asnumpy(got).astype(np.float64)
+        assert got.shape == ref.shape and not np.isnan(got).any()
+        assert rel_error(got, ref) <= 1e-2
+
+
+@pytest.mark.gpu
 def test_gpu_bmm_long_rows_backward_and_fallback():
     """Long rows (many item tiles; a 3,000-item reduction), both backwards (dense and transposed
     operands through the kernels), and inner sizes not multiples of 8 (the host path) agree
