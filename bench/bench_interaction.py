@@ -4,6 +4,9 @@
   2 ΣL K N;
 - ``jagged_jagged_bmm`` (``x_bᵀ g_b``, the weight gradient): bytes x + g + out ``[B, K, N]``,
   FLOPs 2 ΣL K N;
+- ``jagged_jagged_bmm_jagged_out`` (``x_b y_bᵀ`` into jagged2 rows): bytes x + y + out
+  ``[ΣL²]``, FLOPs 2 ΣL² K;
+- ``array_jagged_bmm_jagged_out`` (``m_b x_b``, m jagged2): bytes m + x + out, FLOPs 2 ΣL² N;
 
 each against the padded way in PyTorch (``torch.bmm`` on ``[B, max_len, ·]`` padded values with
 the padding and, for the jagged result, the gather back: "padded_bmm_roundtrip"; ``torch.bmm``
@@ -100,6 +103,7 @@ def _case(fill, rng, torch) -> list[dict]:
     jj, jj0 = _ours("jagged_jagged_bmm", params,
                     lambda: jagged_jagged_bmm((s := next(it))[0], s[2]), nb_jj, flops)
     out += jj
+    out += _jagged2_cases(sets, params, torch)
     if torch is None:
         return out
     tsets = [(_torch_from(x.values), _torch_from(y), _torch_from(g.values)) for x, y, g in sets]
@@ -147,6 +151,54 @@ def _case(fill, rng, torch) -> list[dict]:
                           nb_jj, flops))
     except Exception:
         pass
+    return out
+
+
+def _jagged2_cases(sets, params, torch) -> list[dict]:
+    """The jagged2 matmuls on the same rows (x, g of each set), and padded ``torch.bmm`` of
+    the same products on already padded tensors (its ``[B, max_len, max_len]`` output is not
+    jagged2: no round trip is counted)."""
+    from bench.harness import rotate
+    from cujagged.interaction import array_jagged_bmm_jagged_out, jagged_jagged_bmm_jagged_out
+
+    x0 = sets[0][0]
+    off_h = np.asarray(x0.offsets.get(), dtype=np.int64)
+    lens = np.diff(off_h)
+    T, sq = int(off_h[-1]), int((lens * lens).sum())
+    ms = [jagged_jagged_bmm_jagged_out(x, g) for x, _, g in sets]
+    p = dict(params, sum_L2=sq)
+    flops = 2.0 * sq * K
+    nb_jo = (2 * T * K + sq) * 2
+    nb_aj = (sq + 2 * T * N) * 2
+    it = rotate(sets)
+    out, _ = _ours("jagged_jagged_bmm_jagged_out", p,
+                   lambda: jagged_jagged_bmm_jagged_out((s := next(it))[0], s[2]).values,
+                   nb_jo, flops)
+    it = rotate(list(zip(ms, [s[2] for s in sets])))
+    aj, _ = _ours("array_jagged_bmm_jagged_out", p,
+                  lambda: array_jagged_bmm_jagged_out(*next(it)).values, nb_aj, flops)
+    out += aj
+    if torch is None:
+        return out
+    try:
+        from cujagged.interop import _torch_from
+
+        maxlen = int(lens.max())
+        toff = _torch_from(x0.offsets)
+        j2p = torch.ops.aten._jagged_to_padded_dense_forward
+        padded = [(j2p(_torch_from(x.values), [toff], [maxlen], 0.0),
+                   j2p(_torch_from(g.values), [toff], [maxlen], 0.0)) for x, _, g in sets]
+        it2 = rotate(padded)
+        out.append(_timed("jagged_jagged_bmm_jagged_out", "padded_bmm", p,
+                          lambda: torch.bmm((s := next(it2))[0], s[1].transpose(1, 2)),
+                          nb_jo, flops))
+        mp = [torch.bmm(x, g.transpose(1, 2)) for x, g in padded]
+        it3 = rotate(list(zip(mp, [g for _, g in padded])))
+        out.append(_timed("array_jagged_bmm_jagged_out", "padded_bmm", p,
+                          lambda: torch.bmm(*next(it3)), nb_aj, flops))
+        del mp, padded
+    except Exception as e:  # a peer that cannot run is reported, not fatal
+        print(f"bench_interaction: torch jagged2 peer failed: {e}", file=sys.stderr)
     return out
 
 

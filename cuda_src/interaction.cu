@@ -235,19 +235,9 @@ jagged_jagged_bmm_jagged_out_mma(const T* __restrict__ x, const T* __restrict__ 
   };
 
   float acc[BN / 8][4] = {};
-  const int nk = (D + JB_BK - 1) / JB_BK;
-  load(0, 0);
-  for (int s = 0; s < nk; ++s) {
-    if (s + 1 < nk) {
-      load(s + 1, (s + 1) & 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    mma_k32<T, BN, false, SA, SB, true>(acc, sX[s & 1], sY[s & 1], warp, lane);
-    __syncthreads();
-  }
+  run_stages<false>((D + JB_BK - 1) / JB_BK, load, [&](int st) {  // D >= 8
+    mma_k32<T, BN, false, SA, SB, true>(acc, sX[st], sY[st], warp, lane);
+  });
   store_tile<T, BN, false>(acc, out + __ldg(off2 + rt.row) + (int64_t)i0 * L + j0, L, L - i0,
                            L - j0, warp, lane);
 }
