@@ -78,15 +78,6 @@
 #ifndef CJ_UH
 #define CJ_UH 4  // the same for reductions with a larger state (index, exp sum) or a second input
 #endif
-#ifndef CJ_PROD_RESCAN
-// 1: prod's batches take no branch (a batch whose product is 0 / inf / NaN is left out and its
-// column marked); the marked columns of a lane are multiplied again item by item at the end
-// (an A/B variant: bench.rowwise_variants -DCJ_PROD_RESCAN=1)
-#define CJ_PROD_RESCAN 0
-#endif
-#ifndef CJ_PROD_U
-#define CJ_PROD_U CJ_U  // the same for prod
-#endif
 #define CJ_NOIDX 0x7fffffff
 #define CJ_LOG2E 1.4426950408889634f
 
@@ -824,10 +815,7 @@ __device__ __forceinline__ void fold_batch(St (&s)[V], bool& ffma, const VecT<T,
       for (int u = 0; u < U; ++u)
         if (u < nv) p *= vf(w[u], j);
       const bool ok = fabsf(p) > 0.f && fabsf(p) < CJ_INF;
-      if (CJ_PROD_RESCAN) {  // bits 16 + j of s[0].i: column j has a batch to redo
-        s[j].a *= ok ? p : 1.f;
-        s[0].i |= (ok ? 0 : 1) << (16 + j);
-      } else if (ok) {
+      if (ok) {
         s[j].a *= p;
       } else {
 #pragma unroll
@@ -1060,8 +1048,8 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
   // stage of the ring holds CJ_PIPE_U loads
   using P = Pipe<T, K, V, FUSED>;
   constexpr int UA = P::on ? P::u
-                           : ((K == K_SUM || K == K_MAXV || (FUSED && K == K_LSE))
-                                  ? CJ_U : (K == K_PROD ? CJ_PROD_U : CJ_UH));
+                           : ((K == K_SUM || K == K_MAXV || K == K_PROD || (FUSED && K == K_LSE))
+                                  ? CJ_U : CJ_UH);
   // FUSED with a row cache (nc > 0): the lane's first nc items (of every input the rewrite
   // reads) go to shared memory by cp.async, all issued before the rest of the unit streams
   // through accumulate, and are folded last; the rewrite takes them from there (read once).
@@ -1090,22 +1078,6 @@ reduce_body(const T* __restrict__ a, const T* __restrict__ b, const int64_t* __r
   }
   if constexpr (P::on) __syncthreads();  // the ring's bytes hold sa / sb / si from here on
   if constexpr (K == K_PROD) {  // s[0].i holds every column's flags (see St)
-    if (CJ_PROD_RESCAN && active && (s[0].i >> 16)) {  // this lane's items again, item by item
-#pragma unroll 1
-      for (int j = 0; j < V; ++j) {
-        if (!((s[0].i >> (16 + j)) & 1)) continue;
-        float a = 1.f;
-        int f = 0;
-        for (int64_t t = un.start + l; t < un.end; t += LPR) {
-          const float x = to_float(ar[t * C + j]);
-          const bool z = x == 0.f, inf = fabsf(x) == CJ_INF;
-          f |= (z ? 1 : 0) | (inf ? 2 : 0);
-          a *= (z | inf) ? copysignf(1.f, x) : x;
-        }
-        s[j].a = a;
-        s[0].i = (s[0].i & ~(3 << (2 * j))) | (f << (2 * j));
-      }
-    }
 #pragma unroll
     for (int j = V - 1; j >= 0; --j) s[j].i = (s[0].i >> (2 * j)) & 3;
   }
