@@ -10,8 +10,8 @@
 // array_jagged_bmm_jagged_out:  out_b = m_b @ x_b, or m_b^T @ x_b (x values [T, N]).
 // 16-bit T, fp32 accumulation; inner sizes multiples of 8 with 16-byte aligned rows (the host
 // checks). 128 threads = 4 warps; warp w computes rows 16 w .. 16 w + 15 of a 64-row output tile,
-// all BN columns (mma.sync m16n8k16); the reduction runs in steps of 32 through a two-stage
-// cp.async ring. Operands past the matrix edges are zero-filled and outputs there never stored.
+// all BN columns (mma.sync m16n8k16); the reduction runs in steps of 32 through a ring of JB_ST
+// cp.async stages. Operands past the matrix edges are zero-filled and outputs there never stored.
 #include "common.cuh"
 #include "mma.cuh"
 #include "jfa_tiles.cuh"
@@ -19,6 +19,10 @@
 #define JB_BM 64  // output rows of a block
 #define JB_BK 32  // reduction depth of a stage
 #define JB_PAD 8  // elements (16 bytes) after each shared-memory row: ldmatrix without conflicts
+#ifndef JB_ST
+#define JB_ST 3  // stages of the cp.async ring (JB_ST - 1 in flight during a step; static shared
+                 // memory stays under 48 KB at BN 128)
+#endif
 // blocks per SM the register budget must allow: BN 128 keeps 64 fp32 accumulators per thread
 #define JB_MINB(BN) ((BN) > 64 ? 3 : 6)
 
@@ -54,29 +58,34 @@ __device__ __forceinline__ void mma_k32(float (&acc)[BN / 8][4], const T* sA, co
   }
 }
 
-// The two-stage ring of every kernel here: load(s, stage) issues step s's cp.async copies (one
-// commit group), step(stage) computes on a landed stage; nk steps (EMPTY_OK: nk may be 0, then
-// nothing is issued; else nk >= 1).
-template <bool EMPTY_OK, typename I, typename Load, typename Step>
+// The ring of JB_ST stages of every kernel here: load(s, slot) issues step s's cp.async copies
+// into ring slot `slot`, step(slot) computes on a landed slot; nk >= 0 steps. One commit group a
+// step (empty past the end), one barrier a step: the slot a load refills was last read by the
+// step before, which every thread has finished at the barrier. The ring's shared memory may be
+// reused only after another __syncthreads.
+template <typename I, typename Load, typename Step>
 __device__ __forceinline__ void run_stages(I nk, Load load, Step step) {
-  if (!EMPTY_OK || nk > 0) load(I(0), 0);
+#pragma unroll
+  for (int t = 0; t < JB_ST - 1; ++t) {
+    if (t < nk) load(I(t), t);
+    cp_async_commit();
+  }
+  int rd = 0, wr = JB_ST - 1;  // slots of steps s and s + JB_ST - 1
   for (I s = 0; s < nk; ++s) {
-    if (s + 1 < nk) {
-      load(s + 1, (int)((s + 1) & 1));
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // stage s landed for every thread
-    step((int)(s & 1));
-    __syncthreads();  // stage s & 1 is rewritten by the load two steps on
+    cp_async_wait<JB_ST - 2>();
+    __syncthreads();  // step s landed for every thread; every thread is done with step s - 1
+    if (s + JB_ST - 1 < nk) load(s + JB_ST - 1, wr);
+    cp_async_commit();
+    step(rd);
+    rd = rd + 1 == JB_ST ? 0 : rd + 1;
+    wr = wr + 1 == JB_ST ? 0 : wr + 1;
   }
 }
 
 // acc (rows 16 warp + g and + 8 of the tile, columns 8 nb + 2 tq, + 1) into o (row stride ld,
-// the tile's first row and column), rows < nrow and columns < ncol only: 4-byte stores where
-// PAIRED (even ld and ncol, o 4-byte aligned), else one element at a time
-template <typename T, int BN, bool PAIRED = true>
+// the tile's first row and column; even ld and ncol, o 4-byte aligned), rows < nrow and columns
+// < ncol only
+template <typename T, int BN>
 __device__ __forceinline__ void store_tile(const float (&acc)[BN / 8][4], T* o, int64_t ld,
                                            int nrow, int ncol, int warp, int lane) {
   const int g = lane >> 2, tq = lane & 3, r0 = warp * 16 + g;
@@ -85,16 +94,41 @@ __device__ __forceinline__ void store_tile(const float (&acc)[BN / 8][4], T* o, 
   for (int nb = 0; nb < BN / 8; ++nb) {
     const int c = nb * 8 + 2 * tq;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {  // rows r0, r0 + 8
-      if (r0 + 8 * h >= nrow || c >= ncol) continue;
-      T* q = p + 8 * h * ld + nb * 8;
-      if (PAIRED) {
-        *reinterpret_cast<uint32_t*>(q) = pack2<T>(acc[nb][2 * h], acc[nb][2 * h + 1]);
-      } else {
-        q[0] = from_float<T>(acc[nb][2 * h]);
-        if (c + 1 < ncol) q[1] = from_float<T>(acc[nb][2 * h + 1]);
-      }
+    for (int h = 0; h < 2; ++h)  // rows r0, r0 + 8
+      if (r0 + 8 * h < nrow && c < ncol)
+        *reinterpret_cast<uint32_t*>(p + 8 * h * ld + nb * 8) =
+            pack2<T>(acc[nb][2 * h], acc[nb][2 * h + 1]);
+  }
+}
+
+// The same for rows of any alignment (the L x L matrices of jagged2 values), through `stage`
+// (64 x (BN + JB_PAD) elements of free shared memory): warp w stages its 16 rows, then writes
+// each row's ncol elements as coalesced 4-byte pairs (a row starting at an odd element writes
+// its first element alone, and an unpaired last element alone).
+template <typename T, int BN>
+__device__ __forceinline__ void store_tile_rows(const float (&acc)[BN / 8][4], T* stage, T* o,
+                                                int64_t ld, int nrow, int ncol, int warp,
+                                                int lane) {
+  constexpr int SO = BN + JB_PAD;
+  const int g = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int nb = 0; nb < BN / 8; ++nb)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      *reinterpret_cast<uint32_t*>(stage + (warp * 16 + g + 8 * h) * SO + nb * 8 + 2 * tq) =
+          pack2<T>(acc[nb][2 * h], acc[nb][2 * h + 1]);
+  __syncwarp();
+  const int rend = min(nrow, warp * 16 + 16);
+  for (int r = warp * 16; r < rend; ++r) {
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(stage + r * SO);
+    uint16_t* dst = reinterpret_cast<uint16_t*>(o + r * ld);
+    const int h = (int)((reinterpret_cast<unsigned long long>(dst) >> 1) & 1);  // odd first element
+    if (lane == 0) {
+      if (h) dst[0] = src[0];
+      if ((ncol - h) & 1) dst[ncol - 1] = src[ncol - 1];
     }
+    for (int c = h + 2 * lane; c + 1 < ncol; c += 64)
+      *reinterpret_cast<uint32_t*>(dst + c) = (uint32_t)src[c] | ((uint32_t)src[c + 1] << 16);
   }
 }
 
@@ -118,8 +152,8 @@ jagged_dense_bmm_mma(const T* __restrict__ x, const T* __restrict__ y, T* __rest
                      const int32_t* __restrict__ tile_info, const int32_t* __restrict__ tile_off,
                      int64_t B, int NT, int K, int N) {
   constexpr int SA = JB_BK + JB_PAD, SB = BN + JB_PAD;
-  __shared__ __align__(16) T sX[2][JB_BM * SA];  // [item][k]
-  __shared__ __align__(16) T sY[2][JB_BK * SB];  // [k][n]
+  __shared__ __align__(16) T sX[JB_ST][JB_BM * SA];  // [item][k]
+  __shared__ __align__(16) T sY[JB_ST][JB_BK * SB];  // [k][n]
   // (the NT column tiles play attention's heads; no truncation)
   const TileInfo ti = locate_tile<JB_BM>(tile_info, tile_off, B, NT, NT, (int64_t)1 << 62);
   if (!ti.live) return;
@@ -143,11 +177,10 @@ jagged_dense_bmm_mma(const T* __restrict__ x, const T* __restrict__ y, T* __rest
       cp_async16(smem_addr(&sY[st][r * SB + nc]), ok ? yb + (int64_t)(k0 + r) * N + n0 + nc : y,
                  ok);
     }
-    cp_async_commit();
   };
 
   float acc[BN / 8][4] = {};
-  run_stages<false>((K + JB_BK - 1) / JB_BK, load, [&](int st) {  // K >= 8
+  run_stages((K + JB_BK - 1) / JB_BK, load, [&](int st) {
     mma_k32<T, BN, false, SA, SB>(acc, sX[st], sY[st], warp, lane);
   });
   store_tile<T, BN>(acc, out + (ti.q_start + i0) * (int64_t)N + n0, N, L - i0, N - n0, warp,
@@ -162,8 +195,8 @@ jagged_jagged_bmm_mma(const T* __restrict__ x, const T* __restrict__ y, T* __res
                       const int64_t* __restrict__ offsets, const int32_t* __restrict__ rows,
                       int MT, int NT, int M, int N) {
   constexpr int SA = JB_BM + JB_PAD, SB = BN + JB_PAD;
-  __shared__ __align__(16) T sX[2][JB_BK * SA];  // [item][m]
-  __shared__ __align__(16) T sY[2][JB_BK * SB];  // [item][n]
+  __shared__ __align__(16) T sX[JB_ST][JB_BK * SA];  // [item][m]
+  __shared__ __align__(16) T sY[JB_ST][JB_BK * SB];  // [item][n]
   const int64_t lin = blockIdx.x;
   const int row = __ldg(rows + lin / (MT * NT)), t = (int)(lin % (MT * NT));
   const int m0 = (t / NT) * JB_BM, n0 = (t % NT) * BN;
@@ -187,11 +220,10 @@ jagged_jagged_bmm_mma(const T* __restrict__ x, const T* __restrict__ y, T* __res
       const bool ok = k0 + r < L && n0 + nc < N;
       cp_async16(smem_addr(&sY[st][r * SB + nc]), ok ? yb + (k0 + r) * N + nc : y, ok);
     }
-    cp_async_commit();
   };
 
   float acc[BN / 8][4] = {};
-  run_stages<true>((L + JB_BK - 1) / JB_BK, load,  // an empty row: zeros
+  run_stages((L + JB_BK - 1) / JB_BK, load,  // an empty row: zeros
                    [&](int st) { mma_k32<T, BN, true, SA, SB>(acc, sX[st], sY[st], warp, lane); });
   store_tile<T, BN>(acc, out + ((int64_t)row * M + m0) * N + n0, N, M - m0, N - n0, warp, lane);
 }
@@ -206,8 +238,8 @@ jagged_jagged_bmm_jagged_out_mma(const T* __restrict__ x, const T* __restrict__ 
                                  const int64_t* __restrict__ tile_off,
                                  const int32_t* __restrict__ rows, int64_t B, int D) {
   constexpr int SA = JB_BK + JB_PAD, SB = JB_BK + JB_PAD;
-  __shared__ __align__(16) T sX[2][JB_BM * SA];  // [i][k]
-  __shared__ __align__(16) T sY[2][BN * SB];     // [j][k]
+  __shared__ __align__(16) T sX[JB_ST][JB_BM * SA];  // [i][k]
+  __shared__ __align__(16) T sY[JB_ST][BN * SB];   // [j][k]
   const RowTile rt = row_tile(tile_off, rows, B);
   const int64_t start = __ldg(offsets + rt.row);
   const int L = (int)(__ldg(offsets + rt.row + 1) - start);
@@ -231,15 +263,16 @@ jagged_jagged_bmm_jagged_out_mma(const T* __restrict__ x, const T* __restrict__ 
       const bool ok = j0 + r < L && kc < D;
       cp_async16(smem_addr(&sY[st][r * SB + (c & 3) * 8]), ok ? yb + (int64_t)r * D + kc : y, ok);
     }
-    cp_async_commit();
   };
 
   float acc[BN / 8][4] = {};
-  run_stages<false>((D + JB_BK - 1) / JB_BK, load, [&](int st) {  // D >= 8
+  run_stages((D + JB_BK - 1) / JB_BK, load, [&](int st) {
     mma_k32<T, BN, false, SA, SB, true>(acc, sX[st], sY[st], warp, lane);
   });
-  store_tile<T, BN, false>(acc, out + __ldg(off2 + rt.row) + (int64_t)i0 * L + j0, L, L - i0,
-                           L - j0, warp, lane);
+  static_assert(JB_ST * BN * SB >= JB_BM * (BN + JB_PAD), "the output tile is staged in sY");
+  __syncthreads();  // every warp is done with the ring
+  store_tile_rows<T, BN>(acc, sY[0], out + __ldg(off2 + rt.row) + (int64_t)i0 * L + j0, L,
+                         L - i0, L - j0, warp, lane);
 }
 
 // out_b = A_b @ x_b with A_b = m_b (or m_b^T with TRANS): block = (64-item tile, BN-column tile)
