@@ -101,7 +101,8 @@ __device__ __forceinline__ void store_tile(const float (&acc)[BN / 8][4], T* o, 
   }
 }
 
-// The same for rows of any alignment (the L x L matrices of jagged2 values), through `stage`
+// The same for rows of any alignment (the L x L matrices of jagged2 values; nrow, ncol: what is
+// left of the matrix from the tile's corner, clipped to the tile here), through `stage`
 // (64 x (BN + JB_PAD) elements of free shared memory): warp w stages its 16 rows, then writes
 // each row's ncol elements as coalesced 4-byte pairs (a row starting at an odd element writes
 // its first element alone, and an unpaired last element alone).
@@ -118,6 +119,7 @@ __device__ __forceinline__ void store_tile_rows(const float (&acc)[BN / 8][4], T
       *reinterpret_cast<uint32_t*>(stage + (warp * 16 + g + 8 * h) * SO + nb * 8 + 2 * tq) =
           pack2<T>(acc[nb][2 * h], acc[nb][2 * h + 1]);
   __syncwarp();
+  ncol = min(ncol, BN);
   const int rend = min(nrow, warp * 16 + 16);
   for (int r = warp * 16; r < rend; ++r) {
     const uint16_t* src = reinterpret_cast<const uint16_t*>(stage + r * SO);
