@@ -26,23 +26,32 @@
 // blocks per SM the register budget must allow: BN 128 keeps 64 fp32 accumulators per thread
 #define JB_MINB(BN) ((BN) > 64 ? 3 : 6)
 
-// One k-step of 32 from shared memory: acc (16 rows of warp w x BN columns) += A (16 x 32) * B
-// (32 x BN). A is m-major (sA[m][k], row stride SA, ldmatrix) or, with A_KMAJOR, k-major
-// (sA[k][m], ldmatrix.trans); B is k-major (sB[k][n], row stride SB, ldmatrix.trans) or, with
-// B_NMAJOR, n-major (sB[n][k], ldmatrix).
-template <typename T, int BN, bool A_KMAJOR, int SA, int SB, bool B_NMAJOR = false>
-__device__ __forceinline__ void mma_k32(float (&acc)[BN / 8][4], const T* sA, const T* sB,
-                                        int warp, int lane) {
-  const int lm = lane >> 3, lr = lane & 7;
-#pragma unroll
-  for (int kk = 0; kk < JB_BK / 16; ++kk) {
-    uint32_t a[4];
+// A fragments (m16n8k16, rows 16 warp .. + 15, k 16 kk .. + 15) by ldmatrix from a shared A
+// that is m-major (sA[m][k], row stride SA) or, with A_KMAJOR, k-major (sA[k][m], .trans)
+template <bool A_KMAJOR, int SA, typename T>
+__device__ __forceinline__ auto ldsm_a(const T* sA, int warp, int lane) {
+  return [=](int kk, uint32_t (&a)[4]) {
+    const int lm = lane >> 3, lr = lane & 7;
     if (A_KMAJOR)  // matrix lm: rows (k) 8 (lm >> 1) + lr, columns (m) 16 warp + 8 (lm & 1)
       ldsm_x4_t(a[0], a[1], a[2], a[3],
                 smem_addr(sA + (kk * 16 + (lm >> 1) * 8 + lr) * SA + warp * 16 + (lm & 1) * 8));
     else  // matrix lm: rows (m) 16 warp + 8 (lm & 1) + lr, columns (k) 8 (lm >> 1)
       ldsm_x4(a[0], a[1], a[2], a[3],
               smem_addr(sA + (warp * 16 + (lm & 1) * 8 + lr) * SA + kk * 16 + (lm >> 1) * 8));
+  };
+}
+
+// One k-step of 32: acc (16 rows of warp w x BN columns) += A (16 x 32) * B (32 x BN). afrag(kk,
+// a) gives A's fragments of k 16 kk .. + 15; B is shared, k-major (sB[k][n], row stride SB,
+// ldmatrix.trans) or, with B_NMAJOR, n-major (sB[n][k], ldmatrix).
+template <typename T, int BN, int SB, bool B_NMAJOR = false, typename AFrag>
+__device__ __forceinline__ void mma_k32(float (&acc)[BN / 8][4], AFrag afrag, const T* sB,
+                                        int lane) {
+  const int lm = lane >> 3, lr = lane & 7;
+#pragma unroll
+  for (int kk = 0; kk < JB_BK / 16; ++kk) {
+    uint32_t a[4];
+    afrag(kk, a);
 #pragma unroll
     for (int nb = 0; nb < BN / 16; ++nb) {
       uint32_t b0, b1, b2, b3;  // k 0-7 / 8-15 of columns 16 nb + 0-7, then of + 8-15
@@ -59,7 +68,7 @@ __device__ __forceinline__ void mma_k32(float (&acc)[BN / 8][4], const T* sA, co
 }
 
 // The ring of JB_ST stages of every kernel here: load(s, slot) issues step s's cp.async copies
-// into ring slot `slot`, step(slot) computes on a landed slot; nk >= 0 steps. One commit group a
+// into ring slot `slot`, step(s, slot) computes on a landed slot; nk >= 0 steps. One commit group a
 // step (empty past the end), one barrier a step: the slot a load refills was last read by the
 // step before, which every thread has finished at the barrier. The ring's shared memory may be
 // reused only after another __syncthreads.
@@ -76,7 +85,7 @@ __device__ __forceinline__ void run_stages(I nk, Load load, Step step) {
     __syncthreads();  // step s landed for every thread; every thread is done with step s - 1
     if (s + JB_ST - 1 < nk) load(s + JB_ST - 1, wr);
     cp_async_commit();
-    step(rd);
+    step(s, rd);
     rd = rd + 1 == JB_ST ? 0 : rd + 1;
     wr = wr + 1 == JB_ST ? 0 : wr + 1;
   }
@@ -134,18 +143,6 @@ __device__ __forceinline__ void store_tile_rows(const float (&acc)[BN / 8][4], T
   }
 }
 
-// The (row, tile) of block x over per-row tile counts: tile_off [B+1] cumulative over the rows
-// in the order rows[] (longest first); rows without tiles are skipped.
-struct RowTile {
-  int64_t row, t;
-};
-__device__ __forceinline__ RowTile row_tile(const int64_t* __restrict__ tile_off,
-                                            const int32_t* __restrict__ rows, int64_t B) {
-  const int64_t blk = blockIdx.x;
-  const int64_t s = find_row_in(tile_off, (int64_t)0, B, blk);
-  return {(int64_t)__ldg(rows + s), blk - __ldg(tile_off + s)};
-}
-
 // Real tiles only: the tile list of jfa_tiles.cuh (one record per 64-item tile of a row, rows of
 // most work first); block x computes column tile x % NT of item tile x / NT.
 template <typename T, int BN>
@@ -182,8 +179,8 @@ jagged_dense_bmm_mma(const T* __restrict__ x, const T* __restrict__ y, T* __rest
   };
 
   float acc[BN / 8][4] = {};
-  run_stages((K + JB_BK - 1) / JB_BK, load, [&](int st) {
-    mma_k32<T, BN, false, SA, SB>(acc, sX[st], sY[st], warp, lane);
+  run_stages((K + JB_BK - 1) / JB_BK, load, [&](int, int st) {
+    mma_k32<T, BN, SB>(acc, ldsm_a<false, SA>(sX[st], warp, lane), sY[st], lane);
   });
   store_tile<T, BN>(acc, out + (ti.q_start + i0) * (int64_t)N + n0, N, L - i0, N - n0, warp,
                     lane);
@@ -225,28 +222,28 @@ jagged_jagged_bmm_mma(const T* __restrict__ x, const T* __restrict__ y, T* __res
   };
 
   float acc[BN / 8][4] = {};
-  run_stages((L + JB_BK - 1) / JB_BK, load,  // an empty row: zeros
-                   [&](int st) { mma_k32<T, BN, true, SA, SB>(acc, sX[st], sY[st], warp, lane); });
+  run_stages((L + JB_BK - 1) / JB_BK, load, [&](int64_t, int st) {  // an empty row: zeros
+    mma_k32<T, BN, SB>(acc, ldsm_a<true, SA>(sX[st], warp, lane), sY[st], lane);
+  });
   store_tile<T, BN>(acc, out + ((int64_t)row * M + m0) * N + n0, N, M - m0, N - n0, warp, lane);
 }
 
-// m_b = x_b @ y_b^T: block = (row, 64-row tile i, BN-column tile j) of its L x L matrix; the
-// reduction runs over D in steps of 32 (A = x rows, B = y rows: both item-major, ldmatrix).
+// m_b = x_b @ y_b^T: block = one 64 x BN tile of a row's L x L matrix, from its 32-byte record
+// tiles[block] = {row start, off2[row], L, the tile's index t in the row (row-major over the
+// tiles)}; the reduction runs over D in steps of 32 (A = x rows, B = y rows: both item-major,
+// ldmatrix).
 template <typename T, int BN>
 __global__ void __launch_bounds__(128, JB_MINB(BN))
 jagged_jagged_bmm_jagged_out_mma(const T* __restrict__ x, const T* __restrict__ y,
-                                 T* __restrict__ out, const int64_t* __restrict__ offsets,
-                                 const int64_t* __restrict__ off2,
-                                 const int64_t* __restrict__ tile_off,
-                                 const int32_t* __restrict__ rows, int64_t B, int D) {
+                                 T* __restrict__ out, const int64_t* __restrict__ tiles, int D) {
   constexpr int SA = JB_BK + JB_PAD, SB = JB_BK + JB_PAD;
   __shared__ __align__(16) T sX[JB_ST][JB_BM * SA];  // [i][k]
-  __shared__ __align__(16) T sY[JB_ST][BN * SB];   // [j][k]
-  const RowTile rt = row_tile(tile_off, rows, B);
-  const int64_t start = __ldg(offsets + rt.row);
-  const int L = (int)(__ldg(offsets + rt.row + 1) - start);
-  const int nj = (L + BN - 1) / BN;
-  const int i0 = (int)(rt.t / nj) * JB_BM, j0 = (int)(rt.t % nj) * BN;
+  __shared__ __align__(16) T sY[JB_ST][BN * SB];     // [j][k]
+  const longlong2 r0 = __ldg(reinterpret_cast<const longlong2*>(tiles) + 2 * blockIdx.x);
+  const longlong2 r1 = __ldg(reinterpret_cast<const longlong2*>(tiles) + 2 * blockIdx.x + 1);
+  const int64_t start = r0.x, o2 = r0.y;
+  const int L = (int)r1.x, t = (int)r1.y, nj = (L + BN - 1) / BN;
+  const int i0 = (t / nj) * JB_BM, j0 = (t % nj) * BN;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const T* xb = x + (start + i0) * D;
   const T* yb = y + (start + j0) * D;
@@ -268,86 +265,92 @@ jagged_jagged_bmm_jagged_out_mma(const T* __restrict__ x, const T* __restrict__ 
   };
 
   float acc[BN / 8][4] = {};
-  run_stages((D + JB_BK - 1) / JB_BK, load, [&](int st) {
-    mma_k32<T, BN, false, SA, SB, true>(acc, sX[st], sY[st], warp, lane);
+  run_stages((D + JB_BK - 1) / JB_BK, load, [&](int, int st) {
+    mma_k32<T, BN, SB, true>(acc, ldsm_a<false, SA>(sX[st], warp, lane), sY[st], lane);
   });
   static_assert(JB_ST * BN * SB >= JB_BM * (BN + JB_PAD), "the output tile is staged in sY");
   __syncthreads();  // every warp is done with the ring
-  store_tile_rows<T, BN>(acc, sY[0], out + __ldg(off2 + rt.row) + (int64_t)i0 * L + j0, L,
-                         L - i0, L - j0, warp, lane);
+  store_tile_rows<T, BN>(acc, sY[0], out + o2 + (int64_t)i0 * L + j0, L, L - i0, L - j0, warp,
+                         lane);
 }
 
 // out_b = A_b @ x_b with A_b = m_b (or m_b^T with TRANS): block = (64-item tile, BN-column tile)
 // of the attention tile list, as jagged_dense_bmm; the reduction runs over the row's L items in
-// steps of 32. m's rows are not 16-byte aligned: A comes by 2-byte loads (the next step's issued
-// before the current step's product), x by cp.async.
+// steps of 32. A step of A is NS segments of W contiguous elements of m_b (rows i0 .. i0 + 63 of
+// m_b, k0 .. k0 + 31 each; with TRANS rows k0 .. k0 + 31, columns i0 .. i0 + 63) at any element
+// alignment: each segment comes by 16-byte cp.async of the aligned chunks that cover it (sizes
+// clipped to the segment's valid elements, the rest zero-filled; m's values are 16-byte
+// aligned) into a staging row of W + 8 elements, where it starts at element e & 7 (e: its
+// element offset in m). A's fragments are read from there two elements at a time.
 template <typename T, int BN, bool TRANS>
-__global__ void __launch_bounds__(128, BN > 64 ? 2 : 3)  // (A's 16 staged loads, addresses)
+__global__ void __launch_bounds__(128, BN > 64 ? 3 : 5)  // (at 6, BN 64 with TRANS spills)
 array_jagged_bmm_jagged_out_mma(const T* __restrict__ m, const T* __restrict__ x,
                                 T* __restrict__ out, const int64_t* __restrict__ off2,
                                 const int32_t* __restrict__ tile_info,
                                 const int32_t* __restrict__ tile_off, int64_t B, int NT, int N) {
-  // A is stored as read: m-major sA[i][k] (rows of m_b), or with TRANS k-major sA[k][i] (rows
-  // of m_b again, whose columns are A's rows): warps read rows of m_b either way (coalesced)
-  constexpr int SA = TRANS ? JB_BM + JB_PAD : JB_BK + JB_PAD, SB = BN + JB_PAD;
-  __shared__ __align__(16) T sA[2][JB_BM * (JB_BK + JB_PAD)];  // >= JB_BK * (JB_BM + JB_PAD)
-  __shared__ __align__(16) T sX[2][JB_BK * SB];                 // [k][n]
-  static_assert(JB_BK * (JB_BM + JB_PAD) <= JB_BM * (JB_BK + JB_PAD), "sA holds either layout");
+  constexpr int NS = TRANS ? JB_BK : JB_BM, W = TRANS ? JB_BM : JB_BK;  // segments, length
+  constexpr int SW = W + 8, NQ = W / 8 + 1, SB = BN + JB_PAD;  // staging stride, chunks a segment
+  __shared__ __align__(16) uint16_t sA[JB_ST][NS * SW];
+  __shared__ __align__(16) T sX[JB_ST][JB_BK * SB];  // [k][n]
   const TileInfo ti = locate_tile<JB_BM>(tile_info, tile_off, B, NT, NT, (int64_t)1 << 62);
   if (!ti.live) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, tq = lane & 3;
   const int L = ti.Lq, i0 = ti.i0, n0 = ti.h * BN;
-  const T* mb = m + __ldg(off2 + ti.row);
+  const int64_t o2 = __ldg(off2 + ti.row);
   const T* xb = x + ti.q_start * (int64_t)N;
-  // A: 64 x 32 elements a step, 16 a thread, a warp reading consecutive elements of a row of
-  // m_b: A[i][k] = m_b[i][k] (thread: k = tid & 31 of rows i = tid >> 5, + 4, ...) or, with
-  // TRANS, m_b[k][i] (thread: i = tid & 63 of rows k = tid >> 6, + 2, ...)
-  constexpr int CW = TRANS ? JB_BM : JB_BK, RS = 128 / CW;  // a row's threads, rows a pass
-  T a_reg[16];
-  auto load_a = [&](int s) {
-#pragma unroll
-    for (int u = 0; u < 16; ++u) {
-      const int c = tid % CW, r = tid / CW + RS * u;  // column / row of the m_b block read
-      const int i = i0 + (TRANS ? c : r), k = s * JB_BK + (TRANS ? r : c);
-      const bool ok = i < L && k < L;
-      a_reg[u] = ok ? mb[TRANS ? (int64_t)k * L + i : (int64_t)i * L + k] : from_float<T>(0.f);
-    }
-  };
-  auto store_a = [&](int st) {  // sA[r][c] in the layout read (SA: its row stride)
-#pragma unroll
-    for (int u = 0; u < 16; ++u) sA[st][(tid / CW + RS * u) * SA + tid % CW] = a_reg[u];
-  };
-  auto load_x = [&](int s, int st) {  // 32 rows x BN / 8 chunks
+  // element offset of m_b's (row, column) mod 8, in wrapping 32-bit arithmetic
+  const uint32_t o2m = (uint32_t)o2, Lm = (uint32_t)L;
+  auto shift = [&](int r, int c) { return (int)((o2m + (uint32_t)r * Lm + (uint32_t)c) & 7u); };
+
+  auto load = [&](int s, int st) {
     const int k0 = s * JB_BK;
+    for (int c = tid; c < NS * NQ; c += 128) {
+      const int sg = c / NQ, q = c % NQ;
+      const int r = TRANS ? k0 + sg : i0 + sg, c0 = TRANS ? i0 : k0;  // the segment in m_b
+      const int v = r < L ? min(W, L - c0) : 0;                         // its valid elements
+      const int64_t e = o2 + (int64_t)r * L + c0, a = (e & ~(int64_t)7) + 8 * q;
+      const int n = v > 0 ? (int)max((int64_t)0, min((int64_t)16, 2 * (e + v - a))) : 0;
+      cp_async16_n(smem_addr(&sA[st][sg * SW + 8 * q]), n > 0 ? m + a : m, n);
+    }
 #pragma unroll
-    for (int i = 0; i < BN / 32; ++i) {
+    for (int i = 0; i < BN / 32; ++i) {  // x: 32 rows x BN / 8 chunks
       const int c = tid + i * 128, r = c / (BN / 8), nc = (c % (BN / 8)) * 8;
       const bool ok = k0 + r < L && n0 + nc < N;
       cp_async16(smem_addr(&sX[st][r * SB + nc]), ok ? xb + (int64_t)(k0 + r) * N + n0 + nc : x,
                  ok);
     }
-    cp_async_commit();
   };
 
+  const int ra = warp * 16 + g;  // A rows ra, ra + 8 of this thread
+  // without TRANS the shifts of A's rows are the same at every step (k0: a multiple of 8)
+  const int sh0 = TRANS ? 0 : shift(i0 + ra, 0), sh1 = TRANS ? 0 : shift(i0 + ra + 8, 0);
   float acc[BN / 8][4] = {};
-  const int nk = (L + JB_BK - 1) / JB_BK;
-  load_a(0);
-  store_a(0);
-  load_x(0, 0);
-  for (int s = 0; s < nk; ++s) {
-    const bool more = s + 1 < nk;
-    if (more) {
-      load_x(s + 1, (s + 1) & 1);
-      load_a(s + 1);  // in flight during this step's product
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // step s's A (stored last step) and x landed
-    mma_k32<T, BN, TRANS, SA, SB>(acc, sA[s & 1], sX[s & 1], warp, lane);
-    if (more) store_a((s + 1) & 1);  // its buffer was last read at step s - 1
-    __syncthreads();
-  }
+  run_stages((L + JB_BK - 1) / JB_BK, load, [&](int s, int st) {
+    const uint16_t* sa = sA[st];
+    auto pair = [](const uint16_t* p0, const uint16_t* p1) {
+      return (uint32_t)*p0 | ((uint32_t)*p1 << 16);
+    };
+    mma_k32<T, BN, SB>(acc, [&](int kk, uint32_t (&a)[4]) {
+      const int k = kk * 16 + 2 * tq;  // A's columns k, k + 1 (a[0], a[1]) and k + 8, k + 9
+      if (TRANS) {  // A[i][k] = staging row k, element shift_k + i
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint16_t* p0 = sa + (k + 8 * h) * SW + shift(s * JB_BK + k + 8 * h, i0);
+          const uint16_t* p1 = sa + (k + 8 * h + 1) * SW + shift(s * JB_BK + k + 8 * h + 1, i0);
+          a[2 * h] = pair(p0 + ra, p1 + ra);
+          a[2 * h + 1] = pair(p0 + ra + 8, p1 + ra + 8);
+        }
+      } else {  // A[i][k] = staging row i, element shift_i + k
+        const uint16_t* p0 = sa + ra * SW + sh0 + k;
+        const uint16_t* p1 = sa + (ra + 8) * SW + sh1 + k;
+        a[0] = pair(p0, p0 + 1);
+        a[1] = pair(p1, p1 + 1);
+        a[2] = pair(p0 + 8, p0 + 9);
+        a[3] = pair(p1 + 8, p1 + 9);
+      }
+    }, sX[st], lane);
+  });
   store_tile<T, BN>(acc, out + (ti.q_start + i0) * (int64_t)N + n0, N, L - i0, N - n0, warp,
                     lane);
 }

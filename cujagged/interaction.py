@@ -179,30 +179,44 @@ def _gpu_jj_bmm(x, y):
     return out
 
 
+def _jagged2_tiles(x, off, off2, bn: int):
+    """The tile records of ``jagged_jagged_bmm_jagged_out_mma``: int64 ``[n, 4]`` on the device,
+    one per 64 x ``bn`` tile of every row's L x L matrix: (row start, ``off2[row]``, L, the
+    tile's index in its row). Built from the host offsets; cached in ``x``'s structure cache."""
+    key = ("jagged2_tiles", bn)
+    hit = x._cache.get(key)
+    if hit is not None and hit[0] is x.offsets:
+        return hit[1]
+    lens = np.diff(off)
+    counts = -(-lens // 64) * -(-lens // bn)
+    first = np.cumsum(counts) - counts  # each row's first tile
+    rec = np.empty((int(counts.sum()), 4), dtype=np.int64)
+    rec[:, 0] = np.repeat(off[:-1], counts)
+    rec[:, 1] = np.repeat(off2[:-1], counts)
+    rec[:, 2] = np.repeat(lens, counts)
+    rec[:, 3] = np.arange(len(rec)) - np.repeat(first, counts)
+    out = cupy.asarray(rec)
+    x._cache[key] = (x.offsets, out)
+    return out
+
+
 def _gpu_jj_jagged_out(x, y, off, off2):
-    """``jagged_jagged_bmm_jagged_out_mma``: a block per (row, 64 x BN tile of its L x L
-    matrix), rows of most tiles first; None where it does not apply. ``off`` / ``off2``: the
+    """``jagged_jagged_bmm_jagged_out_mma``: a block per 64 x BN tile of a row's L x L matrix
+    (tiles of equal work: no ordering); None where it does not apply. ``off`` / ``off2``: the
     host offsets and ``cumsum(L²)``."""
     xv, yv = x.values, y.values
     D = int(xv.shape[1])
     if not _kernel_ok(x.dtype, (D,), xv, yv):
         return None
-    lens = np.diff(off)
-    bn = _bn(int(lens.max(initial=0)))
-    counts = -(-lens // 64) * -(-lens // bn)
-    rows = np.argsort(-counts, kind="stable").astype(np.int32)
-    tile_off = np.zeros(len(lens) + 1, dtype=np.int64)
-    np.cumsum(counts[rows], out=tile_off[1:])
+    bn = _bn(int(np.diff(off).max(initial=0)))
     out = cupy.empty(int(off2[-1]), dtype=x.dtype)
-    total = int(tile_off[-1])
-    if total == 0:
+    tiles = _jagged2_tiles(x, off, off2, bn)
+    if len(tiles) == 0:
         return out
-    if total >= 2**31:
+    if len(tiles) >= 2**31:
         return None
     _FAM.get(f"jagged_jagged_bmm_jagged_out_mma<{_TN[x.dtype]}, {bn}>")(
-        (total,), (128,), (xv, yv, out, x.offsets.astype(np.int64, copy=False),
-                           cupy.asarray(off2, dtype=np.int64), cupy.asarray(tile_off),
-                           cupy.asarray(rows), np.int64(len(lens)), np.int32(D)))
+        (len(tiles),), (128,), (xv, yv, out, tiles, np.int32(D)))
     return out
 
 
@@ -213,7 +227,7 @@ def _gpu_ajbmm(m, x, off2, trans):
 
     xv, mv = x.values, m.values
     T, B, N = int(xv.shape[0]), x.nrows, int(xv.shape[1])
-    if not (_kernel_ok(x.dtype, (N,), xv) and mv.flags.c_contiguous):
+    if not _kernel_ok(x.dtype, (N,), xv, mv):  # (m's rows: any alignment; its start: 16 B)
         return None
     out = cupy.empty((T, N), dtype=x.dtype)
     if T == 0:
