@@ -7,5 +7,5 @@ echo "tests rc=$? $(( $(date +%s) - t0 )) s"; tail -3 $OUT/tests.log; grep -E "E
 HYPOTHESIS_PROFILE=sanitizer timeout 150 compute-sanitizer --tool memcheck python3 -m pytest -m gpu -q \
   -p no:cacheprovider tests/test_interaction.py > $OUT/memcheck.log 2>&1
 echo "memcheck rc=$? $(( $(date +%s) - t0 )) s"; tail -3 $OUT/memcheck.log
-timeout 200 python3 _ab/bmm_ab.py $OUT/bmm_ab.json -DJB_ST=2 2>&1 | grep -v bn64
+timeout 200 python3 _ab/bmm_ab.py $OUT/bmm_ab.json 2>&1 | grep -v bn64
 echo "end $(( $(date +%s) - t0 )) s"

@@ -86,6 +86,78 @@ def run(quick: bool = False) -> list[dict]:
             torch.cuda.empty_cache()
     for shape in FP32_SHAPES:
         results += _fp32_shape(cupy, torch, *shape, reps=reps)
+    for shape in SHAPES:
+        results += _bwd_shape(cupy, torch, *shape, reps=reps)
+        cupy.get_default_memory_pool().free_all_blocks()
+    return results
+
+
+def _bwd_shape(cupy, torch, B, max_len, fill, H, D, causal, reps):
+    """The backward (dq, dk, dv) given the forward's O and LSE, against FlashAttention-2 varlen's
+    backward given its own (FLOPs: 2.5x the forward's, for the five matmuls)."""
+    import cujagged
+    from cujagged import JaggedArray, jagged_flash_attention, jagged_flash_attention_backward
+
+    lens = lengths_for(B, max_len, fill)
+    T = int(lens.sum())
+    params = {"B": B, "max_len": max_len, "fill": fill, "H": H, "D": D, "dtype": "bfloat16",
+              "causal": causal, "T": T}
+    flops = 10.0 * H * D * float((lens.astype(np.float64) ** 2).sum()) * (0.5 if causal else 1)
+    off = cupy.asarray(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+    rng = np.random.default_rng(1)
+    sets = []
+    for _ in range(2):
+        q, k, v, g = (JaggedArray(cupy.asarray(rng.standard_normal((T, H, D), dtype=np.float32))
+                                  .astype(cujagged.bfloat16), off, max_length=int(lens.max()),
+                                  validate=False) for _ in range(4))
+        o, lse = jagged_flash_attention(q, k, v, causal=causal, return_lse=True)
+        sets.append((g, q, k, v, o, lse))
+    it = rotate(sets)
+
+    def ours():
+        g, q, k, v, o, lse = next(it)
+        return jagged_flash_attention_backward(g, q, k, v, causal=causal, out=o, lse=lse)
+
+    mine = ours()
+    ms = time_ms(ours, reps=reps)
+    with cupy_peak() as pk:
+        ours()
+        cupy.cuda.runtime.deviceSynchronize()
+    e = entry("attention_bwd", "cujagged", params, ms, pk.mib, flops=flops)
+    e["gpu_ms"], e["host_ms"] = (round(x, 5) for x in gpu_time_ms(ours))
+    results = [e]
+    if torch is None:
+        return results
+    try:
+        cu = torch.from_dlpack(off)
+        scale = 1 / math.sqrt(D)
+        tsets = []
+        for g, q, k, v, _, _ in sets:
+            tq, tk, tv, tg = (torch.from_dlpack(a.values) for a in (q, k, v, g))
+            fo = torch.ops.aten._flash_attention_forward(tq, tk, tv, cu, cu, max_len, max_len,
+                                                         0.0, causal, False, scale=scale)
+            tsets.append((tg, tq, tk, tv, fo[0], fo[1], fo[2], fo[3]))
+        it2 = rotate(tsets)
+
+        def fa2():
+            tg, tq, tk, tv, o, lse, seed, offs = next(it2)
+            return torch.ops.aten._flash_attention_backward(
+                tg, tq, tk, tv, o, lse, cu, cu, max_len, max_len, 0.0, causal, seed, offs,
+                scale=scale)
+
+        theirs = fa2()
+        diff = max(float(torch.linalg.vector_norm(a.float() - torch.from_dlpack(b.values).float())
+                         / torch.linalg.vector_norm(a.float())) for a, b in zip(theirs, mine))
+        ms = time_ms(fa2, reps=reps)
+        with torch_peak() as pk:
+            fa2()
+        f = entry("attention_bwd", "fa2_varlen", params, ms, pk.mib, flops=flops)
+        f["rel_diff_vs_cujagged"] = round(diff, 5)
+        f["gpu_ms"], f["host_ms"] = (round(x, 5) for x in gpu_time_ms(fa2))
+        results.append(f)
+    except Exception as ex:
+        print(f"  fa2_varlen backward failed on {params}: {type(ex).__name__}: {str(ex)[:300]}",
+              file=sys.stderr)
     return results
 
 

@@ -47,36 +47,6 @@ __global__ void jfa_tile_info(const int64_t* __restrict__ q_off, const int64_t* 
   }
 }
 
-// cp.async a ROWS x D tile (global row stride rs; rows >= nvalid are zero-filled, reading `safe`)
-// into smem rows of SD elements, with NT threads. Strength-reduced: thread tid owns the 16-byte
-// column tid % CPR of rows tid / CPR + i * RSTEP, so each copy costs one pointer add; the generic
-// loop serves shapes where NT % CPR != 0 (D = 96).
-template <int ROWS, int NT, int D, int SD, typename T>
-__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t rs, int nvalid,
-                                          const T* safe, int tid) {
-  constexpr int EPV = 16 / (int)sizeof(T);  // elements per 16-byte copy
-  constexpr int CPR = D / EPV;
-  if constexpr (NT % CPR == 0 && ROWS % (NT / CPR) == 0) {
-    constexpr int RSTEP = NT / CPR;
-    const int r0 = tid / CPR, c0 = tid % CPR;
-    const T* p = src + r0 * rs + c0 * EPV;
-    const int64_t step = RSTEP * rs;
-    const uint32_t d = smem_addr(dst + r0 * SD + c0 * EPV);
-#pragma unroll
-    for (int i = 0; i < ROWS / RSTEP; ++i) {
-      const bool ok = r0 + i * RSTEP < nvalid;
-      cp_async16(d + i * RSTEP * SD * (int)sizeof(T), ok ? p : safe, ok);
-      p += step;
-    }
-  } else {
-    for (int c = tid; c < ROWS * CPR; c += NT) {
-      const int r = c / CPR, cc = c % CPR;
-      const bool ok = r < nvalid;
-      cp_async16(smem_addr(dst + r * SD + cc * EPV), ok ? src + r * rs + cc * EPV : safe, ok);
-    }
-  }
-}
-
 // two adjacent output elements (p is 4- or 8-byte aligned)
 template <typename T> __device__ __forceinline__ void store2(T* p, float lo, float hi) {
   if constexpr (sizeof(T) == 4) *reinterpret_cast<float2*>(p) = make_float2(lo, hi);

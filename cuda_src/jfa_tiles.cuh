@@ -44,3 +44,33 @@ __device__ __forceinline__ int64_t tile_q_start(const int32_t* __restrict__ tile
                                                 int64_t tile) {
   return __ldg(reinterpret_cast<const int64_t*>(tile_info) + 4 * tile);
 }
+
+// cp.async a ROWS x D tile (global row stride rs; rows >= nvalid are zero-filled, reading `safe`)
+// into smem rows of SD elements, with NT threads. Strength-reduced: thread tid owns the 16-byte
+// column tid % CPR of rows tid / CPR + i * RSTEP, so each copy costs one pointer add; the generic
+// loop serves shapes where NT % CPR != 0 (D = 96).
+template <int ROWS, int NT, int D, int SD, typename T>
+__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t rs, int nvalid,
+                                          const T* safe, int tid) {
+  constexpr int EPV = 16 / (int)sizeof(T);  // elements per 16-byte copy
+  constexpr int CPR = D / EPV;
+  if constexpr (NT % CPR == 0 && ROWS % (NT / CPR) == 0) {
+    constexpr int RSTEP = NT / CPR;
+    const int r0 = tid / CPR, c0 = tid % CPR;
+    const T* p = src + r0 * rs + c0 * EPV;
+    const int64_t step = RSTEP * rs;
+    const uint32_t d = smem_addr(dst + r0 * SD + c0 * EPV);
+#pragma unroll
+    for (int i = 0; i < ROWS / RSTEP; ++i) {
+      const bool ok = r0 + i * RSTEP < nvalid;
+      cp_async16(d + i * RSTEP * SD * (int)sizeof(T), ok ? p : safe, ok);
+      p += step;
+    }
+  } else {
+    for (int c = tid; c < ROWS * CPR; c += NT) {
+      const int r = c / CPR, cc = c % CPR;
+      const bool ok = r < nvalid;
+      cp_async16(smem_addr(dst + r * SD + cc * EPV), ok ? src + r * rs + cc * EPV : safe, ok);
+    }
+  }
+}

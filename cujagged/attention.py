@@ -111,6 +111,74 @@ _FAM90 = KernelFamily("attention_sm90.cu",
                       options=("-default-device",), arch="sm_90a")
 
 
+# the CUDA backward (attention_bwd.cu): bf16 / fp16, these head dims, no bias
+_BWD_DIMS = (32, 64, 96, 128)
+_FAMB = KernelFamily("attention_bwd.cu",
+                     [f"{k}<{t}, {d}>" for k in ("jfa_bwd_mma", "jfa_bwd_prep")
+                      for t in ("bf16_t", "f16_t") for d in _BWD_DIMS]
+                     + [f"jfa_bwd_cast<{t}>" for t in ("bf16_t", "f16_t")])
+
+
+def _bwd_smem(d: int) -> int:
+    """Dynamic shared memory of ``jfa_bwd_mma`` (JfbSmem in attention_bwd.cu)."""
+    return ((2 * 64 + 4 * 32) * (d + 8) + 64 * 40) * 2 + 4 * 32 * 4
+
+
+def _grid_stride(n: int, threads: int = 256) -> tuple:
+    return (max(1, min((n + threads - 1) // threads, 8192)),)
+
+
+def _gpu_backward(P, gv, causal, fwd=None):
+    """dq, dk, dv by ``jfa_bwd_mma`` (values arrays), or None where it does not apply (bias,
+    float32, head dim 256, operands not 16-byte aligned, too many tiles). ``fwd``: the forward's
+    (output values, lse), else the forward runs here."""
+    if P.bias is not None or P.dt not in (np.dtype(np.float16), bfloat16) or (
+            P.D not in _BWD_DIMS):
+        return None
+    cp = _cupy
+    qv, kv, vv, go = (cp.ascontiguousarray(a) for a in (P.qv, P.kv, P.vv, gv))
+    if any(a.data.ptr % 16 for a in (qv, kv, vv, go)):
+        return None
+    T, H, D = qv.shape
+    Tk, Hk = kv.shape[:2]
+    B, tn = P.B, _TNAME[P.dt]
+    bound = (Tk + 63) // 64 + B
+    if bound * Hk >= 2**31:
+        return None
+    dk, dv = cp.empty_like(kv), cp.empty_like(vv)
+    dq32 = cp.zeros((T, H, D), dtype=np.float32)
+    if T and Tk and B:
+        if fwd is None:
+            o, lse = jagged_flash_attention(P.qj._with_values(qv), P.kj._with_values(kv),
+                                            P.kj._with_values(vv), max_seq_len=P.msl,
+                                            scale=P.scale, causal=causal, return_lse=True)
+            fwd = (o.values, lse)
+        ov, lse = (cp.ascontiguousarray(a) for a in fwd)
+        if ov.data.ptr % 16:
+            return None
+        delta = cp.empty((T, H), dtype=np.float32)
+        lse2 = cp.empty((T, H), dtype=np.float32)
+        _FAMB.get(f"jfa_bwd_prep<{tn}, {D}>")(
+            _grid_stride(T * H), (256,), (ov, go, lse, delta, lse2, np.int64(T * H)))
+        info, tile_off = _tile_list(cp, P.kj.offsets, P.qj.offsets, 64, P.msl, P.kj._cache,
+                                    bound)
+        kern = _FAMB.get(f"jfa_bwd_mma<{tn}, {D}>")
+        smem = _bwd_smem(D)
+        kern.allow_shared(smem)
+        kern((bound * Hk,), (128,),
+             (qv, kv, vv, go, lse2, delta, dq32, dk, dv, info, tile_off, np.int64(B),
+              np.int32(H), np.int32(Hk), np.int64(P.msl), np.float32(P.scale * math.log2(math.e)),
+              np.float32(P.scale), np.int32(bool(causal))), shared_mem=smem)
+    else:
+        dk[...] = 0
+        dv[...] = 0
+    dq = cp.empty_like(qv)
+    if dq.size:
+        _FAMB.get(f"jfa_bwd_cast<{tn}>")(_grid_stride(dq.size), (256,),
+                                          (dq32, dq, np.int64(dq.size)))
+    return dq, dk, dv
+
+
 def _mma_bn(d: int, itemsize: int = 2) -> int:
     """Keys per step of the tensor-core kernel (JfaCfg::BN in attention.cu)."""
     if itemsize == 4 and d == 256:
@@ -460,13 +528,17 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
 
 @on_array_device
 def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=None,
-                                    max_seq_len=None, scale=None, causal=False, bias=None):
+                                    max_seq_len=None, scale=None, causal=False, bias=None,
+                                    out=None, lse=None):
     """Gradients of :func:`jagged_flash_attention`'s output with respect to its inputs.
 
     Args:
         grad: ``dL/dO`` in the layout of ``q`` (a JaggedArray of ``q``'s structure, or values
             ``[Tq, H, D]``), the dtype of ``q``.
         q, k, v, offsets, kv_offsets, max_seq_len, scale, causal, bias: as given to the forward.
+        out, lse: optionally, the forward's output (values ``[Tq, H, D]`` or a JaggedArray) and
+            its ``return_lse`` log-sum-exp ``[Tq, H]`` for these inputs; the CUDA kernel then
+            skips running the forward again (the reference path recomputes everything).
 
     Returns:
         ``(dq, dk, dv)`` in the layouts of ``q``, ``k``, ``v`` (JaggedArrays where the inputs
@@ -474,8 +546,12 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
         over heads) when ``bias`` is given. Queries past ``max_seq_len`` or seeing no key, and
         keys past ``max_seq_len``, get zeros.
 
-    The backward recomputes the forward in float64 on the Numba backend (it is the reference
-    for a CUDA kernel not written yet): CuPy inputs take a host round trip (correct, not fast).
+    On the GPU, bf16 / fp16 with head dims 32, 64, 96, 128 and no bias run the CUDA kernel of
+    ``cuda_src/attention_bwd.cu`` (FlashAttention-2's backward on the jagged tile list; it runs
+    the forward again for the output and its log-sum-exp; dq is accumulated in float32 with
+    atomics, so its last bits may differ from run to run). Everything else (float32, head dim
+    256, a bias, the CPU backend) takes the float64 Numba reference: CuPy inputs go through the
+    host there (correct, not fast).
     """
     from .cpu.attention import attention_bwd
 
@@ -491,6 +567,26 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
                          f"got {tuple(gv.shape)} on {device_of(gv)}")
     if gv.dtype != P.dt:
         raise TypeError(f"grad must have the dtype of q ({P.dt}), got {gv.dtype}")
+
+    def wrap(a, like):
+        return like._with_values(a) if isinstance(like, JaggedArray) else a
+
+    if (out is None) != (lse is None):
+        raise ValueError("give out and lse together (both from the forward), or neither")
+    if out is not None:
+        ov = out.values if isinstance(out, JaggedArray) else out
+        if not is_array(ov) or tuple(ov.shape) != tuple(P.qv.shape) or ov.dtype != P.dt or (
+                device_of(ov) != device_of(P.qv)):
+            raise ValueError(f"out must be the forward's output: {P.dt} {tuple(P.qv.shape)} on "
+                             f"{device_of(P.qv)}")
+        if not is_array(lse) or tuple(lse.shape) != (P.T, P.H) or lse.dtype != np.float32 or (
+                device_of(lse) != device_of(P.qv)):
+            raise ValueError(f"lse must be the forward's float32 log-sum-exp ({P.T}, {P.H}) on "
+                             f"{device_of(P.qv)}")
+        out = (ov, lse)
+    res = _gpu_backward(P, gv, causal, out) if P.gpu else None
+    if res is not None:
+        return tuple(wrap(a, like) for a, like in zip(res, (q, k, v)))
 
     def host64(a):
         return np.asarray(_cupy.asnumpy(a) if is_gpu_array(a) else a).astype(np.float64)
@@ -510,12 +606,9 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
 
     def back(a, like, dtype):
         a = a.astype(dtype)
-        a = _cupy.asarray(a) if P.gpu else a
-        return like._with_values(a) if isinstance(like, JaggedArray) else a
+        return wrap(_cupy.asarray(a) if P.gpu else a, like)
 
-    out = (back(dq, q if isinstance(q, JaggedArray) else None, P.dt),
-           back(dk, k if isinstance(k, JaggedArray) else None, P.dt),
-           back(dv, v if isinstance(v, JaggedArray) else None, P.dt))
+    out = (back(dq, q, P.dt), back(dk, k, P.dt), back(dv, v, P.dt))
     if bias is None:
         return out
     if bias.shape[1] == 1:

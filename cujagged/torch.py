@@ -216,20 +216,25 @@ class _Attention(torch.autograd.Function):
         with _stream(q):
             kw = dict(opts, kv_offsets=None if kv_offsets is None else _dense(kv_offsets),
                       bias=None if bias is None else _dense(bias))
-            out = _torch_from(_jfa(_dense(q), _dense(k), _dense(v), _dense(offsets), **kw))
+            out, lse = _jfa(_dense(q), _dense(k), _dense(v), _dense(offsets), return_lse=True,
+                            **kw)
+            out, lse = _torch_from(out), _torch_from(lse)
         ctx.opts = opts
-        ctx.save_for_backward(q, k, v, bias, offsets, kv_offsets)
+        # O and its log-sum-exp spare the backward a second forward (as torch's own flash
+        # attention, an in-place edit of the returned O is then refused at backward time)
+        ctx.save_for_backward(q, k, v, bias, offsets, kv_offsets, out, lse)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        q, k, v, bias, offsets, kv_offsets = ctx.saved_tensors
+        q, k, v, bias, offsets, kv_offsets, out, lse = ctx.saved_tensors
         opts = {n: ctx.opts[n] for n in ("max_seq_len", "scale", "causal")}
         with _stream(q):
             grads = _jfa_bwd(_dense(grad), _dense(q), _dense(k), _dense(v), _dense(offsets),
                              kv_offsets=None if kv_offsets is None else _dense(kv_offsets),
-                             bias=None if bias is None else _dense(bias), **opts)
+                             bias=None if bias is None else _dense(bias), out=_dense(out),
+                             lse=_dense(lse), **opts)
             grads = [_torch_from(a) for a in grads]
         dbias = grads[3] if bias is not None else None
         return grads[0], grads[1], grads[2], dbias, None, None, None

@@ -1,0 +1,248 @@
+// Jagged Flash Attention, backward (FlashAttention-2's algorithm on the jagged tile list).
+//
+// Semantics as attention.cu (row b: queries q[q_off[b] + i], keys / values k, v[k_off[b] + j],
+// Lq, Lk truncated to max_seq_len, causal aligned to the end of the row, GQA); no bias (the host
+// takes the float64 reference path for it). With P = softmax(scale * Q K^T) and the forward's
+// log-sum-exp, for each row and head:
+//   dV = P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   delta_i = sum_d dO_i O_i,
+//   dQ = scale * dS K,   dK = scale * dS^T Q.
+// Work: a block per (key tile of 64 keys, key head) of the tile list of jfa_tiles.cuh built
+// over the keys (its "query" fields are the keys, its "key" fields the queries). The block keeps
+// K and V of its tile in shared memory and dK, dV in registers (warp w: keys 16 w .. 16 w + 15,
+// all D columns), and walks the query tiles of 32 rows that see its keys, for every query head
+// of its key head (GQA: their contributions add up in the same accumulators). Per query tile:
+//   S^T = K_w Q^T and dP^T = V_w dO^T (mma.sync m16n8k16, fp32), P^T and dS^T in registers;
+//   dV_w += P^T dO, dK_w += dS^T Q (P and dS rounded to 16 bits as the A operand);
+//   dS^T to shared memory, then dQ (32 x D) += dS K split over the warps and added to an fp32
+//   buffer with atomics (so dQ's last bits depend on the order of the blocks).
+// Q, dO of the next query tile load (cp.async) while the current one computes. Keys past Lk get
+// dK = dV = 0; queries past Lq (or seeing no key) get dQ = 0 (the fp32 buffer starts at zero).
+#include "common.cuh"
+#include "mma.cuh"
+#include "jfa_tiles.cuh"
+
+#define JFB_LOG2E 1.4426950408889634f
+#define JFB_BK 64  // keys a block
+#define JFB_BQ 32  // queries a step
+
+// delta[r] = sum_d o[r, d] * dout[r, d] and lse2[r] = lse[r] * log2(e), r over the T * H rows
+template <typename T, int D>
+__global__ void __launch_bounds__(256)
+jfa_bwd_prep(const T* __restrict__ o, const T* __restrict__ dout, const float* __restrict__ lse,
+             float* __restrict__ delta, float* __restrict__ lse2, int64_t n) {
+  for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < n;
+       r += (int64_t)gridDim.x * blockDim.x) {
+    const uint4* po = reinterpret_cast<const uint4*>(o + r * D);
+    const uint4* pd = reinterpret_cast<const uint4*>(dout + r * D);
+    float acc = 0.f;
+#pragma unroll 4
+    for (int c = 0; c < D / 8; ++c) {
+      const uint4 a = __ldg(po + c), b = __ldg(pd + c);
+      const T* ea = reinterpret_cast<const T*>(&a);
+      const T* eb = reinterpret_cast<const T*>(&b);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc = fmaf(to_float(ea[e]), to_float(eb[e]), acc);
+    }
+    delta[r] = acc;
+    lse2[r] = lse[r] * JFB_LOG2E;
+  }
+}
+
+// dst[i] = src[i] rounded to T
+template <typename T>
+__global__ void __launch_bounds__(256)
+jfa_bwd_cast(const float* __restrict__ src, T* __restrict__ dst, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    dst[i] = from_float<T>(src[i]);
+}
+
+// 4 bytes at dst (shared) from src, or zeros when !pred
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, bool pred) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
+               "r"(pred ? 4 : 0) : "memory");
+}
+
+template <typename T, int D> struct JfbSmem {
+  static constexpr int SD = D + 8, SS = JFB_BQ + 8;  // row strides (16 bytes of padding)
+  static constexpr int K = 0, V = K + JFB_BK * SD, Q = V + JFB_BK * SD;  // elements of T
+  static constexpr int O = Q + 2 * JFB_BQ * SD, S = O + 2 * JFB_BQ * SD;
+  static constexpr int END = S + JFB_BK * SS;
+  static constexpr int BYTES = END * 2 + 4 * JFB_BQ * 4;  // + lse2, delta: 2 slots each
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(128, 2)
+jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+            const T* __restrict__ dout, const float* __restrict__ lse2,
+            const float* __restrict__ delta, float* __restrict__ dq32, T* __restrict__ dk,
+            T* __restrict__ dv, const int32_t* __restrict__ tile_info,
+            const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
+            float scale_log2, float scale, int causal) {
+  using S = JfbSmem<T, D>;
+  constexpr int SD = S::SD, SS = S::SS, NB = D / 8, KC = D / 16;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sm = reinterpret_cast<T*>(smem_raw);
+  T *sK = sm + S::K, *sV = sm + S::V, *sQ = sm + S::Q, *sO = sm + S::O, *sS = sm + S::S;
+  float* sL = reinterpret_cast<float*>(sm + S::END);  // [2][BQ] lse2, then [2][BQ] delta
+  float* sDl = sL + 2 * JFB_BQ;
+
+  // the key-major tile list: its "query" fields are this block's keys
+  const TileInfo ti = locate_tile<JFB_BK>(tile_info, tile_off, B, Hk, Hk, max_seq_len);
+  if (!ti.live) return;
+  const int64_t kstart = ti.q_start, qstart = ti.k_start;
+  const int Lk = ti.Lq, Lq = ti.Lk, Lk_full = ti.Lq_full, j0 = ti.i0, hk = ti.h, G = H / Hk;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const int lm = lane >> 3, lr = lane & 7;
+  const int64_t q_rs = (int64_t)H * D, k_rs = (int64_t)Hk * D;
+  const int shift = Lk - Lq;  // query i sees key j when j <= i + shift (causal)
+
+  // the query tiles that see a key of this tile, for each query head of the group
+  const int qhi = j0 < Lk ? Lq : 0;
+  const int qlo = causal ? max(0, j0 - shift) / JFB_BQ * JFB_BQ : 0;
+  const int nq = qhi > qlo ? (qhi - qlo + JFB_BQ - 1) / JFB_BQ : 0;
+  const int nsteps = nq * G;
+
+  float dka[NB][4] = {}, dva[NB][4] = {};
+  if (nsteps > 0) {
+    load_tile<JFB_BK, 128, D, SD>(sK, k + (kstart + j0) * k_rs + (int64_t)hk * D, k_rs, Lk - j0,
+                                   k, tid);
+    load_tile<JFB_BK, 128, D, SD>(sV, v + (kstart + j0) * k_rs + (int64_t)hk * D, k_rs, Lk - j0,
+                                   v, tid);
+    auto load_q = [&](int s) {  // Q, dO, lse2, delta of step s into slot s & 1 (one group)
+      const int i0 = qlo + (s % nq) * JFB_BQ, h = hk * G + s / nq, slot = s & 1;
+      const int64_t base = (qstart + i0) * q_rs + (int64_t)h * D;
+      load_tile<JFB_BQ, 128, D, SD>(sQ + slot * JFB_BQ * SD, q + base, q_rs, Lq - i0, q, tid);
+      load_tile<JFB_BQ, 128, D, SD>(sO + slot * JFB_BQ * SD, dout + base, q_rs, Lq - i0, dout,
+                                    tid);
+      if (tid < 2 * JFB_BQ) {
+        const int r = tid & (JFB_BQ - 1);
+        const bool ok = i0 + r < Lq;
+        const float* src = tid < JFB_BQ ? lse2 : delta;
+        cp_async4(smem_addr((tid < JFB_BQ ? sL : sDl) + slot * JFB_BQ + r),
+                  ok ? src + (qstart + i0 + r) * H + h : src, ok);
+      }
+      cp_async_commit();
+    };
+    load_q(0);
+    for (int s = 0; s < nsteps; ++s) {
+      const int slot = s & 1, i0 = qlo + (s % nq) * JFB_BQ, h = hk * G + s / nq;
+      cp_async_wait<0>();
+      __syncthreads();  // step s landed; every warp is done with step s - 1 (its slot, sS)
+      if (s + 1 < nsteps) load_q(s + 1);
+      const T* cQ = sQ + slot * JFB_BQ * SD;
+      const T* cO = sO + slot * JFB_BQ * SD;
+
+      // S^T = K_w Q^T, dP^T = V_w dO^T: 16 keys x 32 queries; [n][e] is (key 16 warp + g +
+      // 8 (e >> 1), query 8 n + 2 tq + (e & 1))
+      float st[4][4] = {}, dpt[4][4] = {};
+#pragma unroll
+      for (int kc = 0; kc < KC; ++kc) {
+        uint32_t ka[4], va[4];
+        const int ar = (warp * 16 + (lm & 1) * 8 + lr) * SD + kc * 16 + (lm >> 1) * 8;
+        ldsm_x4(ka[0], ka[1], ka[2], ka[3], smem_addr(sK + ar));
+        ldsm_x4(va[0], va[1], va[2], va[3], smem_addr(sV + ar));
+#pragma unroll
+        for (int nb = 0; nb < 2; ++nb) {  // B n-major: rows (queries) 16 nb + ..., k = d
+          const int br = (nb * 16 + (lm >> 1) * 8 + lr) * SD + kc * 16 + (lm & 1) * 8;
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4(b0, b1, b2, b3, smem_addr(cQ + br));
+          mma_step<T>(st[2 * nb], ka, b0, b1);
+          mma_step<T>(st[2 * nb + 1], ka, b2, b3);
+          ldsm_x4(b0, b1, b2, b3, smem_addr(cO + br));
+          mma_step<T>(dpt[2 * nb], va, b0, b1);
+          mma_step<T>(dpt[2 * nb + 1], va, b2, b3);
+        }
+      }
+      // P^T and dS^T (in st and dpt)
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qc = n * 8 + 2 * tq + (e & 1), qi = i0 + qc;
+          const int kj = j0 + warp * 16 + g + 8 * (e >> 1);
+          const bool ok = kj < Lk && qi < Lq && (!causal || kj <= qi + shift);
+          const float p = ok ? fast_exp2(st[n][e] * scale_log2 - sL[slot * JFB_BQ + qc]) : 0.f;
+          st[n][e] = p;
+          dpt[n][e] = p * (dpt[n][e] - sDl[slot * JFB_BQ + qc]);
+        }
+      // dV_w += P^T dO, dK_w += dS^T Q: A = P^T / dS^T (16 keys x 16 queries a chunk), B =
+      // dO / Q k-major (k = query)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const uint32_t pa[4] = {pack2<T>(st[2 * c][0], st[2 * c][1]),
+                                pack2<T>(st[2 * c][2], st[2 * c][3]),
+                                pack2<T>(st[2 * c + 1][0], st[2 * c + 1][1]),
+                                pack2<T>(st[2 * c + 1][2], st[2 * c + 1][3])};
+        const uint32_t sa[4] = {pack2<T>(dpt[2 * c][0], dpt[2 * c][1]),
+                                pack2<T>(dpt[2 * c][2], dpt[2 * c][3]),
+                                pack2<T>(dpt[2 * c + 1][0], dpt[2 * c + 1][1]),
+                                pack2<T>(dpt[2 * c + 1][2], dpt[2 * c + 1][3])};
+#pragma unroll
+        for (int nb = 0; nb < D / 16; ++nb) {
+          const int br = (c * 16 + (lm & 1) * 8 + lr) * SD + nb * 16 + (lm >> 1) * 8;
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4_t(b0, b1, b2, b3, smem_addr(cO + br));
+          mma_step<T>(dva[2 * nb], pa, b0, b1);
+          mma_step<T>(dva[2 * nb + 1], pa, b2, b3);
+          ldsm_x4_t(b0, b1, b2, b3, smem_addr(cQ + br));
+          mma_step<T>(dka[2 * nb], sa, b0, b1);
+          mma_step<T>(dka[2 * nb + 1], sa, b2, b3);
+        }
+      }
+      // dS^T to shared memory [key][query]
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh)
+          *reinterpret_cast<uint32_t*>(sS + (warp * 16 + g + 8 * hh) * SS + n * 8 + 2 * tq) =
+              pack2<T>(dpt[n][2 * hh], dpt[n][2 * hh + 1]);
+      __syncthreads();  // every warp's dS^T stored
+      // dQ (32 queries x D) += dS K: warp w takes query rows 16 (w & 1) .. + 15 and columns
+      // (w >> 1) D / 2 .. + D / 2 - 1; A = dS (stored k-major: ldmatrix.trans), B = K k-major
+      constexpr int NP = D / 32;  // 16-column pairs of n-tiles a warp
+      const int mt = warp & 1, c0 = (warp >> 1) * (D / 2);
+      float dqa[2 * NP][4] = {};
+#pragma unroll
+      for (int kc = 0; kc < JFB_BK / 16; ++kc) {
+        uint32_t a[4];
+        ldsm_x4_t(a[0], a[1], a[2], a[3],
+                  smem_addr(sS + (kc * 16 + (lm >> 1) * 8 + lr) * SS + mt * 16 + (lm & 1) * 8));
+#pragma unroll
+        for (int p = 0; p < NP; ++p) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4_t(b0, b1, b2, b3,
+                    smem_addr(sK + (kc * 16 + (lm & 1) * 8 + lr) * SD + c0 + p * 16 +
+                              (lm >> 1) * 8));
+          mma_step<T>(dqa[2 * p], a, b0, b1);
+          mma_step<T>(dqa[2 * p + 1], a, b2, b3);
+        }
+      }
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int qi = i0 + mt * 16 + g + 8 * hh;
+        if (qi >= Lq) continue;
+        float* dst = dq32 + (qstart + qi) * q_rs + (int64_t)h * D + c0 + 2 * tq;
+#pragma unroll
+        for (int n = 0; n < 2 * NP; ++n) {
+          atomicAdd(dst + n * 8, scale * dqa[n][2 * hh]);
+          atomicAdd(dst + n * 8 + 1, scale * dqa[n][2 * hh + 1]);
+        }
+      }
+    }
+  }
+  // dK = scale dS^T Q, dV: the tile's keys below the row's (untruncated) length
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int r = warp * 16 + g + 8 * hh;
+    if (j0 + r >= Lk_full) continue;
+    const int64_t off = (kstart + j0 + r) * k_rs + (int64_t)hk * D + 2 * tq;
+#pragma unroll
+    for (int n = 0; n < NB; ++n) {
+      *reinterpret_cast<uint32_t*>(dk + off + n * 8) =
+          pack2<T>(scale * dka[n][2 * hh], scale * dka[n][2 * hh + 1]);
+      *reinterpret_cast<uint32_t*>(dv + off + n * 8) =
+          pack2<T>(dva[n][2 * hh], dva[n][2 * hh + 1]);
+    }
+  }
+}
