@@ -57,6 +57,25 @@ jfa_bwd_cast(const float* __restrict__ src, T* __restrict__ dst, int64_t n) {
     dst[i] = from_float<T>(src[i]);
 }
 
+#ifndef JFB_DQ_RED
+// dQ's atomics: 0 scalar atomicAdd, 2 red.global.add.v2.f32 (sm_90), -1 none (timing only)
+#if __CUDA_ARCH__ >= 900
+#define JFB_DQ_RED 2
+#else
+#define JFB_DQ_RED 0
+#endif
+#endif
+
+// dst[0] += a, dst[1] += b (dst 8-byte aligned)
+__device__ __forceinline__ void red_add2(float* dst, float a, float b) {
+#if JFB_DQ_RED == 2
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(a), "f"(b) : "memory");
+#elif JFB_DQ_RED == 0
+  atomicAdd(dst, a);
+  atomicAdd(dst + 1, b);
+#endif
+}
+
 // 4 bytes at dst (shared) from src, or zeros when !pred
 __device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, bool pred) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
@@ -224,10 +243,8 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
         if (qi >= Lq) continue;
         float* dst = dq32 + (qstart + qi) * q_rs + (int64_t)h * D + c0 + 2 * tq;
 #pragma unroll
-        for (int n = 0; n < 2 * NP; ++n) {
-          atomicAdd(dst + n * 8, scale * dqa[n][2 * hh]);
-          atomicAdd(dst + n * 8 + 1, scale * dqa[n][2 * hh + 1]);
-        }
+        for (int n = 0; n < 2 * NP; ++n)
+          red_add2(dst + n * 8, scale * dqa[n][2 * hh], scale * dqa[n][2 * hh + 1]);
       }
     }
   }
