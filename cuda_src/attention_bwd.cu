@@ -58,10 +58,9 @@ jfa_bwd_cast(const float* __restrict__ src, T* __restrict__ dst, int64_t n) {
 }
 
 #ifndef JFB_DQ_RED
-// dQ's atomics: 0 scalar atomicAdd, 2 red.global.add.v2.f32 (sm_90), 4 .v4 after an exchange
-// of pairs between lanes, -1 none (timing only)
+// dQ's atomics: 0 scalar atomicAdd, 2 red.global.add.v2.f32 (sm_90), -1 none (timing only)
 #if __CUDA_ARCH__ >= 900
-#define JFB_DQ_RED 4
+#define JFB_DQ_RED 2
 #else
 #define JFB_DQ_RED 0
 #endif
@@ -75,12 +74,6 @@ __device__ __forceinline__ void red_add2(float* dst, float a, float b) {
   atomicAdd(dst, a);
   atomicAdd(dst + 1, b);
 #endif
-}
-
-// dst[0 .. 3] += a, b, c, d (dst 16-byte aligned; sm_90)
-__device__ __forceinline__ void red_add4(float* dst, float a, float b, float c, float d) {
-  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(a), "f"(b),
-               "f"(c), "f"(d) : "memory");
 }
 
 // 4 bytes at dst (shared) from src, or zeros when !pred
@@ -244,22 +237,6 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
           mma_step<T>(dqa[2 * p + 1], a, b2, b3);
         }
       }
-#if JFB_DQ_RED == 4
-      {  // lanes tq, tq ^ 1 swap pairs: the even one adds 4 columns of row g, the odd one of g + 8
-        const bool odd = tq & 1;
-        const int qi = i0 + mt * 16 + g + (odd ? 8 : 0);
-        float* dst = dq32 + (qstart + qi) * q_rs + (int64_t)h * D + c0 + 2 * (tq & ~1);
-#pragma unroll
-        for (int n = 0; n < 2 * NP; ++n) {
-          const float* a = dqa[n];
-          const float r0 = __shfl_xor_sync(0xffffffffu, odd ? a[0] : a[2], 1);
-          const float r1 = __shfl_xor_sync(0xffffffffu, odd ? a[1] : a[3], 1);
-          if (qi < Lq)
-            red_add4(dst + n * 8, scale * (odd ? r0 : a[0]), scale * (odd ? r1 : a[1]),
-                     scale * (odd ? a[2] : r0), scale * (odd ? a[3] : r1));
-        }
-      }
-#else
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int qi = i0 + mt * 16 + g + 8 * hh;
@@ -269,7 +246,6 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
         for (int n = 0; n < 2 * NP; ++n)
           red_add2(dst + n * 8, scale * dqa[n][2 * hh], scale * dqa[n][2 * hh + 1]);
       }
-#endif
     }
   }
   // dK = scale dS^T Q, dV: the tile's keys below the row's (untruncated) length
