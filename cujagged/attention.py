@@ -538,7 +538,8 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
         q, k, v, offsets, kv_offsets, max_seq_len, scale, causal, bias: as given to the forward.
         out, lse: optionally, the forward's output (values ``[Tq, H, D]`` or a JaggedArray) and
             its ``return_lse`` log-sum-exp ``[Tq, H]`` for these inputs; the CUDA kernel then
-            skips running the forward again (the reference path recomputes everything).
+            skips running the forward again. ``dS = P (dP − Σ_d dO·out)`` takes this ``out``
+            on either path (the reference recomputes the rest in float64).
 
     Returns:
         ``(dq, dk, dv)`` in the layouts of ``q``, ``k``, ``v`` (JaggedArrays where the inputs
@@ -602,7 +603,9 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
     attention_bwd(qh, kh, vh, gh, np.asarray(_cupy.asnumpy(P.qj.offsets) if P.gpu else
                                              P.qj.offsets, np.int64),
                   np.asarray(_cupy.asnumpy(P.kj.offsets) if P.gpu else P.kj.offsets, np.int64),
-                  P.msl, P.scale, bool(causal), bh, bias is not None, dq, dk, dv, dbias)
+                  P.msl, P.scale, bool(causal), bh, bias is not None,
+                  host64(out[0]) if out is not None else np.zeros((1, 1, 1)), out is not None,
+                  dq, dk, dv, dbias)
 
     def back(a, like, dtype):
         a = a.astype(dtype)

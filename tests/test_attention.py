@@ -420,11 +420,25 @@ def test_backward_layouts_and_errors():
         jagged_flash_attention_backward([1.0], q, q, q)
     with pytest.raises(TypeError, match="dtype of q"):
         jagged_flash_attention_backward(g.values.astype(np.float32), q, q, q)
+    # the forward's own out / lse change nothing on the reference path
+    q64, g64 = q._with_values(q.values.astype(np.float64)), g.values.astype(np.float64)
+    o, lse = jagged_flash_attention(q64, q64, q64, return_lse=True)
+    for a, b in zip(jagged_flash_attention_backward(g64, q64, q64, q64, out=o, lse=lse),
+                    jagged_flash_attention_backward(g64, q64, q64, q64)):
+        np.testing.assert_allclose(a.values, b.values, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="together"):
+        jagged_flash_attention_backward(g64, q64, q64, q64, out=o)
+    with pytest.raises(ValueError, match="lse must be"):
+        jagged_flash_attention_backward(g64, q64, q64, q64, out=o, lse=lse[:, :1])
 
 
 def check_gpu_backward(p, tol=None):
-    """The CUDA backward (no bias) against the float64 Numba reference: dq, dk, dv norm-wise,
-    no NaN; returns the three relative errors."""
+    """The CUDA backward (no bias) against the float64 Numba reference, both given the GPU
+    forward's output and LSE: dq, dk, dv norm-wise, no NaN; returns the three relative errors.
+
+    (Both take ``Σ_d dO·O`` from the same rounded O: against a reference with the exact O,
+    dq's error grows without bound where ``dP − Σ dO·O`` cancels, e.g. one query whose softmax
+    is nearly one-hot — the algorithm's sensitivity, which FlashAttention shares.)"""
     import cupy
 
     from cujagged import jagged_flash_attention_backward
@@ -435,12 +449,14 @@ def check_gpu_backward(p, tol=None):
     g = g.astype(p["dtype"])
     qo, ko = make_offsets(p["lq"], p["off_dtype"]), make_offsets(p["lk"], p["off_dtype"])
     kw = dict(max_seq_len=p["msl"], scale=p["scale"], causal=p["causal"])
-    got = jagged_flash_attention_backward(
-        *(cupy.asarray(a) for a in (g, q, k, v, qo)),
-        **kw, **({"kv_offsets": cupy.asarray(ko)} if p["cross"] else {}))
+    dev = [cupy.asarray(a) for a in (g, q, k, v, qo)]
+    kv = {"kv_offsets": cupy.asarray(ko)} if p["cross"] else {}
+    o, lse = jagged_flash_attention(*dev[1:], **kw, **kv, return_lse=True)
+    got = jagged_flash_attention_backward(*dev, **kw, **kv, out=o, lse=lse)
     ref = jagged_flash_attention_backward(
         *(a.astype(np.float64) for a in (g, q, k, v)), qo, **kw,
-        **({"kv_offsets": ko} if p["cross"] else {}))
+        **({"kv_offsets": ko} if p["cross"] else {}),
+        out=cupy.asnumpy(o).astype(np.float64), lse=cupy.asnumpy(lse))
     errs = []
     for name, a, r in zip(("dq", "dk", "dv"), got, ref):
         a = cupy.asnumpy(a).astype(np.float64)

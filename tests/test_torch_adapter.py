@@ -173,6 +173,20 @@ def test_gpu_matches_cpu():
     cjt.jagged_flash_attention(qg, qg, qg, oc.cuda(), causal=True).sum().backward()
     cjt.jagged_flash_attention(qc, qc, qc, oc, causal=True).sum().backward()
     torch.testing.assert_close(qg.grad.cpu(), qc.grad, rtol=1e-4, atol=1e-4)
+    # bf16: the CUDA backward, given the O and LSE the adapter saved
+    from cujagged import jagged_flash_attention_backward
+
+    qb = qc.detach().to("cuda", torch.bfloat16).requires_grad_()
+    ob = cjt.jagged_flash_attention(qb, qb, qb, oc.cuda(), causal=True)
+    w = torch.randn_like(ob)
+    (ob * w).sum().backward()
+    as64 = [t.detach().cpu().double().numpy() for t in (w, qb, ob)]
+    ref = jagged_flash_attention_backward(as64[0], as64[1], as64[1], as64[1], oc.numpy(),
+                                          causal=True, out=as64[2],
+                                          lse=np.zeros((len(as64[1]), 1), np.float32))
+    want = torch.from_numpy(ref[0] + ref[1] + ref[2])
+    err = (qb.grad.double().cpu() - want).norm() / want.norm()
+    assert err < 1e-2, err
 
 
 def test_a_small_model_trains():

@@ -89,13 +89,16 @@ def attention_fwd(q, k, v, q_off, k_off, max_seq_len, scale, causal, bias, has_b
 
 @numba.njit(cache=True, parallel=True)
 def attention_bwd(q, k, v, g, q_off, k_off, max_seq_len, scale, causal, bias, has_bias,
-                  dq, dk, dv, dbias):
+                  out, has_out, dq, dk, dv, dbias):
     """Gradients of :func:`attention_fwd`'s ``out`` given ``g = dL/dout`` (float64 throughout;
     the forward is recomputed): with ``P = softmax(S)``, ``S = scale q kᵀ + bias``,
     ``dS = P (g vᵀ − Σ_d g out)``: ``dq += scale dS k``, ``dk += scale dSᵀ q``, ``dv += Pᵀ g``,
-    ``dbias += dS``. ``dq``/``dk``/``dv``/``dbias`` (``[B, H, Mq, Mk]``, ignored unless
-    ``has_bias``) arrive zeroed. Work is split by (row, key head), so the query heads of a
-    group add into their key head's ``dk``/``dv`` without a race.
+    ``dbias += dS``. With ``has_out``, ``Σ_d g out`` takes the given forward output ``out``
+    (``[Tq, H, D]``, e.g. the GPU's rounded one) instead of the recomputed one: the gradient
+    that a kernel given that output should produce. ``dq``/``dk``/``dv``/``dbias``
+    (``[B, H, Mq, Mk]``, ignored unless ``has_bias``) arrive zeroed. Work is split by (row, key
+    head), so the query heads of a group add into their key head's ``dk``/``dv`` without a
+    race.
     """
     B = q_off.shape[0] - 1
     D = q.shape[2]
@@ -130,7 +133,7 @@ def attention_bwd(q, k, v, g, q_off, k_off, max_seq_len, scale, causal, bias, ha
                         o[d] += p[j] * v[ks + j, hk, d]
                 di = 0.0
                 for d in range(D):
-                    di += g[qs + i, h, d] * o[d]
+                    di += g[qs + i, h, d] * (out[qs + i, h, d] if has_out else o[d])
                 for j in range(nk):
                     dp = 0.0
                     for d in range(D):
