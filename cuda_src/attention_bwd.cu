@@ -110,7 +110,10 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
   const TileInfo ti = locate_tile<JFB_BK>(tile_info, tile_off, B, Hk, Hk, max_seq_len);
   if (!ti.live) return;
   const int64_t kstart = ti.q_start, qstart = ti.k_start;
-  const int Lk = ti.Lq, Lq = ti.Lk, Lk_full = ti.Lq_full, j0 = ti.i0, hk = ti.h, G = H / Hk;
+  const int Lk = ti.Lq, Lq = ti.Lk, Lk_full = ti.Lq_full, hk = ti.h, G = H / Hk;
+  // the record's tile index counts from the row's end (the forward's most causal work first);
+  // here the first key tiles see the most queries: count from the start
+  const int j0 = ((Lk_full + JFB_BK - 1) / JFB_BK - 1) * JFB_BK - ti.i0;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   const int lm = lane >> 3, lr = lane & 7;
   const int64_t q_rs = (int64_t)H * D, k_rs = (int64_t)Hk * D;
@@ -182,8 +185,8 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
           const int kj = j0 + warp * 16 + g + 8 * (e >> 1);
           const bool ok = kj < Lk && qi < Lq && (!causal || kj <= qi + shift);
           const float p = ok ? fast_exp2(st[n][e] * scale_log2 - sL[slot * JFB_BQ + qc]) : 0.f;
-          st[n][e] = p;
-          dpt[n][e] = p * (dpt[n][e] - sDl[slot * JFB_BQ + qc]);
+          st[n][e] = p;  // (masked: exactly 0, whatever dP holds there)
+          dpt[n][e] = ok ? p * (dpt[n][e] - sDl[slot * JFB_BQ + qc]) : 0.f;
         }
       // dV_w += P^T dO, dK_w += dS^T Q: A = P^T / dS^T (16 keys x 16 queries a chunk), B =
       // dO / Q k-major (k = query)

@@ -130,21 +130,24 @@ def _grid_stride(n: int, threads: int = 256) -> tuple:
 
 def _gpu_backward(P, gv, causal, fwd=None):
     """dq, dk, dv by ``jfa_bwd_mma`` (values arrays), or None where it does not apply (bias,
-    float32, head dim 256, operands not 16-byte aligned, too many tiles). ``fwd``: the forward's
-    (output values, lse), else the forward runs here."""
+    float32, head dim 256). ``fwd``: the forward's (output values, lse), else the forward runs
+    here."""
     if P.bias is not None or P.dt not in (np.dtype(np.float16), bfloat16) or (
             P.D not in _BWD_DIMS):
         return None
     cp = _cupy
-    qv, kv, vv, go = (cp.ascontiguousarray(a) for a in (P.qv, P.kv, P.vv, gv))
-    if any(a.data.ptr % 16 for a in (qv, kv, vv, go)):
-        return None
+
+    def aligned(a):  # contiguous, 16-byte aligned (a copy otherwise)
+        a = cp.ascontiguousarray(a)
+        return a if a.data.ptr % 16 == 0 else a.copy()
+
+    qv, kv, vv, go = (aligned(a) for a in (P.qv, P.kv, P.vv, gv))
     T, H, D = qv.shape
     Tk, Hk = kv.shape[:2]
     B, tn = P.B, _TNAME[P.dt]
     bound = (Tk + 63) // 64 + B
-    if bound * Hk >= 2**31:
-        return None
+    if bound * Hk >= 2**31 or ((T + 63) // 64 + B) * H >= 2**31:
+        raise ValueError("batch too large for one launch (tile count * heads >= 2**31)")
     dk, dv = cp.empty_like(kv), cp.empty_like(vv)
     dq32 = cp.zeros((T, H, D), dtype=np.float32)
     if T and Tk and B:
@@ -153,9 +156,7 @@ def _gpu_backward(P, gv, causal, fwd=None):
                                             P.kj._with_values(vv), max_seq_len=P.msl,
                                             scale=P.scale, causal=causal, return_lse=True)
             fwd = (o.values, lse)
-        ov, lse = (cp.ascontiguousarray(a) for a in fwd)
-        if ov.data.ptr % 16:
-            return None
+        ov, lse = aligned(fwd[0]), cp.ascontiguousarray(fwd[1])
         delta = cp.empty((T, H), dtype=np.float32)
         lse2 = cp.empty((T, H), dtype=np.float32)
         _FAMB.get(f"jfa_bwd_prep<{tn}, {D}>")(
@@ -548,9 +549,9 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
         keys past ``max_seq_len``, get zeros.
 
     On the GPU, bf16 / fp16 with head dims 32, 64, 96, 128 and no bias run the CUDA kernel of
-    ``cuda_src/attention_bwd.cu`` (FlashAttention-2's backward on the jagged tile list; it runs
-    the forward again for the output and its log-sum-exp; dq is accumulated in float32 with
-    atomics, so its last bits may differ from run to run). Everything else (float32, head dim
+    ``cuda_src/attention_bwd.cu`` (FlashAttention-2's backward on the jagged tile list; without
+    ``out`` / ``lse`` it runs the forward first; dq is accumulated in float32 with atomics, so
+    its last bits may differ from run to run). Everything else (float32, head dim
     256, a bias, the CPU backend) takes the float64 Numba reference: CuPy inputs go through the
     host there (correct, not fast).
     """
@@ -563,7 +564,7 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
         raise ValueError("grad must have the structure (offsets) of q")
     if not is_array(gv):
         raise not_array("grad", grad, "a JaggedArray or an array [Tq, H, D] like q")
-    if tuple(gv.shape) != tuple(P.qv.shape) or is_gpu_array(gv) != P.gpu:
+    if tuple(gv.shape) != tuple(P.qv.shape) or device_of(gv) != device_of(P.qv):
         raise ValueError(f"grad must be like q: shape {tuple(P.qv.shape)} on {device_of(P.qv)}; "
                          f"got {tuple(gv.shape)} on {device_of(gv)}")
     if gv.dtype != P.dt:
