@@ -6,12 +6,11 @@
 // log-sum-exp, for each row and head:
 //   dV = P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   delta_i = sum_d dO_i O_i,
 //   dQ = scale * dS K,   dK = scale * dS^T Q.
-// Work: a block per (key tile of BK = 64 or 128 keys, key head) of the tile list of
-// jfa_tiles.cuh built over the keys (its "query" fields are the keys, its "key" fields the
-// queries). The block (BK / 16 warps) keeps K and V of its tile in shared memory and dK, dV in
-// registers (warp w: keys 16 w .. 16 w + 15, all D columns), and walks the query tiles of 32
-// rows that see its keys, for every query head of its key head (GQA: their contributions add
-// up in the same accumulators). Per query tile:
+// Work: a block per (key tile of 64 keys, key head) of the tile list of jfa_tiles.cuh built
+// over the keys (its "query" fields are the keys, its "key" fields the queries). The block keeps
+// K and V of its tile in shared memory and dK, dV in registers (warp w: keys 16 w .. 16 w + 15,
+// all D columns), and walks the query tiles of 32 rows that see its keys, for every query head
+// of its key head (GQA: their contributions add up in the same accumulators). Per query tile:
 //   S^T = K_w Q^T and dP^T = V_w dO^T (mma.sync m16n8k16, fp32), P^T and dS^T in registers;
 //   dV_w += P^T dO, dK_w += dS^T Q (P and dS rounded to 16 bits as the A operand);
 //   dS^T to shared memory, then dQ (32 x D) += dS K split over the warps and added to an fp32
@@ -23,6 +22,7 @@
 #include "jfa_tiles.cuh"
 
 #define JFB_LOG2E 1.4426950408889634f
+#define JFB_BK 64  // keys a block
 #define JFB_BQ 32  // queries a step
 
 // delta[r] = sum_d o[r, d] * dout[r, d] and lse2[r] = lse[r] * log2(e), r over the T * H rows
@@ -82,24 +82,23 @@ __device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, bool pr
                "r"(pred ? 4 : 0) : "memory");
 }
 
-template <typename T, int D, int BK> struct JfbSmem {
+template <typename T, int D> struct JfbSmem {
   static constexpr int SD = D + 8, SS = JFB_BQ + 8;  // row strides (16 bytes of padding)
-  static constexpr int K = 0, V = K + BK * SD, Q = V + BK * SD;  // elements of T
+  static constexpr int K = 0, V = K + JFB_BK * SD, Q = V + JFB_BK * SD;  // elements of T
   static constexpr int O = Q + 2 * JFB_BQ * SD, S = O + 2 * JFB_BQ * SD;
-  static constexpr int END = S + BK * SS;
+  static constexpr int END = S + JFB_BK * SS;
   static constexpr int BYTES = END * 2 + 4 * JFB_BQ * 4;  // + lse2, delta: 2 slots each
 };
 
-template <typename T, int D, int BK>
-__global__ void __launch_bounds__(BK * 2, BK == 64 ? 2 : 1)
+template <typename T, int D>
+__global__ void __launch_bounds__(128, 2)
 jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
             const T* __restrict__ dout, const float* __restrict__ lse2,
             const float* __restrict__ delta, float* __restrict__ dq32, T* __restrict__ dk,
             T* __restrict__ dv, const int32_t* __restrict__ tile_info,
             const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
             float scale_log2, float scale, int causal) {
-  using S = JfbSmem<T, D, BK>;
-  constexpr int NT = BK * 2;  // threads: BK / 16 warps
+  using S = JfbSmem<T, D>;
   constexpr int SD = S::SD, SS = S::SS, NB = D / 8, KC = D / 16;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sm = reinterpret_cast<T*>(smem_raw);
@@ -108,13 +107,13 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
   float* sDl = sL + 2 * JFB_BQ;
 
   // the key-major tile list: its "query" fields are this block's keys
-  const TileInfo ti = locate_tile<BK>(tile_info, tile_off, B, Hk, Hk, max_seq_len);
+  const TileInfo ti = locate_tile<JFB_BK>(tile_info, tile_off, B, Hk, Hk, max_seq_len);
   if (!ti.live) return;
   const int64_t kstart = ti.q_start, qstart = ti.k_start;
   const int Lk = ti.Lq, Lq = ti.Lk, Lk_full = ti.Lq_full, hk = ti.h, G = H / Hk;
   // the record's tile index counts from the row's end (the forward's most causal work first);
   // here the first key tiles see the most queries: count from the start
-  const int j0 = ((Lk_full + BK - 1) / BK - 1) * BK - ti.i0;
+  const int j0 = ((Lk_full + JFB_BK - 1) / JFB_BK - 1) * JFB_BK - ti.i0;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   const int lm = lane >> 3, lr = lane & 7;
   const int64_t q_rs = (int64_t)H * D, k_rs = (int64_t)Hk * D;
@@ -128,15 +127,15 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
 
   float dka[NB][4] = {}, dva[NB][4] = {};
   if (nsteps > 0) {
-    load_tile<BK, NT, D, SD>(sK, k + (kstart + j0) * k_rs + (int64_t)hk * D, k_rs, Lk - j0,
+    load_tile<JFB_BK, 128, D, SD>(sK, k + (kstart + j0) * k_rs + (int64_t)hk * D, k_rs, Lk - j0,
                                    k, tid);
-    load_tile<BK, NT, D, SD>(sV, v + (kstart + j0) * k_rs + (int64_t)hk * D, k_rs, Lk - j0,
+    load_tile<JFB_BK, 128, D, SD>(sV, v + (kstart + j0) * k_rs + (int64_t)hk * D, k_rs, Lk - j0,
                                    v, tid);
     auto load_q = [&](int s) {  // Q, dO, lse2, delta of step s into slot s & 1 (one group)
       const int i0 = qlo + (s % nq) * JFB_BQ, h = hk * G + s / nq, slot = s & 1;
       const int64_t base = (qstart + i0) * q_rs + (int64_t)h * D;
-      load_tile<JFB_BQ, NT, D, SD>(sQ + slot * JFB_BQ * SD, q + base, q_rs, Lq - i0, q, tid);
-      load_tile<JFB_BQ, NT, D, SD>(sO + slot * JFB_BQ * SD, dout + base, q_rs, Lq - i0, dout,
+      load_tile<JFB_BQ, 128, D, SD>(sQ + slot * JFB_BQ * SD, q + base, q_rs, Lq - i0, q, tid);
+      load_tile<JFB_BQ, 128, D, SD>(sO + slot * JFB_BQ * SD, dout + base, q_rs, Lq - i0, dout,
                                     tid);
       if (tid < 2 * JFB_BQ) {
         const int r = tid & (JFB_BQ - 1);
@@ -222,14 +221,12 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
               pack2<T>(dpt[n][2 * hh], dpt[n][2 * hh + 1]);
       __syncthreads();  // every warp's dS^T stored
       // dQ (32 queries x D) += dS K: warp w takes query rows 16 (w & 1) .. + 15 and columns
-      // (w >> 1) DW .. + DW - 1; A = dS (stored k-major: ldmatrix.trans), B = K k-major
-      constexpr int DW = D / (BK / 32);  // columns a warp
-      constexpr int NP = DW / 16;        // 16-column pairs of n-tiles a warp
-      static_assert(DW % 16 == 0, "each warp takes whole 16-column pairs of dQ");
-      const int mt = warp & 1, c0 = (warp >> 1) * DW;
+      // (w >> 1) D / 2 .. + D / 2 - 1; A = dS (stored k-major: ldmatrix.trans), B = K k-major
+      constexpr int NP = D / 32;  // 16-column pairs of n-tiles a warp
+      const int mt = warp & 1, c0 = (warp >> 1) * (D / 2);
       float dqa[2 * NP][4] = {};
 #pragma unroll
-      for (int kc = 0; kc < BK / 16; ++kc) {
+      for (int kc = 0; kc < JFB_BK / 16; ++kc) {
         uint32_t a[4];
         ldsm_x4_t(a[0], a[1], a[2], a[3],
                   smem_addr(sS + (kc * 16 + (lm >> 1) * 8 + lr) * SS + mt * 16 + (lm & 1) * 8));

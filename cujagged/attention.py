@@ -111,20 +111,17 @@ _FAM90 = KernelFamily("attention_sm90.cu",
                       options=("-default-device",), arch="sm_90a")
 
 
-# the CUDA backward (attention_bwd.cu): bf16 / fp16, these head dims, no bias; keys a block
-_BWD_BK = {32: (64,), 64: (128, 64), 96: (64,), 128: (128, 64)}  # the first is the default
-_BWD_DIMS = tuple(_BWD_BK)
+# the CUDA backward (attention_bwd.cu): bf16 / fp16, these head dims, no bias
+_BWD_DIMS = (32, 64, 96, 128)
 _FAMB = KernelFamily("attention_bwd.cu",
-                     [f"jfa_bwd_mma<{t}, {d}, {bk}>" for t in ("bf16_t", "f16_t")
-                      for d in _BWD_DIMS for bk in _BWD_BK[d]]
-                     + [f"jfa_bwd_prep<{t}, {d}>" for t in ("bf16_t", "f16_t") for d in _BWD_DIMS]
+                     [f"{k}<{t}, {d}>" for k in ("jfa_bwd_mma", "jfa_bwd_prep")
+                      for t in ("bf16_t", "f16_t") for d in _BWD_DIMS]
                      + [f"jfa_bwd_cast<{t}>" for t in ("bf16_t", "f16_t")])
-_BWD_BK_FORCE: int | None = None  # (benchmarks: 64 forces 64-key blocks)
 
 
-def _bwd_smem(d: int, bk: int) -> int:
+def _bwd_smem(d: int) -> int:
     """Dynamic shared memory of ``jfa_bwd_mma`` (JfbSmem in attention_bwd.cu)."""
-    return ((2 * bk + 4 * 32) * (d + 8) + bk * 40) * 2 + 4 * 32 * 4
+    return ((2 * 64 + 4 * 32) * (d + 8) + 64 * 40) * 2 + 4 * 32 * 4
 
 
 def _grid_stride(n: int, threads: int = 256) -> tuple:
@@ -148,8 +145,7 @@ def _gpu_backward(P, gv, causal, fwd=None):
     T, H, D = qv.shape
     Tk, Hk = kv.shape[:2]
     B, tn = P.B, _TNAME[P.dt]
-    bk = _BWD_BK_FORCE if _BWD_BK_FORCE in _BWD_BK[D] else _BWD_BK[D][0]
-    bound = (Tk + bk - 1) // bk + B
+    bound = (Tk + 63) // 64 + B
     if bound * Hk >= 2**31 or ((T + 63) // 64 + B) * H >= 2**31:
         raise ValueError("batch too large for one launch (tile count * heads >= 2**31)")
     dk, dv = cp.empty_like(kv), cp.empty_like(vv)
@@ -165,12 +161,12 @@ def _gpu_backward(P, gv, causal, fwd=None):
         lse2 = cp.empty((T, H), dtype=np.float32)
         _FAMB.get(f"jfa_bwd_prep<{tn}, {D}>")(
             _grid_stride(T * H), (256,), (ov, go, lse, delta, lse2, np.int64(T * H)))
-        info, tile_off = _tile_list(cp, P.kj.offsets, P.qj.offsets, bk, P.msl, P.kj._cache,
+        info, tile_off = _tile_list(cp, P.kj.offsets, P.qj.offsets, 64, P.msl, P.kj._cache,
                                     bound)
-        kern = _FAMB.get(f"jfa_bwd_mma<{tn}, {D}, {bk}>")
-        smem = _bwd_smem(D, bk)
+        kern = _FAMB.get(f"jfa_bwd_mma<{tn}, {D}>")
+        smem = _bwd_smem(D)
         kern.allow_shared(smem)
-        kern((bound * Hk,), (2 * bk,),
+        kern((bound * Hk,), (128,),
              (qv, kv, vv, go, lse2, delta, dq32, dk, dv, info, tile_off, np.int64(B),
               np.int32(H), np.int32(Hk), np.int64(P.msl), np.float32(P.scale * math.log2(math.e)),
               np.float32(P.scale), np.int32(bool(causal))), shared_mem=smem)
