@@ -92,12 +92,12 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return a;
 }
 
-// 16-byte global -> shared copy; when !pred nothing is read and the 16 bytes are zero-filled.
 // 16 bytes at dst (shared) from the first n (0..16) bytes at src, zeros after them
 __device__ __forceinline__ void cp_async16_n(uint32_t dst, const void* src, int n) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
                : "memory");
 }
+// 16-byte global -> shared copy; when !pred nothing is read and the 16 bytes are zero-filled.
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
   cp_async16_n(dst, src, pred ? 16 : 0);
 }

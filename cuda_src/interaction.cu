@@ -23,6 +23,7 @@
 #define JB_ST 3  // stages of the cp.async ring (JB_ST - 1 in flight during a step; static shared
                  // memory stays under 48 KB at BN 128)
 #endif
+static_assert(JB_ST >= 2, "the ring needs a stage in flight beside the one computed on");
 // blocks per SM the register budget must allow: BN 128 keeps 64 fp32 accumulators per thread
 #define JB_MINB(BN) ((BN) > 64 ? 3 : 6)
 
