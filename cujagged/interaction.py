@@ -347,11 +347,16 @@ def jagged_jagged_bmm_backward(grad, x, y):
 
 # ---- jagged2 ---------------------------------------------------------------------------------
 def _sq_offsets_host(x):
-    off = np.asarray(_host(x.offsets), dtype=np.int64)
-    lens = np.diff(off)
-    off2 = np.zeros_like(off)
-    np.cumsum(lens * lens, out=off2[1:])
-    return off, off2
+    """x's host offsets and ``cumsum(L²)``, int64 (one transfer, then cached with x's
+    structure; read-only)."""
+    hit = x._cache.get("jagged2_host")
+    if hit is None:
+        off = x._host_offsets()
+        lens = np.diff(off)
+        off2 = np.zeros_like(off)
+        np.cumsum(lens * lens, out=off2[1:])
+        hit = x._cache["jagged2_host"] = (off, off2)
+    return hit
 
 
 @on_array_device
@@ -361,13 +366,13 @@ def jagged2_offsets(x):
     J = _jagged_cls()
     if not isinstance(x, J):
         raise TypeError(f"x must be a JaggedArray, got {type(x).__name__}")
-    return _dev(_sq_offsets_host(x)[1], x)
+    return _dev(_sq_offsets_host(x)[1].copy(), x)
 
 
 def _jagged2(values, x, off2):
     J = _jagged_cls()
     ml = x.max_length
-    return J(_dev(values, x), _dev(off2, x), max_length=ml * ml, validate=False)
+    return J(_dev(values, x), _dev(off2.copy(), x), max_length=ml * ml, validate=False)
 
 
 def _check_m(m, x, name="m"):
@@ -379,7 +384,7 @@ def _check_m(m, x, name="m"):
     if m.is_gpu != x.is_gpu:
         raise TypeError(f"{name} is on {m.device} but x is on {x.device}")
     off, off2 = _sq_offsets_host(x)
-    if m.nrows != x.nrows or not np.array_equal(np.asarray(_host(m.offsets), np.int64), off2):
+    if m.nrows != x.nrows or not np.array_equal(m._host_offsets(), off2):
         raise ValueError(f"{name} must be a jagged2 array of x's rows: offsets cumsum(L_b²) = "
                          "jagged2_offsets(x), one L_b x L_b matrix a row")
     return off, off2
@@ -530,7 +535,7 @@ def jagged_self_subtraction(x):
     _check_sub(x)
     J = _jagged_cls()
     off2_h = _sq_offsets_host(x)[1]
-    off2 = _dev(off2_h, x)
+    off2 = _dev(off2_h.copy(), x)
     xp = xp_of(x.values)  # m: x's jagged2 structure over zero-byte values, for its indices
     m = J(xp.empty((int(off2_h[-1]), 0), np.int8), off2, max_length=x.max_length ** 2,
           validate=False)

@@ -539,3 +539,17 @@ def test_gpu_bmm_long_rows_backward_and_fallback():
             pairs.append((got.values, ref.values))
         for got, ref in pairs:
             assert rel_error(cupy.asnumpy(got).astype(np.float64), ref) <= 1e-2
+
+
+def test_jagged2_offsets_are_cached_but_not_shared():
+    """x's jagged2 offsets are computed once per structure; what callers get are copies (an
+    edit of one result leaves the next call and other results intact)."""
+    x = JaggedArray(np.ones((7, 2)), make_offsets([3, 0, 4]))
+    a = jagged2_offsets(x)
+    a[:] = -1
+    m = jagged_jagged_bmm_jagged_out(x, x)
+    assert jagged2_offsets(x).tolist() == [0, 9, 9, 25] == m.offsets.tolist()
+    m.offsets[:] = 0
+    assert jagged_jagged_bmm_jagged_out(x, x).offsets.tolist() == [0, 9, 9, 25]
+    assert jagged_self_subtraction(x._with_values(x.values[:, 0])).offsets.tolist() == [
+        0, 9, 9, 25]
