@@ -299,10 +299,7 @@ jfa_fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
           uint32_t a[MT][4];
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
-            a[mt][0] = pack2<T>(s[mt][2 * kc][0], s[mt][2 * kc][1]);
-            a[mt][1] = pack2<T>(s[mt][2 * kc][2], s[mt][2 * kc][3]);
-            a[mt][2] = pack2<T>(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
-            a[mt][3] = pack2<T>(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+            acc_to_a<T>(s[mt][2 * kc], s[mt][2 * kc + 1], a[mt]);
           }
 #pragma unroll
           for (int db = 0; db < DB / 2; ++db) {

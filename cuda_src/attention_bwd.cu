@@ -192,14 +192,9 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
       // dO / Q k-major (k = query)
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
-        const uint32_t pa[4] = {pack2<T>(st[2 * c][0], st[2 * c][1]),
-                                pack2<T>(st[2 * c][2], st[2 * c][3]),
-                                pack2<T>(st[2 * c + 1][0], st[2 * c + 1][1]),
-                                pack2<T>(st[2 * c + 1][2], st[2 * c + 1][3])};
-        const uint32_t sa[4] = {pack2<T>(dpt[2 * c][0], dpt[2 * c][1]),
-                                pack2<T>(dpt[2 * c][2], dpt[2 * c][3]),
-                                pack2<T>(dpt[2 * c + 1][0], dpt[2 * c + 1][1]),
-                                pack2<T>(dpt[2 * c + 1][2], dpt[2 * c + 1][3])};
+        uint32_t pa[4], sa[4];
+        acc_to_a<T>(st[2 * c], st[2 * c + 1], pa);
+        acc_to_a<T>(dpt[2 * c], dpt[2 * c + 1], sa);
 #pragma unroll
         for (int nb = 0; nb < D / 16; ++nb) {
           const int br = (c * 16 + (lm & 1) * 8 + lr) * SD + nb * 16 + (lm >> 1) * 8;

@@ -44,6 +44,16 @@ template <> __device__ __forceinline__ void mma_step<float>(float* c, const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Two fp32 accumulator tiles of m16n8 (n-tiles 2 c and 2 c + 1) rounded to 16 bits as the A
+// fragment of m16n8k16 for k = 16 c .. 16 c + 15 (the C and A layouts line up row for row)
+template <typename T>
+__device__ __forceinline__ void acc_to_a(const float* c0, const float* c1, uint32_t* a) {
+  a[0] = pack2<T>(c0[0], c0[1]);
+  a[1] = pack2<T>(c0[2], c0[3]);
+  a[2] = pack2<T>(c1[0], c1[1]);
+  a[3] = pack2<T>(c1[2], c1[3]);
+}
+
 // fp32 bits -> TF32 (round to nearest, ties away from zero; the low 13 bits cleared)
 __device__ __forceinline__ uint32_t to_tf32(uint32_t x) {
   uint32_t y;
