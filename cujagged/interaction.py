@@ -130,11 +130,24 @@ def _kernel_ok(dtype, dims, *arrays) -> bool:
             and all(a.flags.c_contiguous and a.data.ptr % 16 == 0 for a in arrays))
 
 
+def _item_tiles(x, N: int):
+    """The 64-item tile list of x (attention's, no truncation) and the output-column tiling of
+    the kernels that use it: ``(bn, nt, grid, tile_info, tile_off)``, or None past the tile
+    list's int32 limits (its row lengths and ``i0 + 64``)."""
+    from .attention import _NO_LIMIT, _tile_list
+
+    T, B = int(x.values.shape[0]), x.nrows
+    bn = _bn(N)
+    bound, nt = (T + 63) // 64 + B, (N + bn - 1) // bn
+    if bound * nt >= 2**31 or x.max_length > 2**31 - 65:
+        return None
+    info, tile_off = _tile_list(cupy, x.offsets, x.offsets, 64, _NO_LIMIT, x._cache, bound)
+    return bn, nt, bound * nt, info, tile_off
+
+
 def _gpu_dense_bmm(x, y):
     """``jagged_dense_bmm_mma`` (cuda_src/interaction.cu) over the attention tile list; None
     where it does not apply."""
-    from .attention import _NO_LIMIT, _tile_list
-
     xv = x.values
     K, N = int(y.shape[1]), int(y.shape[2])
     if x.dtype not in _TN:  # (before copying a transposed y)
@@ -142,20 +155,16 @@ def _gpu_dense_bmm(x, y):
     y = cupy.ascontiguousarray(y)
     if not _kernel_ok(x.dtype, (K, N), xv, y):
         return None
-    T, B = int(xv.shape[0]), x.nrows
-    if x.max_length > 2**31 - 65:  # the tile list keeps row lengths (and i0 + 64) in int32
-        return None
-    out = cupy.empty((T, N), dtype=x.dtype)
-    if T == 0:
+    out = cupy.empty((int(xv.shape[0]), N), dtype=x.dtype)
+    if out.shape[0] == 0:
         return x._with_values(out)
-    bn = _bn(N)
-    bound, nt = (T + 63) // 64 + B, (N + bn - 1) // bn
-    if bound * nt >= 2**31:
+    tiles = _item_tiles(x, N)
+    if tiles is None:
         return None
-    info, tile_off = _tile_list(cupy, x.offsets, x.offsets, 64, _NO_LIMIT, x._cache, bound)
+    bn, nt, grid, info, tile_off = tiles
     _FAM.get(f"jagged_dense_bmm_mma<{_TN[x.dtype]}, {bn}>")(
-        (bound * nt,), (128,), (xv, y, out, info, tile_off, np.int64(B), np.int32(nt),
-                               np.int32(K), np.int32(N)))
+        (grid,), (128,), (xv, y, out, info, tile_off, np.int64(x.nrows), np.int32(nt),
+                          np.int32(K), np.int32(N)))
     return x._with_values(out)
 
 
@@ -223,24 +232,21 @@ def _gpu_jj_jagged_out(x, y, off, off2):
 def _gpu_ajbmm(m, x, off2, trans):
     """``array_jagged_bmm_jagged_out_mma`` (``m_b @ x_b`` or ``m_bᵀ @ x_b``) over the
     attention tile list of ``x``; None where it does not apply."""
-    from .attention import _NO_LIMIT, _tile_list
-
     xv, mv = x.values, m.values
-    T, B, N = int(xv.shape[0]), x.nrows, int(xv.shape[1])
+    N = int(xv.shape[1])
     if not _kernel_ok(x.dtype, (N,), xv, mv):  # (m's rows: any alignment; its start: 16 B)
         return None
-    out = cupy.empty((T, N), dtype=x.dtype)
-    if T == 0:
+    out = cupy.empty((int(xv.shape[0]), N), dtype=x.dtype)
+    if out.shape[0] == 0:
         return x._with_values(out)
-    bn = _bn(N)
-    bound, nt = (T + 63) // 64 + B, (N + bn - 1) // bn
-    if bound * nt >= 2**31 or x.max_length > 2**31 - 65:
+    tiles = _item_tiles(x, N)
+    if tiles is None:
         return None
-    info, tile_off = _tile_list(cupy, x.offsets, x.offsets, 64, _NO_LIMIT, x._cache, bound)
+    bn, nt, grid, info, tile_off = tiles
     _FAM.get(f"array_jagged_bmm_jagged_out_mma<{_TN[x.dtype]}, {bn}, "
              f"{'true' if trans else 'false'}>")(
-        (bound * nt,), (128,), (mv, xv, out, cupy.asarray(off2, dtype=np.int64), info, tile_off,
-                               np.int64(B), np.int32(nt), np.int32(N)))
+        (grid,), (128,), (mv, xv, out, cupy.asarray(off2, dtype=np.int64), info, tile_off,
+                          np.int64(x.nrows), np.int32(nt), np.int32(N)))
     return x._with_values(out)
 
 
