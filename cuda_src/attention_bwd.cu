@@ -76,12 +76,6 @@ __device__ __forceinline__ void red_add2(float* dst, float a, float b) {
 #endif
 }
 
-// 4 bytes at dst (shared) from src, or zeros when !pred
-__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, bool pred) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
-               "r"(pred ? 4 : 0) : "memory");
-}
-
 template <typename T, int D> struct JfbSmem {
   static constexpr int SD = D + 8, SS = JFB_BQ + 8;  // row strides (16 bytes of padding)
   static constexpr int K = 0, V = K + JFB_BK * SD, Q = V + JFB_BK * SD;  // elements of T
@@ -106,24 +100,15 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
   float* sL = reinterpret_cast<float*>(sm + S::END);  // [2][BQ] lse2, then [2][BQ] delta
   float* sDl = sL + 2 * JFB_BQ;
 
-  // the key-major tile list: its "query" fields are this block's keys
-  const TileInfo ti = locate_tile<JFB_BK>(tile_info, tile_off, B, Hk, Hk, max_seq_len);
-  if (!ti.live) return;
-  const int64_t kstart = ti.q_start, qstart = ti.k_start;
-  const int Lk = ti.Lq, Lq = ti.Lk, Lk_full = ti.Lq_full, hk = ti.h, G = H / Hk;
-  // the record's tile index counts from the row's end (the forward's most causal work first);
-  // here the first key tiles see the most queries: count from the start
-  const int j0 = ((Lk_full + JFB_BK - 1) / JFB_BK - 1) * JFB_BK - ti.i0;
+  const BwdTile bt = locate_bwd_tile<JFB_BK, JFB_BQ>(tile_info, tile_off, B, H, Hk, max_seq_len,
+                                                      causal);
+  if (!bt.live) return;
+  const int64_t kstart = bt.kstart, qstart = bt.qstart;
+  const int Lk = bt.Lk, Lq = bt.Lq, hk = bt.hk, G = bt.G, j0 = bt.j0, shift = bt.shift;
+  const int qlo = bt.qlo, nq = bt.nq, nsteps = nq * G;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   const int lm = lane >> 3, lr = lane & 7;
   const int64_t q_rs = (int64_t)H * D, k_rs = (int64_t)Hk * D;
-  const int shift = Lk - Lq;  // query i sees key j when j <= i + shift (causal)
-
-  // the query tiles that see a key of this tile, for each query head of the group
-  const int qhi = j0 < Lk ? Lq : 0;
-  const int qlo = causal ? max(0, j0 - shift) / JFB_BQ * JFB_BQ : 0;
-  const int nq = qhi > qlo ? (qhi - qlo + JFB_BQ - 1) / JFB_BQ : 0;
-  const int nsteps = nq * G;
 
   float dka[NB][4] = {}, dva[NB][4] = {};
   if (nsteps > 0) {
@@ -250,7 +235,7 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
     const int r = warp * 16 + g + 8 * hh;
-    if (j0 + r >= Lk_full) continue;
+    if (j0 + r >= bt.Lk_full) continue;
     const int64_t off = (kstart + j0 + r) * k_rs + (int64_t)hk * D + 2 * tq;
 #pragma unroll
     for (int n = 0; n < NB; ++n) {

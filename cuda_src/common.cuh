@@ -101,6 +101,11 @@ __device__ __forceinline__ void cp_async16_n(uint32_t dst, const void* src, int 
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
   cp_async16_n(dst, src, pred ? 16 : 0);
 }
+// 4 bytes at dst (shared) from src, or zeros when !pred
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, bool pred) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
+               "r"(pred ? 4 : 0) : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");

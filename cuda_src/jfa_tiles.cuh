@@ -1,4 +1,4 @@
-// The tile list of the Jagged Flash Attention kernels (attention.cu, attention_sm90.cu).
+// The tile list of the Jagged Flash Attention kernels (attention*.cu).
 //
 // Work is a list of real tiles (row, query tile), built on the device from the offsets, rows of
 // most work first. Tile t is one 32-byte record tile_info[t] (int32 x 8):
@@ -37,6 +37,43 @@ __device__ __forceinline__ TileInfo locate_tile(const int32_t* __restrict__ tile
   ti.row = info.w;
   ti.hk = ti.h / (H / Hk);
   return ti;
+}
+
+// The backward's view of a record of the key-major tile list (attention_bwd.cu,
+// attention_bwd_sm90.cu: the list built over the keys, so the record's "query" fields are the
+// keys): BK keys j0 .. of one key head hk, and the nq query tiles of BQ rows from qlo that see a
+// key of them, for each of the G query heads of hk (steps s = 0 .. nq * G - 1: query tile
+// qlo + (s % nq) * BQ of head hk * G + s / nq).
+struct BwdTile {
+  int64_t kstart, qstart;  // the row's first key and first query
+  int Lk, Lq, Lk_full, hk, G, j0, qlo, nq, shift;  // shift: query i sees key j <= i + shift
+  bool live;
+};
+
+template <int BK, int BQ>
+__device__ __forceinline__ BwdTile locate_bwd_tile(const int32_t* __restrict__ tile_info,
+                                                   const int32_t* __restrict__ tile_off,
+                                                   int64_t B, int H, int Hk,
+                                                   int64_t max_seq_len, int causal) {
+  const TileInfo ti = locate_tile<BK>(tile_info, tile_off, B, Hk, Hk, max_seq_len);
+  BwdTile t;
+  t.live = ti.live;
+  if (!ti.live) return t;
+  t.kstart = ti.q_start;
+  t.qstart = ti.k_start;
+  t.Lk = ti.Lq;
+  t.Lq = ti.Lk;
+  t.Lk_full = ti.Lq_full;
+  t.hk = ti.h;
+  t.G = H / Hk;
+  // the record's tile index counts from the row's end (the forward's most causal work first);
+  // here the first key tiles see the most queries: count from the start
+  t.j0 = ((t.Lk_full + BK - 1) / BK - 1) * BK - ti.i0;
+  t.shift = t.Lk - t.Lq;
+  const int qhi = t.j0 < t.Lk ? t.Lq : 0;
+  t.qlo = causal ? max(0, t.j0 - t.shift) / BQ * BQ : 0;
+  t.nq = qhi > t.qlo ? (qhi - t.qlo + BQ - 1) / BQ : 0;
+  return t;
 }
 
 // q_start of tile `tile` again (kernels near their register cap reload it for the epilogue).

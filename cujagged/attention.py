@@ -119,6 +119,22 @@ _FAMB = KernelFamily("attention_bwd.cu",
                      + [f"jfa_bwd_cast<{t}>" for t in ("bf16_t", "f16_t")])
 
 
+# its Hopper twin (attention_bwd_sm90.cu): wgmma, the same arguments, D 64 / 128; dispatched on
+# sm_90 like the forward's wgmma kernel (CUJAGGED_ATTENTION_SM90=0 keeps jfa_bwd_mma)
+_BWD90_DIMS = (64, 128)
+_FAMB90 = KernelFamily("attention_bwd_sm90.cu",
+                       [f"jfa_bwd_sm90<{t}, {d}>" for t in ("bf16_t", "f16_t")
+                        for d in _BWD90_DIMS],
+                       options=("-default-device",), arch="sm_90a")
+_BWD_SM90 = _SM90_ENABLED
+
+
+def _bwd90_smem(d: int) -> int:
+    """Dynamic shared memory of ``jfa_bwd_sm90`` (Jfb90Smem): K, V, two Q and dO tiles, dS, lse
+    and delta, plus the alignment slack of the swizzled panels."""
+    return (2 * 64 + 4 * 32) * d * 2 + 32 * 128 + 4 * 32 * 4 + _sm90_align_slack()
+
+
 def _bwd_smem(d: int) -> int:
     """Dynamic shared memory of ``jfa_bwd_mma`` (JfbSmem in attention_bwd.cu)."""
     return ((2 * 64 + 4 * 32) * (d + 8) + 64 * 40) * 2 + 4 * 32 * 4
@@ -163,8 +179,10 @@ def _gpu_backward(P, gv, causal, fwd=None):
             _grid_stride(T * H), (256,), (ov, go, lse, delta, lse2, np.int64(T * H)))
         info, tile_off = _tile_list(cp, P.kj.offsets, P.qj.offsets, 64, P.msl, P.kj._cache,
                                     bound)
-        kern = _FAMB.get(f"jfa_bwd_mma<{tn}, {D}>")
-        smem = _bwd_smem(D)
+        if _BWD_SM90 and D in _BWD90_DIMS and _FAMB90.supported():
+            kern, smem = _FAMB90.get(f"jfa_bwd_sm90<{tn}, {D}>"), _bwd90_smem(D)
+        else:
+            kern, smem = _FAMB.get(f"jfa_bwd_mma<{tn}, {D}>"), _bwd_smem(D)
         kern.allow_shared(smem)
         kern((bound * Hk,), (128,),
              (qv, kv, vv, go, lse2, delta, dq32, dk, dv, info, tile_off, np.int64(B),

@@ -1,0 +1,206 @@
+// Jagged Flash Attention, backward, for Hopper (sm_90a): attention_bwd.cu's algorithm and launch
+// contract (read it first) on asynchronous warpgroup MMA (wgmma), D = 64 and 128.
+//
+// A block is one warpgroup and 64 keys of one key head (the key-major tile list, BwdTile). K and
+// V sit in shared memory for the whole block, dK and dV in registers (m64nD accumulators: the
+// warpgroup's 64 rows are the keys). Per step, a tile of 32 queries of one query head:
+//   S^T  = K Q^T      wgmma m64n32k16, A = K, B = Q (shared, both K-major)
+//   dP^T = V dO^T     the same with V, dO
+//   P^T = exp2(S^T scale log2 e - lse log2 e), dS^T = P^T (dP^T - delta) on the accumulators
+//   dV  += P^T dO     wgmma m64nDk16, A = P^T (registers: the accumulator layout packed to 16
+//   dK  += dS^T Q                      bits is the A-fragment layout), B = dO / Q (MN-major)
+//   dS^T to shared memory as dS, [query][key] (stmatrix.trans)
+//   dQ^T = K^T dS^T   wgmma m64n32k16 per 64 head-dim rows, A = K (shared, MN-major:
+//                     transposed), B = dS (K-major); added to the fp32 dQ buffer by atomics
+// Q, dO, lse, delta of the next step load (cp.async, double-buffered) during the current one.
+// Shared tiles in wgmma.cuh's 128-byte-swizzled panel layout.
+#include "common.cuh"
+#include "mma.cuh"
+#include "jfa_tiles.cuh"
+#include "wgmma.cuh"
+
+#define JFB90_BK 64  // keys a block (the warpgroup's M)
+#define JFB90_BQ 32  // queries a step
+
+// Blocks per SM to plan registers for (D = 128: dK, dV and the step's accumulators take ~200)
+#ifndef JFB90_MINB
+#define JFB90_MINB(D) ((D) == 64 ? 3 : 2)
+#endif
+
+// Dynamic shared memory (bytes, from a 1024-byte boundary): K, V, 2 x (Q, dO), dS, 2 x (lse2, delta)
+template <int D> struct Jfb90Smem {
+  static constexpr uint32_t KV = JFB90_BK * D * 2, QT = JFB90_BQ * D * 2;
+  static constexpr uint32_t K = 0, V = KV, Q = 2 * KV, O = Q + 2 * QT, S = O + 2 * QT;
+  static constexpr uint32_t L = S + JFB90_BQ * 128, DL = L + 2 * JFB90_BQ * 4;
+  static constexpr uint32_t BYTES = DL + 2 * JFB90_BQ * 4;
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(128, JFB90_MINB(D))
+jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+             const T* __restrict__ dout, const float* __restrict__ lse2,
+             const float* __restrict__ delta, float* __restrict__ dq32, T* __restrict__ dk,
+             T* __restrict__ dv, const int32_t* __restrict__ tile_info,
+             const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk,
+             int64_t max_seq_len, float scale_log2, float scale, int causal) {
+  using S = Jfb90Smem<D>;
+  constexpr int BQ = JFB90_BQ, KC = D / 16, MB = D / 64;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw = smem_addr(smem_raw), base = (raw + 1023u) & ~1023u;
+  const uint32_t sK = base + S::K, sV = base + S::V, sQ = base + S::Q, sO = base + S::O;
+  const uint32_t sS = base + S::S;
+  const float* sL = reinterpret_cast<const float*>(smem_raw + (base - raw) + S::L);
+  const float* sDl = reinterpret_cast<const float*>(smem_raw + (base - raw) + S::DL);
+
+  const BwdTile bt = locate_bwd_tile<JFB90_BK, BQ>(tile_info, tile_off, B, H, Hk, max_seq_len,
+                                                   causal);
+  if (!bt.live) return;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const int64_t q_rs = (int64_t)H * D, k_rs = (int64_t)Hk * D;
+  const int nsteps = bt.nq * bt.G;
+  const int kr = bt.j0 + 16 * warp + g;  // key of accumulator rows g (and kr + 8: rows g + 8)
+
+  float dka[D / 2], dva[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dka[i] = dva[i] = 0.f;
+  if (nsteps > 0) {
+    const int64_t koff = (bt.kstart + bt.j0) * k_rs + (int64_t)bt.hk * D;
+    load_sw<JFB90_BK, 128, D>(sK, k + koff, k_rs, bt.Lk - bt.j0, k, tid);
+    load_sw<JFB90_BK, 128, D>(sV, v + koff, k_rs, bt.Lk - bt.j0, v, tid);
+    auto load_q = [&](int s) {  // Q, dO, lse2, delta of step s into slot s & 1 (one group)
+      const int i0 = bt.qlo + (s % bt.nq) * BQ, h = bt.hk * bt.G + s / bt.nq, slot = s & 1;
+      const int64_t off = (bt.qstart + i0) * q_rs + (int64_t)h * D;
+      load_sw<BQ, 128, D>(sQ + slot * S::QT, q + off, q_rs, bt.Lq - i0, q, tid);
+      load_sw<BQ, 128, D>(sO + slot * S::QT, dout + off, q_rs, bt.Lq - i0, dout, tid);
+      if (tid < 2 * BQ) {
+        const int r = tid & (BQ - 1);
+        const bool ok = i0 + r < bt.Lq;
+        const float* src = tid < BQ ? lse2 : delta;
+        cp_async4(base + (tid < BQ ? S::L : S::DL) + (slot * BQ + r) * 4,
+                  ok ? src + (bt.qstart + i0 + r) * H + h : src, ok);
+      }
+      cp_async_commit();
+    };
+    load_q(0);
+    // descriptors (wgmma.cuh): K-major K, V (A) and Q, dO slots (B); MN-major Q, dO slots (B of
+    // dK, dV: k = the step's 32 queries) and K (A of dQ^T: m = 64 head-dim columns, k = keys);
+    // dS K-major (B of dQ^T: n = queries, k = keys)
+    const uint64_t dKk = sw128_desc(sK, 16, 1024), dVk = sw128_desc(sV, 16, 1024);
+    const uint64_t dQk = sw128_desc(sQ, 16, 1024), dOk = sw128_desc(sO, 16, 1024);
+    const uint64_t dQm = sw128_desc(sQ, BQ * 128, 1024), dOm = sw128_desc(sO, BQ * 128, 1024);
+    const uint64_t dKm = sw128_desc(sK, JFB90_BK * 128, 1024), dSk = sw128_desc(sS, 16, 1024);
+    for (int s = 0; s < nsteps; ++s) {
+      const int slot = s & 1, i0 = bt.qlo + (s % bt.nq) * BQ, h = bt.hk * bt.G + s / bt.nq;
+      cp_async_wait<0>();   // step s landed for this thread ...
+      fence_proxy_async();  // ... visible to wgmma ...
+      __syncthreads();      // ... for every thread; step s - 1's wgmma all done (slot, sS free)
+      if (s + 1 < nsteps) load_q(s + 1);
+
+      // S^T, dP^T: [4 nb + e] is (key kr + 8 (e >> 1), query i0 + 8 nb + 2 tq + (e & 1))
+      float st[BQ / 2], dpt[BQ / 2];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < KC; ++kk) {
+        const uint32_t a = (kk >> 2) * (JFB90_BK * 128) + (kk & 3) * 32;
+        const uint32_t b = slot * S::QT + (kk >> 2) * (BQ * 128) + (kk & 3) * 32;
+        wgmma_ss<T, BQ>(st, dKk + (a >> 4), dQk + (b >> 4), kk > 0);
+      }
+#pragma unroll
+      for (int kk = 0; kk < KC; ++kk) {
+        const uint32_t a = (kk >> 2) * (JFB90_BK * 128) + (kk & 3) * 32;
+        const uint32_t b = slot * S::QT + (kk >> 2) * (BQ * 128) + (kk & 3) * 32;
+        wgmma_ss<T, BQ>(dpt, dVk + (a >> 4), dOk + (b >> 4), kk > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs<BQ / 2>(st);
+      fence_regs<BQ / 2>(dpt);
+
+      // P^T and dS^T (masked: exactly 0, whatever dP holds there)
+#pragma unroll
+      for (int nb = 0; nb < BQ / 8; ++nb) {
+        const float2 l2 = *reinterpret_cast<const float2*>(sL + slot * BQ + 8 * nb + 2 * tq);
+        const float2 dl = *reinterpret_cast<const float2*>(sDl + slot * BQ + 8 * nb + 2 * tq);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = i0 + 8 * nb + 2 * tq + (e & 1), kj = kr + 8 * (e >> 1);
+          const bool ok = kj < bt.Lk && qi < bt.Lq && (!causal || kj <= qi + bt.shift);
+          const float p =
+              ok ? fast_exp2(st[4 * nb + e] * scale_log2 - ((e & 1) ? l2.y : l2.x)) : 0.f;
+          st[4 * nb + e] = p;
+          dpt[4 * nb + e] = ok ? p * (dpt[4 * nb + e] - ((e & 1) ? dl.y : dl.x)) : 0.f;
+        }
+      }
+      uint32_t pa[BQ / 16][4], da[BQ / 16][4];  // 16 queries a chunk
+#pragma unroll
+      for (int kc = 0; kc < BQ / 16; ++kc)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          pa[kc][r] = pack2<T>(st[8 * kc + 2 * r], st[8 * kc + 2 * r + 1]);
+          da[kc][r] = pack2<T>(dpt[8 * kc + 2 * r], dpt[8 * kc + 2 * r + 1]);
+        }
+      // dS^T's 8 x 8 blocks to dS [query][key], transposed: da[kc][j] is the block of queries
+      // 8 (2 kc + (j >> 1)) .., keys kr - g + 8 (j & 1) ..; lane 8 j + i names its row i
+#pragma unroll
+      for (int kc = 0; kc < BQ / 16; ++kc) {
+        const int j = lane >> 3, qr = 8 * (2 * kc + (j >> 1)) + (lane & 7);
+        const int chunk = 2 * warp + (j & 1);
+        stsm_x4_t(sS + qr * 128 + ((chunk ^ (qr & 7)) << 4), da[kc][0], da[kc][1], da[kc][2],
+                  da[kc][3]);
+      }
+      // dV += P^T dO, dK += dS^T Q
+      wgmma_fence();
+#pragma unroll
+      for (int kc = 0; kc < BQ / 16; ++kc)
+        wgmma_rs<T, D>(dva, pa[kc], dOm + ((slot * S::QT + kc * 2048) >> 4));
+#pragma unroll
+      for (int kc = 0; kc < BQ / 16; ++kc)
+        wgmma_rs<T, D>(dka, da[kc], dQm + ((slot * S::QT + kc * 2048) >> 4));
+      wgmma_commit();
+      fence_proxy_async();
+      __syncthreads();  // dS stored by every warp, visible to wgmma
+      // dQ^T = K^T dS^T: [mb][4 nb + e] is (head-dim column 64 mb + 16 warp + g + 8 (e >> 1),
+      // query i0 + 8 nb + 2 tq + (e & 1))
+      float dqt[MB][BQ / 2];
+      wgmma_fence();
+#pragma unroll
+      for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+        for (int kk = 0; kk < JFB90_BK / 16; ++kk)
+          wgmma_ss_ta<T, BQ>(dqt[mb], dKm + ((mb * (JFB90_BK * 128) + kk * 2048) >> 4),
+                             dSk + ((kk * 32) >> 4), kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs<D / 2>(dka);
+      fence_regs<D / 2>(dva);
+#pragma unroll
+      for (int mb = 0; mb < MB; ++mb) fence_regs<BQ / 2>(dqt[mb]);
+      float* dst = dq32 + (bt.qstart + i0) * q_rs + (int64_t)h * D + 16 * warp + g;
+#pragma unroll
+      for (int nb = 0; nb < BQ / 8; ++nb)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int qc = 8 * nb + 2 * tq + c;
+          if (i0 + qc >= bt.Lq) continue;
+#pragma unroll
+          for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh)
+              atomicAdd(dst + qc * q_rs + 64 * mb + 8 * hh, scale * dqt[mb][4 * nb + 2 * hh + c]);
+        }
+    }
+  }
+  // dK = scale dS^T Q, dV: the tile's keys below the row's (untruncated) length
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    if (kr + 8 * hh >= bt.Lk_full) continue;
+    const int64_t off = (bt.kstart + kr + 8 * hh) * k_rs + (int64_t)bt.hk * D + 2 * tq;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      *reinterpret_cast<uint32_t*>(dk + off + 8 * i) =
+          pack2<T>(scale * dka[4 * i + 2 * hh], scale * dka[4 * i + 2 * hh + 1]);
+      *reinterpret_cast<uint32_t*>(dv + off + 8 * i) =
+          pack2<T>(dva[4 * i + 2 * hh], dva[4 * i + 2 * hh + 1]);
+    }
+  }
+}
