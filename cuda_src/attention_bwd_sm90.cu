@@ -19,32 +19,38 @@
 #include "jfa_tiles.cuh"
 #include "wgmma.cuh"
 
-#define JFB90_BK 64  // keys a block (the warpgroup's M)
-#define JFB90_BQ 32  // queries a step
-
-// Blocks per SM to plan registers for (D = 128: dK, dV and the step's accumulators take ~200)
-#ifndef JFB90_MINB
-#define JFB90_MINB(D) ((D) == 64 ? 3 : 2)
+#ifndef JFB90_BQ
+#define JFB90_BQ 32  // queries a step (the host's _BWD90_BQ)
 #endif
 
-// Dynamic shared memory (bytes, from a 1024-byte boundary): K, V, 2 x (Q, dO), dS, 2 x (lse2, delta)
-template <int D> struct Jfb90Smem {
-  static constexpr uint32_t KV = JFB90_BK * D * 2, QT = JFB90_BQ * D * 2;
+// 1: no dQ atomics (timing only: dq stays 0; the dQ^T products still run)
+#ifndef JFB90_NO_DQ
+#define JFB90_NO_DQ 0
+#endif
+
+// Dynamic shared memory (bytes, from a 1024-byte boundary): K, V (BK = 64 NWG keys), 2 x (Q, dO),
+// dS (BK / 64 panels of BQ rows), 2 x (lse2, delta)
+template <int D, int NWG> struct Jfb90Smem {
+  static constexpr uint32_t KV = 64 * NWG * D * 2, QT = JFB90_BQ * D * 2;
   static constexpr uint32_t K = 0, V = KV, Q = 2 * KV, O = Q + 2 * QT, S = O + 2 * QT;
-  static constexpr uint32_t L = S + JFB90_BQ * 128, DL = L + 2 * JFB90_BQ * 4;
+  static constexpr uint32_t L = S + NWG * JFB90_BQ * 128, DL = L + 2 * JFB90_BQ * 4;
   static constexpr uint32_t BYTES = DL + 2 * JFB90_BQ * 4;
 };
 
-template <typename T, int D>
-__global__ void __launch_bounds__(128, JFB90_MINB(D))
+// NWG warpgroups, 64 keys each (BK = 64 NWG keys a block): the block shares the Q / dO tiles and,
+// for NWG = 2, sums dQ over 128 keys before its atomics (warpgroup w computes head-dim columns
+// D / 2 w .. of dQ^T): half the atomics of NWG = 1, one block an SM
+template <typename T, int D, int NWG>
+__global__ void __launch_bounds__(128 * NWG, NWG == 2 ? 1 : (D == 64 ? 3 : 2))
 jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
              const T* __restrict__ dout, const float* __restrict__ lse2,
              const float* __restrict__ delta, float* __restrict__ dq32, T* __restrict__ dk,
              T* __restrict__ dv, const int32_t* __restrict__ tile_info,
              const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk,
              int64_t max_seq_len, float scale_log2, float scale, int causal) {
-  using S = Jfb90Smem<D>;
-  constexpr int BQ = JFB90_BQ, KC = D / 16, MB = D / 64;
+  using S = Jfb90Smem<D, NWG>;
+  constexpr int BQ = JFB90_BQ, BK = 64 * NWG, NT = 128 * NWG, KC = D / 16, MB = D / 64 / NWG;
+  static_assert(MB >= 1, "each warpgroup takes whole 64-column blocks of dQ^T");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = smem_addr(smem_raw), base = (raw + 1023u) & ~1023u;
   const uint32_t sK = base + S::K, sV = base + S::V, sQ = base + S::Q, sO = base + S::O;
@@ -52,26 +58,26 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
   const float* sL = reinterpret_cast<const float*>(smem_raw + (base - raw) + S::L);
   const float* sDl = reinterpret_cast<const float*>(smem_raw + (base - raw) + S::DL);
 
-  const BwdTile bt = locate_bwd_tile<JFB90_BK, BQ>(tile_info, tile_off, B, H, Hk, max_seq_len,
-                                                   causal);
+  const BwdTile bt = locate_bwd_tile<BK, BQ>(tile_info, tile_off, B, H, Hk, max_seq_len, causal);
   if (!bt.live) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const int wg = NWG == 1 ? 0 : warp >> 2, wq = warp & 3;  // warpgroup, warp inside it
   const int64_t q_rs = (int64_t)H * D, k_rs = (int64_t)Hk * D;
   const int nsteps = bt.nq * bt.G;
-  const int kr = bt.j0 + 16 * warp + g;  // key of accumulator rows g (and kr + 8: rows g + 8)
+  const int kr = bt.j0 + 64 * wg + 16 * wq + g;  // key of accumulator rows g (kr + 8: g + 8)
 
   float dka[D / 2], dva[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) dka[i] = dva[i] = 0.f;
   if (nsteps > 0) {
     const int64_t koff = (bt.kstart + bt.j0) * k_rs + (int64_t)bt.hk * D;
-    load_sw<JFB90_BK, 128, D>(sK, k + koff, k_rs, bt.Lk - bt.j0, k, tid);
-    load_sw<JFB90_BK, 128, D>(sV, v + koff, k_rs, bt.Lk - bt.j0, v, tid);
+    load_sw<BK, NT, D>(sK, k + koff, k_rs, bt.Lk - bt.j0, k, tid);
+    load_sw<BK, NT, D>(sV, v + koff, k_rs, bt.Lk - bt.j0, v, tid);
     auto load_q = [&](int s) {  // Q, dO, lse2, delta of step s into slot s & 1 (one group)
       const int i0 = bt.qlo + (s % bt.nq) * BQ, h = bt.hk * bt.G + s / bt.nq, slot = s & 1;
       const int64_t off = (bt.qstart + i0) * q_rs + (int64_t)h * D;
-      load_sw<BQ, 128, D>(sQ + slot * S::QT, q + off, q_rs, bt.Lq - i0, q, tid);
-      load_sw<BQ, 128, D>(sO + slot * S::QT, dout + off, q_rs, bt.Lq - i0, dout, tid);
+      load_sw<BQ, NT, D>(sQ + slot * S::QT, q + off, q_rs, bt.Lq - i0, q, tid);
+      load_sw<BQ, NT, D>(sO + slot * S::QT, dout + off, q_rs, bt.Lq - i0, dout, tid);
       if (tid < 2 * BQ) {
         const int r = tid & (BQ - 1);
         const bool ok = i0 + r < bt.Lq;
@@ -82,13 +88,17 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       cp_async_commit();
     };
     load_q(0);
-    // descriptors (wgmma.cuh): K-major K, V (A) and Q, dO slots (B); MN-major Q, dO slots (B of
-    // dK, dV: k = the step's 32 queries) and K (A of dQ^T: m = 64 head-dim columns, k = keys);
-    // dS K-major (B of dQ^T: n = queries, k = keys)
-    const uint64_t dKk = sw128_desc(sK, 16, 1024), dVk = sw128_desc(sV, 16, 1024);
+    // descriptors (wgmma.cuh): K-major K, V (A: this warpgroup's 64 rows) and Q, dO slots (B);
+    // MN-major Q, dO slots (B of dK, dV: k = the step's queries) and K (A of dQ^T: m = 64
+    // head-dim columns, k = keys); dS K-major (B of dQ^T: n = queries, k = keys)
+    const uint64_t dKk = sw128_desc(sK + wg * 64 * 128, 16, 1024);
+    const uint64_t dVk = sw128_desc(sV + wg * 64 * 128, 16, 1024);
     const uint64_t dQk = sw128_desc(sQ, 16, 1024), dOk = sw128_desc(sO, 16, 1024);
     const uint64_t dQm = sw128_desc(sQ, BQ * 128, 1024), dOm = sw128_desc(sO, BQ * 128, 1024);
-    const uint64_t dKm = sw128_desc(sK, JFB90_BK * 128, 1024), dSk = sw128_desc(sS, 16, 1024);
+    const uint64_t dKm = sw128_desc(sK, BK * 128, 1024), dSk = sw128_desc(sS, 16, 1024);
+    // dQ^T: [mb][4 nb + e] is (head-dim column 64 (MB wg + mb) + 16 wq + g + 8 (e >> 1), query
+    // i0 + 8 nb + 2 tq + (e & 1))
+    float dqt[MB][BQ / 2];
     for (int s = 0; s < nsteps; ++s) {
       const int slot = s & 1, i0 = bt.qlo + (s % bt.nq) * BQ, h = bt.hk * bt.G + s / bt.nq;
       cp_async_wait<0>();   // step s landed for this thread ...
@@ -101,13 +111,13 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < KC; ++kk) {
-        const uint32_t a = (kk >> 2) * (JFB90_BK * 128) + (kk & 3) * 32;
+        const uint32_t a = (kk >> 2) * (BK * 128) + (kk & 3) * 32;
         const uint32_t b = slot * S::QT + (kk >> 2) * (BQ * 128) + (kk & 3) * 32;
         wgmma_ss<T, BQ>(st, dKk + (a >> 4), dQk + (b >> 4), kk > 0);
       }
 #pragma unroll
       for (int kk = 0; kk < KC; ++kk) {
-        const uint32_t a = (kk >> 2) * (JFB90_BK * 128) + (kk & 3) * 32;
+        const uint32_t a = (kk >> 2) * (BK * 128) + (kk & 3) * 32;
         const uint32_t b = slot * S::QT + (kk >> 2) * (BQ * 128) + (kk & 3) * 32;
         wgmma_ss<T, BQ>(dpt, dVk + (a >> 4), dOk + (b >> 4), kk > 0);
       }
@@ -139,14 +149,15 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
           pa[kc][r] = pack2<T>(st[8 * kc + 2 * r], st[8 * kc + 2 * r + 1]);
           da[kc][r] = pack2<T>(dpt[8 * kc + 2 * r], dpt[8 * kc + 2 * r + 1]);
         }
-      // dS^T's 8 x 8 blocks to dS [query][key], transposed: da[kc][j] is the block of queries
-      // 8 (2 kc + (j >> 1)) .., keys kr - g + 8 (j & 1) ..; lane 8 j + i names its row i
+      // dS^T's 8 x 8 blocks to dS [query][key] (panel wg: this warpgroup's 64 keys), transposed:
+      // da[kc][j] is the block of queries 8 (2 kc + (j >> 1)) .., keys kr - g + 8 (j & 1) ..;
+      // lane 8 j + i names its row i
 #pragma unroll
       for (int kc = 0; kc < BQ / 16; ++kc) {
         const int j = lane >> 3, qr = 8 * (2 * kc + (j >> 1)) + (lane & 7);
-        const int chunk = 2 * warp + (j & 1);
-        stsm_x4_t(sS + qr * 128 + ((chunk ^ (qr & 7)) << 4), da[kc][0], da[kc][1], da[kc][2],
-                  da[kc][3]);
+        const int chunk = 2 * wq + (j & 1);
+        stsm_x4_t(sS + wg * (BQ * 128) + qr * 128 + ((chunk ^ (qr & 7)) << 4), da[kc][0],
+                  da[kc][1], da[kc][2], da[kc][3]);
       }
       // dV += P^T dO, dK += dS^T Q
       wgmma_fence();
@@ -159,37 +170,42 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       wgmma_commit();
       fence_proxy_async();
       __syncthreads();  // dS stored by every warp, visible to wgmma
-      // dQ^T = K^T dS^T: [mb][4 nb + e] is (head-dim column 64 mb + 16 warp + g + 8 (e >> 1),
-      // query i0 + 8 nb + 2 tq + (e & 1))
-      float dqt[MB][BQ / 2];
+      // dQ^T = K^T dS^T over the block's keys, this warpgroup's head-dim columns
       wgmma_fence();
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb)
 #pragma unroll
-        for (int kk = 0; kk < JFB90_BK / 16; ++kk)
-          wgmma_ss_ta<T, BQ>(dqt[mb], dKm + ((mb * (JFB90_BK * 128) + kk * 2048) >> 4),
-                             dSk + ((kk * 32) >> 4), kk > 0);
+        for (int kk = 0; kk < BK / 16; ++kk)
+          wgmma_ss_ta<T, BQ>(dqt[mb],
+                             dKm + (((MB * wg + mb) * (BK * 128) + kk * 2048) >> 4),
+                             dSk + (((kk >> 2) * (BQ * 128) + (kk & 3) * 32) >> 4), kk > 0);
       wgmma_commit();
       wgmma_wait<0>();
-      fence_regs<D / 2>(dka);
-      fence_regs<D / 2>(dva);
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb) fence_regs<BQ / 2>(dqt[mb]);
-      float* dst = dq32 + (bt.qstart + i0) * q_rs + (int64_t)h * D + 16 * warp + g;
+#if JFB90_NO_DQ
+      if (scale_log2 == 12345.f)  // never: keeps the products without their atomics
+#endif
+      {
+        float* dst = dq32 + (bt.qstart + i0) * q_rs + (int64_t)h * D + 64 * MB * wg + 16 * wq + g;
 #pragma unroll
-      for (int nb = 0; nb < BQ / 8; ++nb)
+        for (int nb = 0; nb < BQ / 8; ++nb)
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int qc = 8 * nb + 2 * tq + c;
-          if (i0 + qc >= bt.Lq) continue;
+          for (int c = 0; c < 2; ++c) {
+            const int qc = 8 * nb + 2 * tq + c;
+            if (i0 + qc >= bt.Lq) continue;
 #pragma unroll
-          for (int mb = 0; mb < MB; ++mb)
+            for (int mb = 0; mb < MB; ++mb)
 #pragma unroll
-            for (int hh = 0; hh < 2; ++hh)
-              atomicAdd(dst + qc * q_rs + 64 * mb + 8 * hh, scale * dqt[mb][4 * nb + 2 * hh + c]);
-        }
+              for (int hh = 0; hh < 2; ++hh)
+                atomicAdd(dst + qc * q_rs + 64 * mb + 8 * hh,
+                          scale * dqt[mb][4 * nb + 2 * hh + c]);
+          }
+      }
     }
   }
+  fence_regs<D / 2>(dka);
+  fence_regs<D / 2>(dva);
   // dK = scale dS^T Q, dV: the tile's keys below the row's (untruncated) length
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {

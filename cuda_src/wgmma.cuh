@@ -78,6 +78,7 @@ __device__ __forceinline__ void wgmma_ss_ta(float* d, uint64_t da, uint64_t db, 
 #define JFA_WGMMA_ALL(TT, PT)                                                                      \
   JFA_WGMMA_SS(TT, PT, 32, 16, "%16, %17", "%18")                                                  \
   JFA_WGMMA_SS_TA(TT, PT, 32, 16, "%16, %17", "%18")                                               \
+  JFA_WGMMA_SS_TA(TT, PT, 64, 32, "%32, %33", "%34")                                               \
   JFA_WGMMA_SS(TT, PT, 64, 32, "%32, %33", "%34")                                                  \
   JFA_WGMMA_SS(TT, PT, 128, 64, "%64, %65", "%66")                                                 \
   JFA_WGMMA_RS(TT, PT, 64, 32, "{%32,%33,%34,%35}, %36", "%37")                                    \

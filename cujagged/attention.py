@@ -120,19 +120,24 @@ _FAMB = KernelFamily("attention_bwd.cu",
 
 
 # its Hopper twin (attention_bwd_sm90.cu): wgmma, the same arguments, D 64 / 128; dispatched on
-# sm_90 like the forward's wgmma kernel (CUJAGGED_ATTENTION_SM90=0 keeps jfa_bwd_mma)
-_BWD90_DIMS = (64, 128)
+# sm_90 like the forward's wgmma kernel (CUJAGGED_ATTENTION_SM90=0 keeps jfa_bwd_mma). Blocks of
+# 64 keys (one warpgroup); D = 128 with keys rows of _BWD90_LONG or more: 128 keys (two).
+_BWD90_CFG = ((64, 1), (128, 1), (128, 2))  # (D, warpgroups)
+_BWD90_LONG = 2048
 _FAMB90 = KernelFamily("attention_bwd_sm90.cu",
-                       [f"jfa_bwd_sm90<{t}, {d}>" for t in ("bf16_t", "f16_t")
-                        for d in _BWD90_DIMS],
+                       [f"jfa_bwd_sm90<{t}, {d}, {w}>" for t in ("bf16_t", "f16_t")
+                        for d, w in _BWD90_CFG],
                        options=("-default-device",), arch="sm_90a")
 _BWD_SM90 = _SM90_ENABLED
+_BWD90_BQ = 32  # queries a step (JFB90_BQ)
 
 
-def _bwd90_smem(d: int) -> int:
+def _bwd90_smem(d: int, nwg: int) -> int:
     """Dynamic shared memory of ``jfa_bwd_sm90`` (Jfb90Smem): K, V, two Q and dO tiles, dS, lse
     and delta, plus the alignment slack of the swizzled panels."""
-    return (2 * 64 + 4 * 32) * d * 2 + 32 * 128 + 4 * 32 * 4 + _sm90_align_slack()
+    bq = _BWD90_BQ
+    return ((2 * 64 * nwg + 4 * bq) * d * 2 + nwg * bq * 128 + 4 * bq * 4
+            + _sm90_align_slack())
 
 
 def _bwd_smem(d: int) -> int:
@@ -161,7 +166,10 @@ def _gpu_backward(P, gv, causal, fwd=None):
     T, H, D = qv.shape
     Tk, Hk = kv.shape[:2]
     B, tn = P.B, _TNAME[P.dt]
-    bound = (Tk + 63) // 64 + B
+    sm90 = _BWD_SM90 and D in (64, 128) and _FAMB90.supported()
+    nwg = 2 if sm90 and D == 128 and min(P.kj.max_length, P.msl) >= _BWD90_LONG else 1
+    bk = 64 * nwg
+    bound = (Tk + bk - 1) // bk + B
     if bound * Hk >= 2**31 or ((T + 63) // 64 + B) * H >= 2**31:
         raise ValueError("batch too large for one launch (tile count * heads >= 2**31)")
     dk, dv = cp.empty_like(kv), cp.empty_like(vv)
@@ -177,14 +185,14 @@ def _gpu_backward(P, gv, causal, fwd=None):
         lse2 = cp.empty((T, H), dtype=np.float32)
         _FAMB.get(f"jfa_bwd_prep<{tn}, {D}>")(
             _grid_stride(T * H), (256,), (ov, go, lse, delta, lse2, np.int64(T * H)))
-        info, tile_off = _tile_list(cp, P.kj.offsets, P.qj.offsets, 64, P.msl, P.kj._cache,
+        info, tile_off = _tile_list(cp, P.kj.offsets, P.qj.offsets, bk, P.msl, P.kj._cache,
                                     bound)
-        if _BWD_SM90 and D in _BWD90_DIMS and _FAMB90.supported():
-            kern, smem = _FAMB90.get(f"jfa_bwd_sm90<{tn}, {D}>"), _bwd90_smem(D)
+        if sm90:
+            kern, smem = _FAMB90.get(f"jfa_bwd_sm90<{tn}, {D}, {nwg}>"), _bwd90_smem(D, nwg)
         else:
             kern, smem = _FAMB.get(f"jfa_bwd_mma<{tn}, {D}>"), _bwd_smem(D)
         kern.allow_shared(smem)
-        kern((bound * Hk,), (128,),
+        kern((bound * Hk,), (128 * nwg,),
              (qv, kv, vv, go, lse2, delta, dq32, dk, dv, info, tile_off, np.int64(B),
               np.int32(H), np.int32(Hk), np.int64(P.msl), np.float32(P.scale * math.log2(math.e)),
               np.float32(P.scale), np.int32(bool(causal))), shared_mem=smem)

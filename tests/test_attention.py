@@ -467,42 +467,49 @@ def check_gpu_backward(p, tol=None):
     return errs
 
 
+BWD_KERNELS = ("mma", "sm90", "sm90_bk128")
+
+
 @contextlib.contextmanager
-def backward_kernel(sm90):
-    """The CUDA backward with the Hopper wgmma kernel (where the device has it: D 64 / 128) or
-    with the mma.sync one."""
+def backward_kernel(kernel):
+    """The CUDA backward with one kernel: "mma" (mma.sync), "sm90" (Hopper wgmma where the device
+    has it, D 64 / 128, by its own choice of key block), "sm90_bk128" (wgmma, 128-key blocks for
+    every D = 128 call)."""
     from cujagged import attention as A
 
-    saved, A._BWD_SM90 = A._BWD_SM90, sm90
+    saved = A._BWD_SM90, A._BWD90_LONG
+    A._BWD_SM90 = kernel != "mma"
+    if kernel == "sm90_bk128":
+        A._BWD90_LONG = 0
     try:
         yield
     finally:
-        A._BWD_SM90 = saved
+        A._BWD_SM90, A._BWD90_LONG = saved
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("sm90", [True, False])
+@pytest.mark.parametrize("kernel", BWD_KERNELS)
 @given(problems(max_len=80, dtypes=(np.float16, bfloat16), dims=(32, 64, 96, 128)))
-def test_gpu_backward_matches_numba(sm90, p):
+def test_gpu_backward_matches_numba(kernel, p):
     """Every option but bias (cross, causal, truncation, GQA, empty rows, rows of 1), outputs
     poisoned by the test allocator (dk, dv: every row is written; dq: from a zeroed buffer);
-    both kernels."""
-    with backward_kernel(sm90):
+    every kernel."""
+    with backward_kernel(kernel):
         check_gpu_backward(p)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("sm90", [True, False])
+@pytest.mark.parametrize("kernel", BWD_KERNELS)
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("causal", [False, True])
-def test_gpu_backward_long_rows(D, causal, sm90):
+def test_gpu_backward_long_rows(D, causal, kernel):
     """Rows of 700 / 1,100 keys (many key tiles and query steps), GQA and cross-attention."""
     for cross in (False, True):
         p = dict(lq=[700, 0, 1, 1100], lk=[300, 5, 0, 1000] if cross else [700, 0, 1, 1100],
                  cross=cross, H=4, Hk=2, D=D, dtype=np.dtype(np.float16), causal=causal,
                  msl=None if cross else 1000, scale=None, bias=False, bias_heads="H",
                  off_dtype=np.int64, seed=3)
-        with backward_kernel(sm90):
+        with backward_kernel(kernel):
             check_gpu_backward(p)
 
 
