@@ -73,8 +73,8 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
     const int64_t koff = (bt.kstart + bt.j0) * k_rs + (int64_t)bt.hk * D;
     load_sw<BK, NT, D>(sK, k + koff, k_rs, bt.Lk - bt.j0, k, tid);
     load_sw<BK, NT, D>(sV, v + koff, k_rs, bt.Lk - bt.j0, v, tid);
-    auto load_q = [&](int s) {  // Q, dO, lse2, delta of step s into slot s & 1 (one group)
-      const int i0 = bt.qlo + (s % bt.nq) * BQ, h = bt.hk * bt.G + s / bt.nq, slot = s & 1;
+    // Q, dO, lse2, delta of query tile i0 of head h into slot (one cp.async group)
+    auto load_q = [&](const int i0, const int h, const int slot) {
       const int64_t off = (bt.qstart + i0) * q_rs + (int64_t)h * D;
       load_sw<BQ, NT, D>(sQ + slot * S::QT, q + off, q_rs, bt.Lq - i0, q, tid);
       load_sw<BQ, NT, D>(sO + slot * S::QT, dout + off, q_rs, bt.Lq - i0, dout, tid);
@@ -87,7 +87,7 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       }
       cp_async_commit();
     };
-    load_q(0);
+    load_q(bt.qlo, bt.hk * bt.G, 0);
     // descriptors (wgmma.cuh): K-major K, V (A: this warpgroup's 64 rows) and Q, dO slots (B);
     // MN-major Q, dO slots (B of dK, dV: k = the step's queries) and K (A of dQ^T: m = 64
     // head-dim columns, k = keys); dS K-major (B of dQ^T: n = queries, k = keys)
@@ -99,12 +99,23 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
     // dQ^T: [mb][4 nb + e] is (head-dim column 64 (MB wg + mb) + 16 wq + g + 8 (e >> 1), query
     // i0 + 8 nb + 2 tq + (e & 1))
     float dqt[MB][BQ / 2];
+    const int qhi = bt.qlo + bt.nq * BQ;
+    const int kw = bt.j0 + 64 * wg + 16 * wq;  // this warp's first key
+    int i0 = bt.qlo - BQ, h = bt.hk * bt.G;     // step s: query tile i0 of head h
     for (int s = 0; s < nsteps; ++s) {
-      const int slot = s & 1, i0 = bt.qlo + (s % bt.nq) * BQ, h = bt.hk * bt.G + s / bt.nq;
+      const int slot = s & 1;
+      i0 += BQ;
+      if (i0 == qhi) {
+        i0 = bt.qlo;
+        ++h;
+      }
       cp_async_wait<0>();   // step s landed for this thread ...
       fence_proxy_async();  // ... visible to wgmma ...
       __syncthreads();      // ... for every thread; step s - 1's wgmma all done (slot, sS free)
-      if (s + 1 < nsteps) load_q(s + 1);
+      if (s + 1 < nsteps) {
+        const bool wrap = i0 + BQ == qhi;
+        load_q(wrap ? bt.qlo : i0 + BQ, h + wrap, slot ^ 1);
+      }
 
       // S^T, dP^T: [4 nb + e] is (key kr + 8 (e >> 1), query i0 + 8 nb + 2 tq + (e & 1))
       float st[BQ / 2], dpt[BQ / 2];
@@ -126,21 +137,31 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       fence_regs<BQ / 2>(st);
       fence_regs<BQ / 2>(dpt);
 
-      // P^T and dS^T (masked: exactly 0, whatever dP holds there)
+      // P^T and dS^T (masked: exactly 0, whatever dP holds there); no masks where this warp's
+      // 16 keys and the step's queries are all real and (causal) every key is seen
+      auto p_ds = [&](auto mask_t) {
+        constexpr bool MASK = decltype(mask_t)::value;
 #pragma unroll
-      for (int nb = 0; nb < BQ / 8; ++nb) {
-        const float2 l2 = *reinterpret_cast<const float2*>(sL + slot * BQ + 8 * nb + 2 * tq);
-        const float2 dl = *reinterpret_cast<const float2*>(sDl + slot * BQ + 8 * nb + 2 * tq);
+        for (int nb = 0; nb < BQ / 8; ++nb) {
+          const float2 l2 = *reinterpret_cast<const float2*>(sL + slot * BQ + 8 * nb + 2 * tq);
+          const float2 dl = *reinterpret_cast<const float2*>(sDl + slot * BQ + 8 * nb + 2 * tq);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qi = i0 + 8 * nb + 2 * tq + (e & 1), kj = kr + 8 * (e >> 1);
-          const bool ok = kj < bt.Lk && qi < bt.Lq && (!causal || kj <= qi + bt.shift);
-          const float p =
-              ok ? fast_exp2(st[4 * nb + e] * scale_log2 - ((e & 1) ? l2.y : l2.x)) : 0.f;
-          st[4 * nb + e] = p;
-          dpt[4 * nb + e] = ok ? p * (dpt[4 * nb + e] - ((e & 1) ? dl.y : dl.x)) : 0.f;
+          for (int e = 0; e < 4; ++e) {
+            const int qi = i0 + 8 * nb + 2 * tq + (e & 1), kj = kr + 8 * (e >> 1);
+            const bool ok = !MASK || ((kj < bt.Lk) & (qi < bt.Lq) &
+                                      (!causal | (kj <= qi + bt.shift)));
+            const float x = st[4 * nb + e] * scale_log2 - ((e & 1) ? l2.y : l2.x);
+            const float p = fast_exp2(ok ? x : -CJ_INF);
+            st[4 * nb + e] = p;
+            const float ds = p * (dpt[4 * nb + e] - ((e & 1) ? dl.y : dl.x));
+            dpt[4 * nb + e] = ok ? ds : 0.f;
+          }
         }
-      }
+      };
+      if (kw + 16 > bt.Lk || i0 + BQ > bt.Lq || (causal && kw + 15 > i0 + bt.shift))
+        p_ds(BoolC<true>());
+      else
+        p_ds(BoolC<false>());
       uint32_t pa[BQ / 16][4], da[BQ / 16][4];  // 16 queries a chunk
 #pragma unroll
       for (int kc = 0; kc < BQ / 16; ++kc)
@@ -187,19 +208,23 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       if (scale_log2 == 12345.f)  // never: keeps the products without their atomics
 #endif
       {
+        // one row pointer per query, the head-dim offsets as immediates; queries past Lq add
+        // +0 to the row's last query instead of branching (x + 0 == x)
         float* dst = dq32 + (bt.qstart + i0) * q_rs + (int64_t)h * D + 64 * MB * wg + 16 * wq + g;
+        const int qlast = bt.Lq - 1 - i0;
 #pragma unroll
         for (int nb = 0; nb < BQ / 8; ++nb)
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
             const int qc = 8 * nb + 2 * tq + c;
-            if (i0 + qc >= bt.Lq) continue;
+            const bool okq = qc <= qlast;
+            float* row = dst + (okq ? qc : qlast) * q_rs;
 #pragma unroll
             for (int mb = 0; mb < MB; ++mb)
 #pragma unroll
               for (int hh = 0; hh < 2; ++hh)
-                atomicAdd(dst + qc * q_rs + 64 * mb + 8 * hh,
-                          scale * dqt[mb][4 * nb + 2 * hh + c]);
+                atomicAdd(row + 64 * mb + 8 * hh,
+                          okq ? scale * dqt[mb][4 * nb + 2 * hh + c] : 0.f);
           }
       }
     }
