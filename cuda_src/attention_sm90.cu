@@ -41,6 +41,12 @@
 #define JFA90_QREG(D) ((D) == 128)
 #endif
 
+// Scores stay unscaled until the exp, which takes scale * log2 e by one FFMA (the row max is
+// taken unscaled and scaled once); needs scale > 0, which the host's dispatch guarantees.
+#ifndef JFA90_FOLD
+#define JFA90_FOLD 1
+#endif
+
 // The offset of the dynamic shared memory from a 1024-byte boundary (a kernel without static
 // shared memory): 0 lets the host skip the 1 KiB of alignment slack.
 __global__ void jfa_sm90_smem_offset(unsigned int* out) {
@@ -176,12 +182,19 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
             const int jj = n0 + nb * 8 + 2 * tq + (e & 1);
             const int ii = row_g + (e >> 1) * 8;
             const bool ok = jj < Lk && (!causal || jj <= ii + shift);
+#if JFA90_FOLD
+            s[4 * nb + e] = ok ? s[4 * nb + e] : -CJ_INF;
+#else
             s[4 * nb + e] = ok ? s[4 * nb + e] * scale_log2 : -CJ_INF;
+#endif
           }
-      } else {
+      }
+#if !JFA90_FOLD
+      else {
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) s[i] *= scale_log2;
       }
+#endif
       float mx0 = -CJ_INF, mx1 = -CJ_INF;
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) {
@@ -192,6 +205,10 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
       mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
       mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+#if JFA90_FOLD
+      mx0 *= scale_log2;  // the max of the scaled scores (scale_log2 > 0)
+      mx1 *= scale_log2;
+#endif
       // lazy rescaling (as attention.cu): the running max moves only when it grows by > 8 (log2)
       const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
       const bool up0 = mn0 > m0 + 8.f, up1 = mn1 > m1 + 8.f;
@@ -204,10 +221,17 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) {
+#if JFA90_FOLD
+        s[4 * nb] = fast_exp2(fmaf(s[4 * nb], scale_log2, -mu0));
+        s[4 * nb + 1] = fast_exp2(fmaf(s[4 * nb + 1], scale_log2, -mu0));
+        s[4 * nb + 2] = fast_exp2(fmaf(s[4 * nb + 2], scale_log2, -mu1));
+        s[4 * nb + 3] = fast_exp2(fmaf(s[4 * nb + 3], scale_log2, -mu1));
+#else
         s[4 * nb] = fast_exp2(s[4 * nb] - mu0);
         s[4 * nb + 1] = fast_exp2(s[4 * nb + 1] - mu0);
         s[4 * nb + 2] = fast_exp2(s[4 * nb + 2] - mu1);
         s[4 * nb + 3] = fast_exp2(s[4 * nb + 3] - mu1);
+#endif
         rs0 += s[4 * nb] + s[4 * nb + 1];
         rs1 += s[4 * nb + 2] + s[4 * nb + 3];
       }

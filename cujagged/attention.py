@@ -494,10 +494,10 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
             fam = _FAM
             if _impl not in (None, "mma", "sm90"):
                 raise ValueError(f"_impl must be None, 'mma' or 'sm90', got {_impl!r}")
-            sm90_ok = dt != np.float32 and not has_bias and D in _SM90_DIMS
+            sm90_ok = dt != np.float32 and not has_bias and D in _SM90_DIMS and scale > 0
             if _impl == "sm90" and not (sm90_ok and _FAM90.supported()):
                 raise ValueError("_impl='sm90' needs an sm_90 device, bf16/fp16, D in "
-                                 f"{_SM90_DIMS} and no bias")
+                                 f"{_SM90_DIMS}, no bias and scale > 0")
             if dt == np.float32 and not allow_tf32:
                 bm, name, smem, threads = 16, _f32_name(D, has_bias), _f32_smem(D), 128
                 sc = scale

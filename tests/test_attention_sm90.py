@@ -45,6 +45,21 @@ def test_sm90_long_rows(D, dtype, causal, bm, long_cfg, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("scale", [0.0, -0.4])
+def test_gpu_nonpositive_scale_takes_the_mma_kernel(scale):
+    """The wgmma kernel folds a positive scale into its exps; scale <= 0 (softmax of the negated
+    scores, or uniform) takes the mma.sync kernel by default and is refused by _impl='sm90'."""
+    lq = [3, 0, 64, 200, 1, 65]
+    p = dict(lq=lq, lk=lq, cross=False, H=2, Hk=1, D=128, dtype=np.dtype(bfloat16),
+             causal=True, msl=None, scale=scale, bias=False, bias_heads=1, off_dtype=np.int64,
+             seed=11)
+    check_gpu(p)
+    if A._FAM90.supported():
+        with pytest.raises(ValueError, match="scale > 0"):
+            check_gpu(p, _impl="sm90")
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
 def test_sm90_cross_gqa(causal):
     _need_sm90()
