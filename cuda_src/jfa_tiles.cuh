@@ -76,10 +76,14 @@ __device__ __forceinline__ BwdTile locate_bwd_tile(const int32_t* __restrict__ t
   return t;
 }
 
-// q_start of tile `tile` again (kernels near their register cap reload it for the epilogue).
+// q_start of tile `tile` again (kernels near their register cap reload it for the epilogue) ...
 __device__ __forceinline__ int64_t tile_q_start(const int32_t* __restrict__ tile_info,
                                                 int64_t tile) {
   return __ldg(reinterpret_cast<const int64_t*>(tile_info) + 4 * tile);
+}
+// ... and its (untruncated) query length
+__device__ __forceinline__ int tile_len_q(const int32_t* __restrict__ tile_info, int64_t tile) {
+  return __ldg(tile_info + 8 * tile + 4);
 }
 
 // cp.async a ROWS x D tile (global row stride rs; rows >= nvalid are zero-filled, reading `safe`)
