@@ -6,7 +6,8 @@ time back to back), after checking each against the mma.sync result. Every varia
     PYTHONPATH=. python3 -m bench.attention_sm90_time [--rounds=N] [--d=D] [BNxST ...] [-DX=1 ...]
 
 With ``BNxST[@MINB]`` arguments (keys per step x K/V stages, e.g. ``32x3 64x2 32x3@5``) and
-``-DX=1`` arguments (the default configuration compiled with that option) the default kernel is
+``-DX=1`` arguments (the default configuration compiled with that option; ``-DX=1;-DY=2`` for
+several) the default kernel is
 timed against those variants (configurations apply to every head dim) instead of ``VARIANTS``;
 ``@MINB`` sets the blocks per SM that registers are planned for (``JFA90_MINB``) of the
 one-warpgroup kernels (1 for the others). ``--d=D`` times (and compiles) head dim D only.
@@ -54,7 +55,7 @@ def main(argv=None):
     cfgs = [a for a in args if not a.startswith("-")]
     defs = [a for a in args if a.startswith("-D")]  # the default configuration with -D options
     if cfgs or defs:
-        VARIANTS = [VARIANTS[0]] + [(a[2:], 64, None, (a,)) for a in defs]
+        VARIANTS = [VARIANTS[0]] + [(a[2:], 64, None, tuple(a.split(";"))) for a in defs]
         for a in cfgs:
             cfg, _, minb = a.partition("@")
             bn, st = map(int, cfg.split("x"))
