@@ -1,17 +1,19 @@
 // Jagged Flash Attention, backward, for Hopper (sm_90a): attention_bwd.cu's algorithm and launch
 // contract (read it first) on asynchronous warpgroup MMA (wgmma), D = 64 and 128.
 //
-// A block is one warpgroup and 64 keys of one key head (the key-major tile list, BwdTile). K and
-// V sit in shared memory for the whole block, dK and dV in registers (m64nD accumulators: the
-// warpgroup's 64 rows are the keys). Per step, a tile of 32 queries of one query head:
+// A block is NWG warpgroups of 64 keys each, of one key head (the key-major tile list, BwdTile;
+// NWG = 2 for long rows at D = 128: dQ summed over 128 keys, half the atomics). K and V sit in
+// shared memory for the whole block, dK and dV in registers (m64nD accumulators: a warpgroup's
+// 64 rows are its keys). Per step, a tile of 32 queries of one query head:
 //   S^T  = K Q^T      wgmma m64n32k16, A = K, B = Q (shared, both K-major)
 //   dP^T = V dO^T     the same with V, dO
 //   P^T = exp2(S^T scale log2 e - lse log2 e), dS^T = P^T (dP^T - delta) on the accumulators
 //   dV  += P^T dO     wgmma m64nDk16, A = P^T (registers: the accumulator layout packed to 16
 //   dK  += dS^T Q                      bits is the A-fragment layout), B = dO / Q (MN-major)
 //   dS^T to shared memory as dS, [query][key] (stmatrix.trans)
-//   dQ^T = K^T dS^T   wgmma m64n32k16 per 64 head-dim rows, A = K (shared, MN-major:
-//                     transposed), B = dS (K-major); added to the fp32 dQ buffer by atomics
+//   dQ^T = K^T dS^T   wgmma m64n32k16 per 64 head-dim rows (split over the warpgroups), over
+//                     the block's keys, A = K (shared, MN-major: transposed), B = dS (K-major);
+//                     added to the fp32 dQ buffer by atomics
 // Q, dO, lse, delta of the next step load (cp.async, double-buffered) during the current one.
 // Shared tiles in wgmma.cuh's 128-byte-swizzled panel layout.
 #include "common.cuh"

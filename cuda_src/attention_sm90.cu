@@ -3,7 +3,7 @@
 // Same launch contract as jfa_fwd_mma in attention.cu (arguments, device-built tile list, semantics:
 // offsets, cross-attention, causal aligned bottom-right, max_seq_len truncation, GQA, LSE, zero
 // rows); no bias (the bias arguments are accepted and ignored: the caller dispatches bias to the
-// mma.sync kernel).
+// mma.sync kernel) and scale > 0 (see JFA90_FOLD).
 //
 // One block = NWG consumer warpgroups of 64 query rows each (wgmma M = 64), BM = 64 * NWG rows,
 // BN keys per step, a ring of ST K tiles and ST + 1 V tiles loaded with cp.async (tile j + ST - 1
@@ -13,11 +13,7 @@
 //   online softmax on the fp32 accumulator fragments (exp2, scale * log2 e folded)
 //   O += P V    wgmma m64nDk16, A = P (registers: the accumulator layout of S packed to 16 bits
 //               is the A-fragment layout), B = V tile (shared, MN-major: transposed)
-// Shared tiles use the 128-byte swizzle: a tile of R rows x D columns is stored as D / 64 column
-// panels of R rows x 128 bytes; the 16-byte chunk c of row r sits at chunk c ^ (r % 8); panels
-// start 1024-byte aligned. The K-major descriptors step k16 by +32 bytes inside a panel
-// (stride between 8-row groups 1024 B); the MN-major V descriptor steps 16 keys by 2048 bytes
-// (8-key groups 1024 B apart, the next 64 head-dim columns one panel further).
+// Shared tiles in wgmma.cuh's 128-byte-swizzled panel layout (K, Q K-major; V MN-major).
 #include "common.cuh"
 #include "mma.cuh"
 #include "jfa_tiles.cuh"

@@ -7,7 +7,7 @@
 on the flat jagged layout directly (``q, k, v`` values ``[T, H, D]``): no padding, no ``L x L``
 score matrix in global memory. On CuPy arrays it runs the tensor-core kernel of
 ``cuda_src/attention.cu`` (bf16/fp16; fp32 through an exact FFMA kernel) — on Hopper (sm_90),
-bf16/fp16 with head dim 64 or 128 and no bias, the ``wgmma`` kernel of
+bf16/fp16 with head dim 64 or 128, no bias and ``scale > 0``, the ``wgmma`` kernel of
 ``cuda_src/attention_sm90.cu`` instead (``CUJAGGED_ATTENTION_SM90=0`` at import keeps the
 ``mma.sync`` one); on NumPy arrays the Numba twin of :mod:`cujagged.cpu.attention` (float64
 accumulation).
@@ -574,12 +574,15 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
         over heads) when ``bias`` is given. Queries past ``max_seq_len`` or seeing no key, and
         keys past ``max_seq_len``, get zeros.
 
-    On the GPU, bf16 / fp16 with head dims 32, 64, 96, 128 and no bias run the CUDA kernel of
-    ``cuda_src/attention_bwd.cu`` (FlashAttention-2's backward on the jagged tile list; without
-    ``out`` / ``lse`` it runs the forward first; dq is accumulated in float32 with atomics, so
-    its last bits may differ from run to run). Everything else (float32, head dim
-    256, a bias, the CPU backend) takes the float64 Numba reference: CuPy inputs go through the
-    host there (correct, not fast).
+    On the GPU, bf16 / fp16 with head dims 32, 64, 96, 128 and no bias run a CUDA kernel
+    (FlashAttention-2's backward on the key-major jagged tile list; without ``out`` / ``lse``
+    it runs the forward first; dq is accumulated in float32 with atomics, so its last bits may
+    differ from run to run): on sm_90 (Hopper), head dims 64 and 128 take the wgmma kernel of
+    ``cuda_src/attention_bwd_sm90.cu`` (blocks of 64 keys; of 128 keys at head dim 128 when a
+    row has 2048 keys or more), everything else ``cuda_src/attention_bwd.cu`` (mma.sync);
+    ``CUJAGGED_ATTENTION_SM90=0`` at import keeps the mma.sync kernels. Everything else
+    (float32, head dim 256, a bias, the CPU backend) takes the float64 Numba reference: CuPy
+    inputs go through the host there (correct, not fast).
     """
     from .cpu.attention import attention_bwd
 
