@@ -43,11 +43,11 @@
 #define JFA90_FOLD 1
 #endif
 
-// The P V wait in its own basic blocks, after the softmax (see the step): D = 128 (H200: -2..-5%
-// on long rows, -0.5% on short ones); D = 64 is 1.3% slower with it (its 128-register cap).
-#ifndef JFA90_WAIT_SPLIT
-#define JFA90_WAIT_SPLIT(D) ((D) == 128)
-#endif
+// Note (bench/NOTES.md, fourteenth session): ptxas hoists the P V wait below to the top of its
+// basic block, before the softmax, so the softmax does not overlap P_{j-1} V_{j-1} in SASS. A
+// wait in both arms of the per-warp rescale branch kept it after the softmax (D 128: -2..5% on
+// long rows) but breaks wgmma.wait_group's warpgroup-uniform (.aligned) rule; behind the
+// warpgroup-uniform last-tile branch it is legal and gains nothing measurable.
 
 // The offset of the dynamic shared memory from a 1024-byte boundary (a kernel without static
 // shared memory): 0 lets the host skip the 1 KiB of alignment slack.
@@ -240,27 +240,18 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       l0 = l0 * al0 + rs0;
       l1 = l1 * al1 + rs1;
       const bool resc = __any_sync(0xffffffffu, up0 || up1);
-      if constexpr (!FIRST) fence_regs<BN / 2>(s);  // the softmax stays before the wait ...
-      // P_{j-1} V_{j-1} done: O and pa are free. With JFA90_WAIT_SPLIT the wait sits in both
-      // arms of the rescale's branch: ptxas hoists a wgmma wait to the top of its basic block,
-      // which puts it before the softmax and serialises the softmax with P_{j-1} V_{j-1}
-      auto wait_pv = [&]() {
-        if constexpr (!FIRST) {
-          wgmma_wait<0>();
-          fence_regs<D / 2>(oacc);
-          fence_regs<BN / 2>(s);  // ... and packing P_j after it
-        }
-      };
-      if constexpr (!JFA90_WAIT_SPLIT(D)) wait_pv();
+      if constexpr (!FIRST) {
+        fence_regs<BN / 2>(s);  // the softmax stays before the wait (overlapping P V) ...
+        wgmma_wait<0>();        // P_{j-1} V_{j-1} done: O and pa are free
+        fence_regs<D / 2>(oacc);
+        fence_regs<BN / 2>(s);  // ... and packing P_j after it
+      }
       if (resc) {
-        if constexpr (JFA90_WAIT_SPLIT(D)) wait_pv();
 #pragma unroll
         for (int i = 0; i < DB; ++i) {
           oacc[4 * i] *= al0; oacc[4 * i + 1] *= al0;
           oacc[4 * i + 2] *= al1; oacc[4 * i + 3] *= al1;
         }
-      } else if constexpr (JFA90_WAIT_SPLIT(D)) {
-        wait_pv();
       }
 #pragma unroll
       for (int kc = 0; kc < BN / 16; ++kc) {

@@ -72,6 +72,7 @@ _FAM = KernelFamily("attention.cu", _instantiations())
 # (cuda_src/attention_sm90.cu). _SM90_CFG: head dim -> ((BN, ST) for rows up to _SM90_LONG
 # keys, (BN, ST) for longer rows).
 _SM90_DIMS = (64, 128)
+_SCALE_MAX = 1e38  # |scale| * log2(e) must stay a finite float32
 _SM90_CFG = {64: ((64, 2), (64, 2)), 128: ((32, 3), (64, 2))}
 _SM90_LONG = 2048
 _SM90_DEFAULT = True  # dispatched by default on sm_90 (bf16/fp16, D 64/128, no bias)
@@ -279,6 +280,10 @@ def _tile_list(xp, q_off, k_off, bm: int, msl: int, cache, bound: int):
 
 
 def _plan_key(q, k, v, max_seq_len, scale, causal, return_lse, allow_tf32, bm, impl):
+    """The launch-plan cache key of these arguments, or None (not cached) where ``scale`` is not
+    None or a plain scalar (a 0-d array is valid but not hashable)."""
+    if scale is not None and not isinstance(scale, (int, float, np.integer, np.floating)):
+        return None
     qv, kv, vv = q._values, k._values, v._values
     return ("jfa_plan", qv.shape, qv.dtype, kv.shape, kv.dtype, vv.shape, vv.dtype,
             qv.device.id, max_seq_len, scale, bool(causal), bool(return_lse), bool(allow_tf32),
@@ -379,6 +384,9 @@ def _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias):
             raise TypeError(f"scale must be a real number or None, got {scale!r}") from None
         if not math.isfinite(scale):
             raise ValueError(f"scale must be finite, got {scale}")
+        if abs(scale) > _SCALE_MAX:
+            raise ValueError(f"scale must be at most {_SCALE_MAX:.3g} in magnitude (the kernels "
+                             f"take scale * log2(e) as a float32), got {scale}")
     vv = xp_of(vv).ascontiguousarray(vv)
     xp = xp_of(qv)
 
@@ -462,8 +470,8 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
     _check_options(causal, max_seq_len, scale)
     if (bias is None and offsets is None and kv_offsets is None and type(q) is JaggedArray
             and type(k) is JaggedArray and type(v) is JaggedArray and is_gpu_array(q._values)):
-        plan = q._cache.get(_plan_key(q, k, v, max_seq_len, scale, causal, return_lse,
-                                      allow_tf32, _bm, _impl))
+        key = _plan_key(q, k, v, max_seq_len, scale, causal, return_lse, allow_tf32, _bm, _impl)
+        plan = q._cache.get(key) if key is not None else None
         if plan is not None and plan[0] is k._offsets and plan[1] is v._offsets:
             return _launch_plan(plan, q, k, v, return_lse)
     scale_arg = scale  # (the plan's key: the caller's arguments)
@@ -494,7 +502,9 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
             fam = _FAM
             if _impl not in (None, "mma", "sm90"):
                 raise ValueError(f"_impl must be None, 'mma' or 'sm90', got {_impl!r}")
-            sm90_ok = dt != np.float32 and not has_bias and D in _SM90_DIMS and scale > 0
+            # (the wgmma kernel folds scale * log2 e into its exps: a normal positive float32)
+            sm90_ok = (dt != np.float32 and not has_bias and D in _SM90_DIMS
+                       and scale * math.log2(math.e) >= np.finfo(np.float32).tiny)
             if _impl == "sm90" and not (sm90_ok and _FAM90.supported()):
                 raise ValueError("_impl='sm90' needs an sm_90 device, bf16/fp16, D in "
                                  f"{_SM90_DIMS}, no bias and scale > 0")
@@ -535,12 +545,14 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
                  (qv, kv, vv, out, lse, *tail, bias if has_bias else qv, np.int64(sb),
                   np.int64(sh), np.int64(si), np.int32(bool(return_lse))),
                  shared_mem=smem)
-            if (not has_bias and isinstance(q, JaggedArray) and isinstance(k, JaggedArray)
-                    and isinstance(v, JaggedArray) and vv is v.values):
+            key = (_plan_key(q, k, v, max_seq_len, scale_arg, causal, return_lse, allow_tf32,
+                             _bm, _impl)
+                   if (not has_bias and isinstance(q, JaggedArray) and isinstance(k, JaggedArray)
+                       and isinstance(v, JaggedArray) and vv is v.values) else None)
+            if key is not None:
                 # every check above passed for these shapes/dtypes/options: later calls with the
                 # same arrays' structure skip straight to the launch
-                q._cache[_plan_key(q, k, v, max_seq_len, scale_arg, causal, return_lse,
-                                   allow_tf32, _bm, _impl)] = (
+                q._cache[key] = (
                     k._offsets, v._offsets, kern, grid, threads, smem,
                     tail + (tile_off, np.int64(0), np.int64(0), np.int64(0),
                             np.int32(bool(return_lse))))

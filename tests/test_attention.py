@@ -176,6 +176,8 @@ def test_validation_errors():
         jagged_flash_attention(q, q, q, off, scale="a")
     with pytest.raises(ValueError, match="scale must be finite"):
         jagged_flash_attention(q, q, q, off, scale=float("inf"))
+    with pytest.raises(ValueError, match="scale must be at most"):
+        jagged_flash_attention(q, q, q, off, scale=-1e39)
     # a foreign array (a torch tensor, say) is named, with the way to pass it
     tensor = type("Tensor", (), {"__module__": "torch", "dtype": q.dtype, "ndim": 3,
                                  "shape": q.shape})()
@@ -328,6 +330,20 @@ def test_gpu_cached_plan_still_checks_v(scale):
     assert cupy.array_equal(o1.values, o2.values)
     with pytest.raises(ValueError, match="offsets of k"):
         jagged_flash_attention(q, k, v2, scale=scale)
+
+
+@pytest.mark.gpu
+def test_gpu_scale_as_0d_array_skips_the_plan_cache():
+    """A 0-d array scale is valid but unhashable: the call runs (uncached), twice, equal to the
+    float scale's."""
+    import cupy
+
+    rng = np.random.default_rng(6)
+    x = cupy.asarray(rng.standard_normal((8, 1, 64)).astype(bfloat16))
+    q = JaggedArray(x, [0, 3, 8])
+    ref = jagged_flash_attention(q, q, q, scale=0.125).values
+    for sc in (np.array(0.125), cupy.array(0.125), np.array(0.125)):
+        assert cupy.array_equal(jagged_flash_attention(q, q, q, scale=sc).values, ref)
 
 
 def test_exported():

@@ -45,10 +45,11 @@ def test_sm90_long_rows(D, dtype, causal, bm, long_cfg, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("scale", [0.0, -0.4])
+@pytest.mark.parametrize("scale", [0.0, -0.4, 1e-45])
 def test_gpu_nonpositive_scale_takes_the_mma_kernel(scale):
-    """The wgmma kernel folds a positive scale into its exps; scale <= 0 (softmax of the negated
-    scores, or uniform) takes the mma.sync kernel by default and is refused by _impl='sm90'."""
+    """The wgmma kernel folds a positive scale into its exps (as the float32 scale * log2 e);
+    scale <= 0 (softmax of the negated scores, or uniform) and a scale whose float32 product is
+    0 or subnormal take the mma.sync kernel by default and are refused by _impl='sm90'."""
     lq = [3, 0, 64, 200, 1, 65]
     p = dict(lq=lq, lk=lq, cross=False, H=2, Hk=1, D=128, dtype=np.dtype(bfloat16),
              causal=True, msl=None, scale=scale, bias=False, bias_heads=1, off_dtype=np.int64,
