@@ -3,7 +3,7 @@
 // Same launch contract as jfa_fwd_mma in attention.cu (arguments, device-built tile list, semantics:
 // offsets, cross-attention, causal aligned bottom-right, max_seq_len truncation, GQA, LSE, zero
 // rows); no bias (the bias arguments are accepted and ignored: the caller dispatches bias to the
-// mma.sync kernel) and scale > 0 (see JFA90_FOLD).
+// mma.sync kernel) and scale > 0 (the softmax folds the scale into its exps).
 //
 // One block = NWG consumer warpgroups of 64 query rows each (wgmma M = 64), BM = 64 * NWG rows,
 // BN keys per step, a ring of ST K tiles and ST + 1 V tiles loaded with cp.async (tile j + ST - 1
@@ -36,18 +36,6 @@
 #ifndef JFA90_QREG
 #define JFA90_QREG(D) ((D) == 128)
 #endif
-
-// Scores stay unscaled until the exp, which takes scale * log2 e by one FFMA (the row max is
-// taken unscaled and scaled once); needs scale > 0, which the host's dispatch guarantees.
-#ifndef JFA90_FOLD
-#define JFA90_FOLD 1
-#endif
-
-// Note (bench/NOTES.md, fourteenth session): ptxas hoists the P V wait below to the top of its
-// basic block, before the softmax, so the softmax does not overlap P_{j-1} V_{j-1} in SASS. A
-// wait in both arms of the per-warp rescale branch kept it after the softmax (D 128: -2..5% on
-// long rows) but breaks wgmma.wait_group's warpgroup-uniform (.aligned) rule; behind the
-// warpgroup-uniform last-tile branch it is legal and gains nothing measurable.
 
 // The offset of the dynamic shared memory from a 1024-byte boundary (a kernel without static
 // shared memory): 0 lets the host skip the 1 KiB of alignment slack.
@@ -184,19 +172,9 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
             const int jj = n0 + nb * 8 + 2 * tq + (e & 1);
             const int ii = row_g + (e >> 1) * 8;
             const bool ok = jj < Lk && (!causal || jj <= ii + shift);
-#if JFA90_FOLD
             s[4 * nb + e] = ok ? s[4 * nb + e] : -CJ_INF;
-#else
-            s[4 * nb + e] = ok ? s[4 * nb + e] * scale_log2 : -CJ_INF;
-#endif
           }
       }
-#if !JFA90_FOLD
-      else {
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) s[i] *= scale_log2;
-      }
-#endif
       float mx0 = -CJ_INF, mx1 = -CJ_INF;
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) {
@@ -207,10 +185,11 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
       mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
       mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-#if JFA90_FOLD
-      mx0 *= scale_log2;  // the max of the scaled scores (scale_log2 > 0)
+      // scores stay unscaled until the exp, which takes scale * log2 e by one FFMA; the row max
+      // is scaled once (exact: rounding is monotone; needs scale_log2 > 0, a normal float, which
+      // the host's dispatch guarantees)
+      mx0 *= scale_log2;
       mx1 *= scale_log2;
-#endif
       // lazy rescaling (as attention.cu): the running max moves only when it grows by > 8 (log2)
       const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
       const bool up0 = mn0 > m0 + 8.f, up1 = mn1 > m1 + 8.f;
@@ -223,17 +202,10 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) {
-#if JFA90_FOLD
         s[4 * nb] = fast_exp2(fmaf(s[4 * nb], scale_log2, -mu0));
         s[4 * nb + 1] = fast_exp2(fmaf(s[4 * nb + 1], scale_log2, -mu0));
         s[4 * nb + 2] = fast_exp2(fmaf(s[4 * nb + 2], scale_log2, -mu1));
         s[4 * nb + 3] = fast_exp2(fmaf(s[4 * nb + 3], scale_log2, -mu1));
-#else
-        s[4 * nb] = fast_exp2(s[4 * nb] - mu0);
-        s[4 * nb + 1] = fast_exp2(s[4 * nb + 1] - mu0);
-        s[4 * nb + 2] = fast_exp2(s[4 * nb + 2] - mu1);
-        s[4 * nb + 3] = fast_exp2(s[4 * nb + 3] - mu1);
-#endif
         rs0 += s[4 * nb] + s[4 * nb + 1];
         rs1 += s[4 * nb + 2] + s[4 * nb + 3];
       }
@@ -241,7 +213,10 @@ jfa_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       l1 = l1 * al1 + rs1;
       const bool resc = __any_sync(0xffffffffu, up0 || up1);
       if constexpr (!FIRST) {
-        fence_regs<BN / 2>(s);  // the softmax stays before the wait (overlapping P V) ...
+        // (ptxas hoists this wait to the top of its basic block, above the softmax, so in SASS
+        // the softmax does not overlap P_{j-1} V_{j-1}; keeping it below needs it in both arms
+        // of a warpgroup-uniform branch, which measured within 1%: bench/NOTES.md, s14)
+        fence_regs<BN / 2>(s);  // the softmax stays before the wait ...
         wgmma_wait<0>();        // P_{j-1} V_{j-1} done: O and pa are free
         fence_regs<D / 2>(oacc);
         fence_regs<BN / 2>(s);  // ... and packing P_j after it
