@@ -70,6 +70,18 @@ def _dense(torch, q, k, v, off_t, keymask, max_len, scale, causal):
     return _unpad(torch, torch.matmul(p, vp), off_t, T)
 
 
+def _setup(cupy, B, max_len, fill, H, D, causal, dtype, matmuls):
+    """(lengths, T, params, FLOPs, int32 offsets on the device) of one shape; FLOPs count
+    ``matmuls`` products of 2·H·D·ΣL² (2 for a forward, 5 for a backward), halved for causal."""
+    lens = lengths_for(B, max_len, fill)
+    T = int(lens.sum())
+    params = {"B": B, "max_len": max_len, "fill": fill, "H": H, "D": D, "dtype": dtype,
+              "causal": causal, "T": T}
+    flops = 2.0 * matmuls * H * D * float((lens.astype(np.float64) ** 2).sum())
+    off = cupy.asarray(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+    return lens, T, params, flops * (0.5 if causal else 1), off
+
+
 def run(quick: bool = False) -> list[dict]:
     import cupy
 
@@ -89,34 +101,36 @@ def run(quick: bool = False) -> list[dict]:
     for shape in SHAPES:
         results += _bwd_shape(cupy, torch, *shape, reps=reps)
         cupy.get_default_memory_pool().free_all_blocks()
+    results += _bwd_shape(cupy, torch, *SHAPES[0], reps=reps, bias=True)
     return results
 
 
-def _bwd_shape(cupy, torch, B, max_len, fill, H, D, causal, reps):
+def _bwd_shape(cupy, torch, B, max_len, fill, H, D, causal, reps, bias=False):
     """The backward (dq, dk, dv) given the forward's O and LSE, against FlashAttention-2 varlen's
-    backward given its own (FLOPs: 2.5x the forward's, for the five matmuls)."""
+    backward given its own (FLOPs: 2.5x the forward's, for the five matmuls). ``bias``: with a
+    padded bf16 bias of one head ``[B, 1, max_len, max_len]`` (and dbias; no peer)."""
     import cujagged
     from cujagged import JaggedArray, jagged_flash_attention, jagged_flash_attention_backward
 
-    lens = lengths_for(B, max_len, fill)
-    T = int(lens.sum())
-    params = {"B": B, "max_len": max_len, "fill": fill, "H": H, "D": D, "dtype": "bfloat16",
-              "causal": causal, "T": T}
-    flops = 10.0 * H * D * float((lens.astype(np.float64) ** 2).sum()) * (0.5 if causal else 1)
-    off = cupy.asarray(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+    lens, T, params, flops, off = _setup(cupy, B, max_len, fill, H, D, causal, "bfloat16", 5)
     rng = np.random.default_rng(1)
+    kw = {"causal": causal}
+    if bias:
+        params["bias"] = "padded [B, 1, max_len, max_len]"
+        kw["bias"] = cupy.asarray(rng.standard_normal((B, 1, max_len, max_len),
+                                                      dtype=np.float32)).astype(cujagged.bfloat16)
     sets = []
     for _ in range(2):
         q, k, v, g = (JaggedArray(cupy.asarray(rng.standard_normal((T, H, D), dtype=np.float32))
                                   .astype(cujagged.bfloat16), off, max_length=int(lens.max()),
                                   validate=False) for _ in range(4))
-        o, lse = jagged_flash_attention(q, k, v, causal=causal, return_lse=True)
+        o, lse = jagged_flash_attention(q, k, v, **kw, return_lse=True)
         sets.append((g, q, k, v, o, lse))
     it = rotate(sets)
 
     def ours():
         g, q, k, v, o, lse = next(it)
-        return jagged_flash_attention_backward(g, q, k, v, causal=causal, out=o, lse=lse)
+        return jagged_flash_attention_backward(g, q, k, v, **kw, out=o, lse=lse)
 
     mine = ours()
     ms = time_ms(ours, reps=reps)
@@ -126,7 +140,7 @@ def _bwd_shape(cupy, torch, B, max_len, fill, H, D, causal, reps):
     e = entry("attention_bwd", "cujagged", params, ms, pk.mib, flops=flops)
     e["gpu_ms"], e["host_ms"] = (round(x, 5) for x in gpu_time_ms(ours))
     results = [e]
-    if torch is None:
+    if torch is None or bias:
         return results
     try:
         cu = torch.from_dlpack(off)
@@ -147,7 +161,7 @@ def _bwd_shape(cupy, torch, B, max_len, fill, H, D, causal, reps):
 
         theirs = fa2()
         diff = max(float(torch.linalg.vector_norm(a.float() - torch.from_dlpack(b.values).float())
-                         / torch.linalg.vector_norm(a.float())) for a, b in zip(theirs, mine))
+                         / torch.linalg.vector_norm(a.float())) for a, b in zip(theirs, mine[:3]))
         ms = time_ms(fa2, reps=reps)
         with torch_peak() as pk:
             fa2()
@@ -166,12 +180,7 @@ def _fp32_shape(cupy, torch, B, max_len, fill, H, D, causal, reps):
     TF32), same inputs; rel_diff of each against the exact kernel."""
     from cujagged import JaggedArray, jagged_flash_attention
 
-    lens = lengths_for(B, max_len, fill)
-    T = int(lens.sum())
-    params = {"B": B, "max_len": max_len, "fill": fill, "H": H, "D": D, "dtype": "float32",
-              "causal": causal, "T": T}
-    flops = 4.0 * H * D * float((lens.astype(np.float64) ** 2).sum()) * (0.5 if causal else 1)
-    off = cupy.asarray(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+    lens, T, params, flops, off = _setup(cupy, B, max_len, fill, H, D, causal, "float32", 2)
     rng = np.random.default_rng(0)
     sets = [[cupy.asarray(rng.standard_normal((T, H, D), dtype=np.float32)) for _ in range(3)]
             for _ in range(2)]
@@ -216,13 +225,8 @@ def _one_shape(cupy, torch, B, max_len, fill, H, D, causal, reps):
     from cujagged import JaggedArray, jagged_flash_attention
 
     results = []
-    lens = lengths_for(B, max_len, fill)
-    T = int(lens.sum())
-    params = {"B": B, "max_len": max_len, "fill": fill, "H": H, "D": D, "dtype": "bfloat16",
-              "causal": causal, "T": T}
-    flops = 4.0 * H * D * float((lens.astype(np.float64) ** 2).sum()) * (0.5 if causal else 1)
+    lens, T, params, flops, off = _setup(cupy, B, max_len, fill, H, D, causal, "bfloat16", 2)
     scale = 1 / math.sqrt(D)
-    off = cupy.asarray(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
     rng = np.random.default_rng(0)
     sets = [[cupy.asarray(rng.standard_normal((T, H, D), dtype=np.float32))
              .astype(cujagged.bfloat16) for _ in range(3)] for _ in range(2)]

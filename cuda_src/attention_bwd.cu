@@ -1,11 +1,15 @@
 // Jagged Flash Attention, backward (FlashAttention-2's algorithm on the jagged tile list).
 //
 // Semantics as attention.cu (row b: queries q[q_off[b] + i], keys / values k, v[k_off[b] + j],
-// Lq, Lk truncated to max_seq_len, causal aligned to the end of the row, GQA); no bias (the host
-// takes the float64 reference path for it). With P = softmax(scale * Q K^T) and the forward's
+// Lq, Lk truncated to max_seq_len, causal aligned to the end of the row, GQA, the padded bias
+// bias[b * sb + h * sh + i * si + j]). With P = softmax(scale * Q K^T + bias) and the forward's
 // log-sum-exp, for each row and head:
 //   dV = P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   delta_i = sum_d dO_i O_i,
-//   dQ = scale * dS K,   dK = scale * dS^T Q.
+//   dQ = scale * dS K,   dK = scale * dS^T Q,   dbias = dS.
+// BIAS: dS is added to the fp32 buffer dbias (zeroed by the caller, indexed like bias; sh = 0
+// for a bias shared by the heads, whose dS then sums over them) with one atomic add a visible
+// (query, key) pair; a key whose bias is -inf gets P = dS = 0 (so does a query
+// that sees only such keys, whose log-sum-exp is -inf).
 // Work: a block per (key tile of 64 keys, key head) of the tile list of jfa_tiles.cuh built
 // over the keys (its "query" fields are the keys, its "key" fields the queries). The block keeps
 // K and V of its tile in shared memory and dK, dV in registers (warp w: keys 16 w .. 16 w + 15,
@@ -84,14 +88,15 @@ template <typename T, int D> struct JfbSmem {
   static constexpr int BYTES = END * 2 + 4 * JFB_BQ * 4;  // + lse2, delta: 2 slots each
 };
 
-template <typename T, int D>
+template <typename T, int D, bool BIAS>
 __global__ void __launch_bounds__(128, 2)
 jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
             const T* __restrict__ dout, const float* __restrict__ lse2,
             const float* __restrict__ delta, float* __restrict__ dq32, T* __restrict__ dk,
             T* __restrict__ dv, const int32_t* __restrict__ tile_info,
             const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
-            float scale_log2, float scale, int causal) {
+            float scale_log2, float scale, int causal, const T* __restrict__ bias, int64_t sb,
+            int64_t sh, int64_t si, float* __restrict__ dbias) {
   using S = JfbSmem<T, D>;
   constexpr int SD = S::SD, SS = S::SS, NB = D / 8, KC = D / 16;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -168,10 +173,20 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
         for (int e = 0; e < 4; ++e) {
           const int qc = n * 8 + 2 * tq + (e & 1), qi = i0 + qc;
           const int kj = j0 + warp * 16 + g + 8 * (e >> 1);
-          const bool ok = kj < Lk && qi < Lq && (!causal || kj <= qi + shift);
-          const float p = ok ? fast_exp2(st[n][e] * scale_log2 - sL[slot * JFB_BQ + qc]) : 0.f;
+          bool ok = kj < Lk && qi < Lq && (!causal || kj <= qi + shift);
+          float x = st[n][e] * scale_log2 - sL[slot * JFB_BQ + qc];
+          const int64_t bo = BIAS ? bt.row * sb + h * sh + (int64_t)qi * si + kj : 0;
+          if constexpr (BIAS) {
+            const float bv = ok ? to_float(bias[bo]) : 0.f;
+            ok = ok && bv > -CJ_INF;  // (-inf - lse2 of -inf would be NaN)
+            x = fmaf(bv, JFB_LOG2E, x);
+          }
+          const float p = ok ? fast_exp2(x) : 0.f;
           st[n][e] = p;  // (masked: exactly 0, whatever dP holds there)
           dpt[n][e] = ok ? p * (dpt[n][e] - sDl[slot * JFB_BQ + qc]) : 0.f;
+          if constexpr (BIAS) {
+            if (ok) atomicAdd(dbias + bo, dpt[n][e]);
+          }
         }
       // dV_w += P^T dO, dK_w += dS^T Q: A = P^T / dS^T (16 keys x 16 queries a chunk), B =
       // dO / Q k-major (k = query)

@@ -46,7 +46,7 @@ __device__ __forceinline__ TileInfo locate_tile(const int32_t* __restrict__ tile
 // qlo + (s % nq) * BQ of head hk * G + s / nq).
 struct BwdTile {
   int64_t kstart, qstart;  // the row's first key and first query
-  int Lk, Lq, Lk_full, hk, G, j0, qlo, nq, shift;  // shift: query i sees key j <= i + shift
+  int row, Lk, Lq, Lk_full, hk, G, j0, qlo, nq, shift;  // shift: query i sees key j <= i + shift
   bool live;
 };
 
@@ -61,6 +61,7 @@ __device__ __forceinline__ BwdTile locate_bwd_tile(const int32_t* __restrict__ t
   if (!ti.live) return t;
   t.kstart = ti.q_start;
   t.qstart = ti.k_start;
+  t.row = ti.row;
   t.Lk = ti.Lq;
   t.Lq = ti.Lk;
   t.Lk_full = ti.Lq_full;

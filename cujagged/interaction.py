@@ -145,6 +145,19 @@ def _item_tiles(x, N: int):
     return bn, nt, bound * nt, info, tile_off
 
 
+def _on_item_tiles(x, N: int, launch):
+    """x with new values ``out [T, N]`` (x's dtype) written by ``launch(out, bn, nt, grid,
+    tile_info, tile_off)`` over x's item tiles (:func:`_item_tiles`; no launch for T = 0), or None
+    past the tile list's limits."""
+    out = cupy.empty((int(x.values.shape[0]), N), dtype=x.dtype)
+    if out.shape[0]:
+        tiles = _item_tiles(x, N)
+        if tiles is None:
+            return None
+        launch(out, *tiles)
+    return x._with_values(out)
+
+
 def _gpu_dense_bmm(x, y):
     """``jagged_dense_bmm_mma`` (cuda_src/interaction.cu) over the attention tile list; None
     where it does not apply."""
@@ -155,17 +168,13 @@ def _gpu_dense_bmm(x, y):
     y = cupy.ascontiguousarray(y)
     if not _kernel_ok(x.dtype, (K, N), xv, y):
         return None
-    out = cupy.empty((int(xv.shape[0]), N), dtype=x.dtype)
-    if out.shape[0] == 0:
-        return x._with_values(out)
-    tiles = _item_tiles(x, N)
-    if tiles is None:
-        return None
-    bn, nt, grid, info, tile_off = tiles
-    _FAM.get(f"jagged_dense_bmm_mma<{_TN[x.dtype]}, {bn}>")(
-        (grid,), (128,), (xv, y, out, info, tile_off, np.int64(x.nrows), np.int32(nt),
-                          np.int32(K), np.int32(N)))
-    return x._with_values(out)
+
+    def launch(out, bn, nt, grid, info, tile_off):
+        _FAM.get(f"jagged_dense_bmm_mma<{_TN[x.dtype]}, {bn}>")(
+            (grid,), (128,), (xv, y, out, info, tile_off, np.int64(x.nrows), np.int32(nt),
+                              np.int32(K), np.int32(N)))
+
+    return _on_item_tiles(x, N, launch)
 
 
 def _gpu_jj_bmm(x, y):
@@ -236,18 +245,14 @@ def _gpu_ajbmm(m, x, off2, trans):
     N = int(xv.shape[1])
     if not _kernel_ok(x.dtype, (N,), xv, mv):  # (m's rows: any alignment; its start: 16 B)
         return None
-    out = cupy.empty((int(xv.shape[0]), N), dtype=x.dtype)
-    if out.shape[0] == 0:
-        return x._with_values(out)
-    tiles = _item_tiles(x, N)
-    if tiles is None:
-        return None
-    bn, nt, grid, info, tile_off = tiles
-    _FAM.get(f"array_jagged_bmm_jagged_out_mma<{_TN[x.dtype]}, {bn}, "
-             f"{'true' if trans else 'false'}>")(
-        (grid,), (128,), (mv, xv, out, cupy.asarray(off2, dtype=np.int64), info, tile_off,
-                          np.int64(x.nrows), np.int32(nt), np.int32(N)))
-    return x._with_values(out)
+
+    def launch(out, bn, nt, grid, info, tile_off):
+        _FAM.get(f"array_jagged_bmm_jagged_out_mma<{_TN[x.dtype]}, {bn}, "
+                 f"{'true' if trans else 'false'}>")(
+            (grid,), (128,), (mv, xv, out, cupy.asarray(off2, dtype=np.int64), info, tile_off,
+                              np.int64(x.nrows), np.int32(nt), np.int32(N)))
+
+    return _on_item_tiles(x, N, launch)
 
 
 def _dense_bmm(x, y):

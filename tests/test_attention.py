@@ -449,9 +449,10 @@ def test_backward_layouts_and_errors():
         jagged_flash_attention_backward(g64, q64, q64, q64, out=o, lse=lse[:, :1])
 
 
-def check_gpu_backward(p, tol=None):
-    """The CUDA backward (no bias) against the float64 Numba reference, both given the GPU
-    forward's output and LSE: dq, dk, dv norm-wise, no NaN; returns the three relative errors.
+def check_gpu_backward(p, tol=None, bias=None):
+    """The CUDA backward against the float64 Numba reference, both given the GPU forward's
+    output and LSE: dq, dk, dv (and dbias with ``p["bias"]``, or the given ``bias``) norm-wise,
+    no NaN; returns the relative errors.
 
     (Both take ``Σ_d dO·O`` from the same rounded O: against a reference with the exact O,
     dq's error grows without bound where ``dP − Σ dO·O`` cancels, e.g. one query whose softmax
@@ -460,22 +461,27 @@ def check_gpu_backward(p, tol=None):
 
     from cujagged import jagged_flash_attention_backward
 
-    p = dict(p, bias=False)
-    q, k, v, _ = make_inputs(p)
+    q, k, v, drawn = make_inputs(p)
+    bias = drawn if bias is None else bias
     g = np.random.default_rng(p["seed"] + 1).standard_normal(q.shape).astype(np.float32)
     g = g.astype(p["dtype"])
     qo, ko = make_offsets(p["lq"], p["off_dtype"]), make_offsets(p["lk"], p["off_dtype"])
     kw = dict(max_seq_len=p["msl"], scale=p["scale"], causal=p["causal"])
     dev = [cupy.asarray(a) for a in (g, q, k, v, qo)]
     kv = {"kv_offsets": cupy.asarray(ko)} if p["cross"] else {}
-    o, lse = jagged_flash_attention(*dev[1:], **kw, **kv, return_lse=True)
-    got = jagged_flash_attention_backward(*dev, **kw, **kv, out=o, lse=lse)
+    db = {} if bias is None else {"bias": cupy.asarray(bias)}
+    o, lse = jagged_flash_attention(*dev[1:], **kw, **kv, **db, return_lse=True)
+    got = jagged_flash_attention_backward(*dev, **kw, **kv, **db, out=o, lse=lse)
     ref = jagged_flash_attention_backward(
         *(a.astype(np.float64) for a in (g, q, k, v)), qo, **kw,
         **({"kv_offsets": ko} if p["cross"] else {}),
+        **({} if bias is None else {"bias": bias.astype(np.float64)}),
         out=cupy.asnumpy(o).astype(np.float64), lse=cupy.asnumpy(lse))
+    assert len(got) == len(ref) == (3 if bias is None else 4)
+    if bias is not None:
+        assert got[3].shape == bias.shape and got[3].dtype == bias.dtype
     errs = []
-    for name, a, r in zip(("dq", "dk", "dv"), got, ref):
+    for name, a, r in zip(("dq", "dk", "dv", "dbias"), got, ref):
         a = cupy.asnumpy(a).astype(np.float64)
         assert a.shape == r.shape and not np.isnan(a).any(), (name, p)
         errs.append(rel_error(a, r))
@@ -507,9 +513,9 @@ def backward_kernel(kernel):
 @pytest.mark.parametrize("kernel", BWD_KERNELS)
 @given(problems(max_len=80, dtypes=(np.float16, bfloat16), dims=(32, 64, 96, 128)))
 def test_gpu_backward_matches_numba(kernel, p):
-    """Every option but bias (cross, causal, truncation, GQA, empty rows, rows of 1), outputs
-    poisoned by the test allocator (dk, dv: every row is written; dq: from a zeroed buffer);
-    every kernel."""
+    """Every option (cross, causal, truncation, GQA, bias of every head or of one, empty rows,
+    rows of 1), outputs poisoned by the test allocator (dk, dv: every row is written; dq, dbias:
+    from zeroed buffers); every kernel (a bias always takes the mma.sync one)."""
     with backward_kernel(kernel):
         check_gpu_backward(p)
 
@@ -555,24 +561,31 @@ def test_gpu_backward_without_out_runs_the_forward():
 
 
 @pytest.mark.gpu
-def test_gpu_backward_keeps_bias_and_float32_on_the_reference():
-    """A bias, float32 and D = 256 take the float64 path on the GPU too (same answers)."""
-    for D, dt, bias in ((32, np.float16, True), (32, np.float32, False), (256, bfloat16, False)):
+@pytest.mark.parametrize("heads", ["H", 1])
+@pytest.mark.parametrize("D", [64, 128])
+def test_gpu_backward_bias_long_rows(D, heads):
+    """A bias on rows of 700 / 1,100 keys (many key tiles and query steps), GQA, causal, a
+    float32 bias with 16-bit q (dbias float32), and -inf entries: a few keys, and every key of
+    query 0 of row 0 (its log-sum-exp is -inf: P, dS and all its gradients 0, never NaN)."""
+    p = dict(lq=[700, 0, 1, 1100], lk=[700, 0, 1, 1100], cross=False, H=4, Hk=2, D=D,
+             dtype=np.dtype(bfloat16), causal=True, msl=1000, scale=None, bias=False,
+             bias_heads=heads, off_dtype=np.int32, seed=4)
+    rng = np.random.default_rng(7)
+    bias = rng.standard_normal((4, 4 if heads == "H" else 1, 1000, 1003)).astype(np.float32)
+    bias[:, :, rng.integers(0, 1000, 50), rng.integers(0, 1000, 50)] = -np.inf
+    bias[0, :, 0, :] = -np.inf
+    bias = bias.astype(bfloat16).astype(np.float32)  # what the kernels add (rounded to q's dtype)
+    check_gpu_backward(p, bias=bias)
+
+
+@pytest.mark.gpu
+def test_gpu_backward_keeps_float32_and_d256_on_the_reference():
+    """float32 and D = 256 take the float64 path on the GPU (same answers)."""
+    for D, dt in ((32, np.float32), (256, bfloat16)):
         p = dict(lq=[5, 9], lk=[5, 9], cross=False, H=1, Hk=1, D=D, dtype=np.dtype(dt),
-                 causal=False, msl=None, scale=None, bias=bias, bias_heads="H",
+                 causal=False, msl=None, scale=None, bias=False, bias_heads="H",
                  off_dtype=np.int64, seed=1)
-        if bias:
-            import cupy
-
-            from cujagged import jagged_flash_attention_backward
-
-            q, k, v, b = make_inputs(p)
-            out = jagged_flash_attention_backward(*(cupy.asarray(a) for a in (q, q, k, v)),
-                                                  cupy.asarray(make_offsets(p["lq"])),
-                                                  bias=cupy.asarray(b))
-            assert len(out) == 4
-        else:
-            check_gpu_backward(p, tol=1e-5 if dt == np.float32 else None)
+        check_gpu_backward(p, tol=1e-5 if dt == np.float32 else None)
 
 
 @pytest.mark.parametrize("kw, match", [
