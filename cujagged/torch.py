@@ -70,9 +70,13 @@ def _dense(t):
 
 
 def _stream(t):
-    """Run cujagged (CuPy) on torch's current stream for CUDA tensors."""
+    """Run cujagged (CuPy) on torch's current stream for CUDA tensors (through the CUDA stream
+    protocol where CuPy and torch both have it; ExternalStream, deprecated in CuPy 14, else)."""
     if t.is_cuda and cupy is not None:
-        return cupy.cuda.ExternalStream(torch.cuda.current_stream(t.device).cuda_stream)
+        ts = torch.cuda.current_stream(t.device)
+        if hasattr(cupy.cuda.Stream, "from_external") and hasattr(ts, "__cuda_stream__"):
+            return cupy.cuda.Stream.from_external(ts)
+        return cupy.cuda.ExternalStream(ts.cuda_stream)
     return contextlib.nullcontext()
 
 
