@@ -6,10 +6,12 @@
 // log-sum-exp, for each row and head:
 //   dV = P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   delta_i = sum_d dO_i O_i,
 //   dQ = scale * dS K,   dK = scale * dS^T Q,   dbias = dS.
-// BIAS: dS is added to the fp32 buffer dbias (zeroed by the caller, indexed like bias; sh = 0
-// for a bias shared by the heads, whose dS then sums over them) with one atomic add a visible
-// (query, key) pair; a key whose bias is -inf gets P = dS = 0 (so does a query
-// that sees only such keys, whose log-sum-exp is -inf).
+// BIAS (0: none): dbias is zeroed by the caller and indexed like bias (sh = 0 for a bias shared
+// by the heads). BIAS = 1: dS is added to a float32 dbias by atomics (several heads add to one
+// bias head); BIAS = 2: dS is stored as T (one writer an element: a bias per head in q's dtype;
+// attention_bwd_sm90.cu stores it from the dS tile in shared memory, this kernel from registers).
+// Only pairs of real queries and keys are written; a key whose bias is -inf gets P = dS = 0 (so
+// does a query that sees only such keys, whose log-sum-exp is -inf).
 // Work: a block per (key tile of 64 keys, key head) of the tile list of jfa_tiles.cuh built
 // over the keys (its "query" fields are the keys, its "key" fields the queries). The block keeps
 // K and V of its tile in shared memory and dK, dV in registers (warp w: keys 16 w .. 16 w + 15,
@@ -88,7 +90,7 @@ template <typename T, int D> struct JfbSmem {
   static constexpr int BYTES = END * 2 + 4 * JFB_BQ * 4;  // + lse2, delta: 2 slots each
 };
 
-template <typename T, int D, bool BIAS>
+template <typename T, int D, int BIAS>
 __global__ void __launch_bounds__(128, 2)
 jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
             const T* __restrict__ dout, const float* __restrict__ lse2,
@@ -96,7 +98,7 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
             T* __restrict__ dv, const int32_t* __restrict__ tile_info,
             const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
             float scale_log2, float scale, int causal, const T* __restrict__ bias, int64_t sb,
-            int64_t sh, int64_t si, float* __restrict__ dbias) {
+            int64_t sh, int64_t si, void* __restrict__ dbias) {
   using S = JfbSmem<T, D>;
   constexpr int SD = S::SD, SS = S::SS, NB = D / 8, KC = D / 16;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -184,8 +186,10 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
           const float p = ok ? fast_exp2(x) : 0.f;
           st[n][e] = p;  // (masked: exactly 0, whatever dP holds there)
           dpt[n][e] = ok ? p * (dpt[n][e] - sDl[slot * JFB_BQ + qc]) : 0.f;
-          if constexpr (BIAS) {
-            if (ok) atomicAdd(dbias + bo, dpt[n][e]);
+          if constexpr (BIAS == 1) {
+            if (ok) atomicAdd(static_cast<float*>(dbias) + bo, dpt[n][e]);
+          } else if constexpr (BIAS == 2) {
+            if (ok) static_cast<T*>(dbias)[bo] = from_float<T>(dpt[n][e]);
           }
         }
       // dV_w += P^T dO, dK_w += dS^T Q: A = P^T / dS^T (16 keys x 16 queries a chunk), B =

@@ -1,5 +1,6 @@
 // Jagged Flash Attention, backward, for Hopper (sm_90a): attention_bwd.cu's algorithm and launch
-// contract (read it first) on asynchronous warpgroup MMA (wgmma), D = 64 and 128.
+// contract (read it first, the bias modes BIAS too) on asynchronous warpgroup MMA (wgmma),
+// D = 64 and 128.
 //
 // A block is NWG warpgroups of 64 keys each, of one key head (the key-major tile list, BwdTile;
 // NWG = 2 for long rows at D = 128: dQ summed over 128 keys, half the atomics). K and V sit in
@@ -7,7 +8,8 @@
 // 64 rows are its keys). Per step, a tile of 32 queries of one query head:
 //   S^T  = K Q^T      wgmma m64n32k16, A = K, B = Q (shared, both K-major)
 //   dP^T = V dO^T     the same with V, dO
-//   P^T = exp2(S^T scale log2 e - lse log2 e), dS^T = P^T (dP^T - delta) on the accumulators
+//   P^T = exp2((S^T scale + bias^T) log2 e - lse log2 e), dS^T = P^T (dP^T - delta) on the
+//                     accumulators (and dS to dbias)
 //   dV  += P^T dO     wgmma m64nDk16, A = P^T (registers: the accumulator layout packed to 16
 //   dK  += dS^T Q                      bits is the A-fragment layout), B = dO / Q (MN-major)
 //   dS^T to shared memory as dS, [query][key] (stmatrix.trans)
@@ -42,14 +44,16 @@ template <int D, int NWG> struct Jfb90Smem {
 // NWG warpgroups, 64 keys each (BK = 64 NWG keys a block): the block shares the Q / dO tiles and,
 // for NWG = 2, sums dQ over 128 keys before its atomics (warpgroup w computes head-dim columns
 // D / 2 w .. of dQ^T): half the atomics of NWG = 1, one block an SM
-template <typename T, int D, int NWG>
+template <typename T, int D, int NWG, int BIAS>
 __global__ void __launch_bounds__(128 * NWG, NWG == 2 ? 1 : (D == 64 ? 3 : 2))
 jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
              const T* __restrict__ dout, const float* __restrict__ lse2,
              const float* __restrict__ delta, float* __restrict__ dq32, T* __restrict__ dk,
              T* __restrict__ dv, const int32_t* __restrict__ tile_info,
              const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk,
-             int64_t max_seq_len, float scale_log2, float scale, int causal) {
+             int64_t max_seq_len, float scale_log2, float scale, int causal,
+             const T* __restrict__ bias, int64_t sb, int64_t sh, int64_t si,
+             void* __restrict__ dbias) {
   using S = Jfb90Smem<D, NWG>;
   constexpr int BQ = JFB90_BQ, BK = 64 * NWG, NT = 128 * NWG, KC = D / 16, MB = D / 64 / NWG;
   static_assert(MB >= 1, "each warpgroup takes whole 64-column blocks of dQ^T");
@@ -143,6 +147,8 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
       // 16 keys and the step's queries are all real and (causal) every key is seen
       auto p_ds = [&](auto mask_t) {
         constexpr bool MASK = decltype(mask_t)::value;
+        // bias and dbias of (query i0 + 2 tq, key kr); (query + c, key + 8 r) at c si + 8 r
+        const int64_t bbase = BIAS ? bt.row * sb + h * sh + (int64_t)(i0 + 2 * tq) * si + kr : 0;
 #pragma unroll
         for (int nb = 0; nb < BQ / 8; ++nb) {
           const float2 l2 = *reinterpret_cast<const float2*>(sL + slot * BQ + 8 * nb + 2 * tq);
@@ -150,17 +156,26 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int qi = i0 + 8 * nb + 2 * tq + (e & 1), kj = kr + 8 * (e >> 1);
-            const bool ok = !MASK || ((kj < bt.Lk) & (qi < bt.Lq) &
-                                      (!causal | (kj <= qi + bt.shift)));
-            const float x = st[4 * nb + e] * scale_log2 - ((e & 1) ? l2.y : l2.x);
+            bool ok = !MASK || ((kj < bt.Lk) & (qi < bt.Lq) &
+                                (!causal | (kj <= qi + bt.shift)));
+            float x = st[4 * nb + e] * scale_log2 - ((e & 1) ? l2.y : l2.x);
+            const int64_t bo = bbase + (8 * nb + (e & 1)) * si + 8 * (e >> 1);
+            if constexpr (BIAS != 0) {
+              const float bv = ok ? to_float(bias[bo]) : 0.f;
+              ok = ok && bv > -CJ_INF;  // (-inf - lse2 of -inf would be NaN)
+              x = fmaf(bv, 1.4426950408889634f, x);
+            }
             const float p = fast_exp2(ok ? x : -CJ_INF);
             st[4 * nb + e] = p;
             const float ds = p * (dpt[4 * nb + e] - ((e & 1) ? dl.y : dl.x));
             dpt[4 * nb + e] = ok ? ds : 0.f;
+            if constexpr (BIAS == 1) {  // (BIAS == 2: stored from sS below)
+              if (ok) atomicAdd(static_cast<float*>(dbias) + bo, ds);
+            }
           }
         }
       };
-      if (kw + 16 > bt.Lk || i0 + BQ > bt.Lq || (causal && kw + 15 > i0 + bt.shift))
+      if (BIAS || kw + 16 > bt.Lk || i0 + BQ > bt.Lq || (causal && kw + 15 > i0 + bt.shift))
         p_ds(BoolC<true>());
       else
         p_ds(BoolC<false>());
@@ -203,6 +218,20 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
                              dKm + (((MB * wg + mb) * (BK * 128) + kk * 2048) >> 4),
                              dSk + (((kk >> 2) * (BQ * 128) + (kk & 3) * 32) >> 4), kk > 0);
       wgmma_commit();
+      if constexpr (BIAS == 2) {  // dS (rounded, 0 where masked) to dbias, a row of keys a warp
+        T* drow = static_cast<T*>(dbias) + bt.row * sb + h * sh + (int64_t)i0 * si + bt.j0;
+#pragma unroll 4
+        for (int it = 0; it < BQ * BK / NT; ++it) {
+          const int e = tid + it * NT, r = e / BK, j = e % BK, jj = j & 63;
+          if (i0 + r < bt.Lq && bt.j0 + j < bt.Lk) {
+            uint16_t x;
+            asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(x)
+                         : "r"(sS + (j >> 6) * (BQ * 128) + r * 128 +
+                               ((((jj >> 3) ^ (r & 7)) << 4) | ((jj & 7) << 1))));
+            reinterpret_cast<uint16_t*>(drow)[r * si + j] = x;
+          }
+        }
+      }
       wgmma_wait<0>();
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb) fence_regs<BQ / 2>(dqt[mb]);

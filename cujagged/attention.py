@@ -116,20 +116,19 @@ _FAM90 = KernelFamily("attention_sm90.cu",
 _BWD_DIMS = (32, 64, 96, 128)
 _FAMB = KernelFamily("attention_bwd.cu",
                      [f"jfa_bwd_mma<{t}, {d}, {b}>" for t in ("bf16_t", "f16_t")
-                      for d in _BWD_DIMS for b in _BOOL.values()]
+                      for d in _BWD_DIMS for b in (0, 1, 2)]
                      + [f"jfa_bwd_prep<{t}, {d}>" for t in ("bf16_t", "f16_t") for d in _BWD_DIMS]
                      + [f"jfa_bwd_cast<{t}>" for t in ("bf16_t", "f16_t")])
 
 
-# its Hopper twin (attention_bwd_sm90.cu): wgmma, the same arguments less the bias ones, D 64 /
-# 128, no bias; dispatched on sm_90 like the forward's wgmma kernel (CUJAGGED_ATTENTION_SM90=0
-# keeps jfa_bwd_mma). Blocks of 64 keys (one warpgroup); D = 128 with keys rows of _BWD90_LONG or
-# more: 128 keys (two).
+# its Hopper twin (attention_bwd_sm90.cu): wgmma, the same arguments, D 64 / 128; dispatched on
+# sm_90 like the forward's wgmma kernel (CUJAGGED_ATTENTION_SM90=0 keeps jfa_bwd_mma). Blocks of
+# 64 keys (one warpgroup); D = 128 with keys rows of _BWD90_LONG or more: 128 keys (two).
 _BWD90_CFG = ((64, 1), (128, 1), (128, 2))  # (D, warpgroups)
 _BWD90_LONG = 2048
 _FAMB90 = KernelFamily("attention_bwd_sm90.cu",
-                       [f"jfa_bwd_sm90<{t}, {d}, {w}>" for t in ("bf16_t", "f16_t")
-                        for d, w in _BWD90_CFG],
+                       [f"jfa_bwd_sm90<{t}, {d}, {w}, {b}>" for t in ("bf16_t", "f16_t")
+                        for d, w in _BWD90_CFG for b in (0, 1, 2)],
                        options=("-default-device",), arch="sm_90a")
 _BWD_SM90 = _SM90_ENABLED
 _BWD90_BQ = 32  # queries a step (JFB90_BQ)
@@ -152,9 +151,9 @@ def _grid_stride(n: int, threads: int = 256) -> tuple:
     return (max(1, min((n + threads - 1) // threads, 8192)),)
 
 
-def _gpu_backward(P, gv, causal, fwd=None):
-    """dq, dk, dv (values arrays) and dbias (float32, the shape of ``P.bias``; None without a
-    bias) by ``jfa_bwd_mma`` / ``jfa_bwd_sm90``, or None where they do not apply (float32, head
+def _gpu_backward(P, gv, causal, fwd=None, bias_dtype=None):
+    """dq, dk, dv (values arrays) and dbias (``bias_dtype``, the shape of ``P.bias``; None without
+    a bias) by ``jfa_bwd_mma`` / ``jfa_bwd_sm90``, or None where they do not apply (float32, head
     dim 256). ``fwd``: the forward's (output values, lse), else the forward runs here."""
     if P.dt not in (np.dtype(np.float16), bfloat16) or P.D not in _BWD_DIMS:
         return None
@@ -169,7 +168,7 @@ def _gpu_backward(P, gv, causal, fwd=None):
     Tk, Hk = kv.shape[:2]
     B, tn = P.B, _TNAME[P.dt]
     bias = P.bias if P.bias is None else cp.ascontiguousarray(P.bias)  # dbias's layout
-    sm90 = _BWD_SM90 and bias is None and D in (64, 128) and _FAMB90.supported()
+    sm90 = _BWD_SM90 and D in (64, 128) and _FAMB90.supported()
     nwg = 2 if sm90 and D == 128 and min(P.kj.max_length, P.msl) >= _BWD90_LONG else 1
     bk = 64 * nwg
     bound = (Tk + bk - 1) // bk + B
@@ -177,7 +176,11 @@ def _gpu_backward(P, gv, causal, fwd=None):
         raise ValueError("batch too large for one launch (tile count * heads >= 2**31)")
     dk, dv = cp.empty_like(kv), cp.empty_like(vv)
     dq32 = cp.zeros((T, H, D), dtype=np.float32)
-    dbias = None if bias is None else cp.zeros(bias.shape, dtype=np.float32)
+    # dbias: stored in q's dtype where each element has one writer (a bias per head, in q's
+    # dtype), else added up in float32 by atomics and cast
+    bias_mode = 0 if bias is None else (
+        2 if bias.shape[1] == H and np.dtype(bias_dtype) == P.dt else 1)
+    dbias = None if bias is None else cp.zeros(bias.shape, P.dt if bias_mode == 2 else np.float32)
     if T and Tk and B:
         if fwd is None:
             o, lse = jagged_flash_attention(P.qj._with_values(qv), P.kj._with_values(kv),
@@ -191,25 +194,27 @@ def _gpu_backward(P, gv, causal, fwd=None):
             _grid_stride(T * H), (256,), (ov, go, lse, delta, lse2, np.int64(T * H)))
         info, tile_off = _tile_list(cp, P.kj.offsets, P.qj.offsets, bk, P.msl, P.kj._cache,
                                     bound)
+        # the element strides of bias and dbias (sh = 0: one bias head serves every head)
+        sb, sh, si = ((s // dbias.itemsize for s in dbias.strides[:3]) if bias is not None
+                      else (0, 0, 0))
         args = (qv, kv, vv, go, lse2, delta, dq32, dk, dv, info, tile_off, np.int64(B),
                 np.int32(H), np.int32(Hk), np.int64(P.msl),
                 np.float32(P.scale * math.log2(math.e)), np.float32(P.scale),
-                np.int32(bool(causal)))
+                np.int32(bool(causal)), bias if bias is not None else qv, np.int64(sb),
+                np.int64(sh if bias is not None and bias.shape[1] > 1 else 0), np.int64(si),
+                dbias if bias is not None else dq32)
         if sm90:
-            kern, smem = _FAMB90.get(f"jfa_bwd_sm90<{tn}, {D}, {nwg}>"), _bwd90_smem(D, nwg)
+            kern = _FAMB90.get(f"jfa_bwd_sm90<{tn}, {D}, {nwg}, {bias_mode}>")
+            smem = _bwd90_smem(D, nwg)
         else:
-            kern, smem = (_FAMB.get(f"jfa_bwd_mma<{tn}, {D}, {_BOOL[bias is not None]}>"),
-                          _bwd_smem(D))
-            # the element strides of bias and dbias (sh = 0: one bias head serves every head)
-            sb, sh, si = (s // 4 for s in dbias.strides[:3]) if bias is not None else (0, 0, 0)
-            args += (bias if bias is not None else qv, np.int64(sb),
-                     np.int64(sh if bias is not None and bias.shape[1] > 1 else 0), np.int64(si),
-                     dbias if bias is not None else dq32)
+            kern, smem = _FAMB.get(f"jfa_bwd_mma<{tn}, {D}, {bias_mode}>"), _bwd_smem(D)
         kern.allow_shared(smem)
         kern((bound * Hk,), (128 * nwg,), args, shared_mem=smem)
     else:
         dk[...] = 0
         dv[...] = 0
+    if bias_mode == 1:
+        dbias = _cast_f32(dbias, bias_dtype)
     return _cast_f32(dq32, qv.dtype), dk, dv, dbias
 
 
@@ -608,7 +613,7 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
     (FlashAttention-2's backward on the key-major jagged tile list; without ``out`` / ``lse``
     it runs the forward first; dq is accumulated in float32 with atomics, so its last bits may
     differ from run to run, and so are dbias's where one bias head serves several heads): on
-    sm_90 (Hopper), head dims 64 and 128 without a bias take the wgmma kernel of
+    sm_90 (Hopper), head dims 64 and 128 take the wgmma kernel of
     ``cuda_src/attention_bwd_sm90.cu`` (blocks of 64 keys; of 128 keys at head dim 128 when a
     row has 2048 keys or more), everything else ``cuda_src/attention_bwd.cu`` (mma.sync);
     ``CUJAGGED_ATTENTION_SM90=0`` at import keeps the mma.sync kernels. Everything else
@@ -646,10 +651,11 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
             raise ValueError(f"lse must be the forward's float32 log-sum-exp ({P.T}, {P.H}) on "
                              f"{device_of(P.qv)}")
         out = (ov, lse)
-    res = _gpu_backward(P, gv, causal, out) if P.gpu else None
+    res = _gpu_backward(P, gv, causal, out, None if bias is None else bias.dtype) if P.gpu \
+        else None
     if res is not None:
         grads = tuple(wrap(a, like) for a, like in zip(res, (q, k, v)))
-        return grads if bias is None else (*grads, _cast_f32(res[3], bias.dtype))
+        return grads if bias is None else (*grads, res[3])
 
     def host64(a):
         return np.asarray(_cupy.asnumpy(a) if is_gpu_array(a) else a).astype(np.float64)

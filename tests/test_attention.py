@@ -515,7 +515,7 @@ def backward_kernel(kernel):
 def test_gpu_backward_matches_numba(kernel, p):
     """Every option (cross, causal, truncation, GQA, bias of every head or of one, empty rows,
     rows of 1), outputs poisoned by the test allocator (dk, dv: every row is written; dq, dbias:
-    from zeroed buffers); every kernel (a bias always takes the mma.sync one)."""
+    from zeroed buffers); every kernel."""
     with backward_kernel(kernel):
         check_gpu_backward(p)
 
@@ -561,12 +561,14 @@ def test_gpu_backward_without_out_runs_the_forward():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("heads", ["H", 1])
+@pytest.mark.parametrize("kernel", BWD_KERNELS)
+@pytest.mark.parametrize("heads, bias_dtype", [("H", bfloat16), (1, np.float32)])
 @pytest.mark.parametrize("D", [64, 128])
-def test_gpu_backward_bias_long_rows(D, heads):
-    """A bias on rows of 700 / 1,100 keys (many key tiles and query steps), GQA, causal, a
-    float32 bias with 16-bit q (dbias float32), and -inf entries: a few keys, and every key of
-    query 0 of row 0 (its log-sum-exp is -inf: P, dS and all its gradients 0, never NaN)."""
+def test_gpu_backward_bias_long_rows(D, heads, bias_dtype, kernel):
+    """A bias on rows of 700 / 1,100 keys (many key tiles and query steps), GQA, causal, with
+    -inf entries: a few keys, and every key of query 0 of row 0 (its log-sum-exp is -inf: P, dS
+    and all its gradients 0, never NaN). Both ways to dbias: a bf16 bias per head (stored in
+    bf16, one writer an element) and a float32 bias of one head (added up in float32)."""
     p = dict(lq=[700, 0, 1, 1100], lk=[700, 0, 1, 1100], cross=False, H=4, Hk=2, D=D,
              dtype=np.dtype(bfloat16), causal=True, msl=1000, scale=None, bias=False,
              bias_heads=heads, off_dtype=np.int32, seed=4)
@@ -574,8 +576,9 @@ def test_gpu_backward_bias_long_rows(D, heads):
     bias = rng.standard_normal((4, 4 if heads == "H" else 1, 1000, 1003)).astype(np.float32)
     bias[:, :, rng.integers(0, 1000, 50), rng.integers(0, 1000, 50)] = -np.inf
     bias[0, :, 0, :] = -np.inf
-    bias = bias.astype(bfloat16).astype(np.float32)  # what the kernels add (rounded to q's dtype)
-    check_gpu_backward(p, bias=bias)
+    bias = bias.astype(bfloat16).astype(bias_dtype)  # what the kernels add: q's dtype
+    with backward_kernel(kernel):
+        check_gpu_backward(p, bias=bias)
 
 
 @pytest.mark.gpu
