@@ -8,8 +8,9 @@
 //   dQ = scale * dS K,   dK = scale * dS^T Q,   dbias = dS.
 // BIAS (0: none): dbias is zeroed by the caller and indexed like bias (sh = 0 for a bias shared
 // by the heads). BIAS = 1: dS is added to a float32 dbias by atomics (several heads add to one
-// bias head); BIAS = 2: dS is stored as T (one writer an element: a bias per head in q's dtype;
-// attention_bwd_sm90.cu stores it from the dS tile in shared memory, this kernel from registers).
+// bias head); with one writer an element (a bias per head) it is stored, as T (BIAS = 2, a bias
+// in q's dtype; attention_bwd_sm90.cu stores it from the dS tile in shared memory, this kernel
+// from registers) or as float32 (BIAS = 3).
 // Only pairs of real queries and keys are written; a key whose bias is -inf gets P = dS = 0 (so
 // does a query that sees only such keys, whose log-sum-exp is -inf).
 // Work: a block per (key tile of 64 keys, key head) of the tile list of jfa_tiles.cuh built
@@ -190,6 +191,8 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
             if (ok) atomicAdd(static_cast<float*>(dbias) + bo, dpt[n][e]);
           } else if constexpr (BIAS == 2) {
             if (ok) static_cast<T*>(dbias)[bo] = from_float<T>(dpt[n][e]);
+          } else if constexpr (BIAS == 3) {
+            if (ok) static_cast<float*>(dbias)[bo] = dpt[n][e];
           }
         }
       // dV_w += P^T dO, dK_w += dS^T Q: A = P^T / dS^T (16 keys x 16 queries a chunk), B =

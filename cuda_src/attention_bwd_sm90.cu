@@ -169,7 +169,9 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
             st[4 * nb + e] = p;
             const float ds = p * (dpt[4 * nb + e] - ((e & 1) ? dl.y : dl.x));
             dpt[4 * nb + e] = ok ? ds : 0.f;
-            if constexpr (BIAS == 1) {  // (BIAS == 2: stored from sS below)
+            // (BIAS 3, float32 stores, is not instantiated: they spill here, so the host sends
+            // it as BIAS 1, atomics on the zeroed buffer; BIAS 2: stored from sS below)
+            if constexpr (BIAS == 1) {
               if (ok) atomicAdd(static_cast<float*>(dbias) + bo, ds);
             }
           }

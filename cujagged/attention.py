@@ -116,7 +116,7 @@ _FAM90 = KernelFamily("attention_sm90.cu",
 _BWD_DIMS = (32, 64, 96, 128)
 _FAMB = KernelFamily("attention_bwd.cu",
                      [f"jfa_bwd_mma<{t}, {d}, {b}>" for t in ("bf16_t", "f16_t")
-                      for d in _BWD_DIMS for b in (0, 1, 2)]
+                      for d in _BWD_DIMS for b in range(4)]
                      + [f"jfa_bwd_prep<{t}, {d}>" for t in ("bf16_t", "f16_t") for d in _BWD_DIMS]
                      + [f"jfa_bwd_cast<{t}>" for t in ("bf16_t", "f16_t")])
 
@@ -128,7 +128,7 @@ _BWD90_CFG = ((64, 1), (128, 1), (128, 2))  # (D, warpgroups)
 _BWD90_LONG = 2048
 _FAMB90 = KernelFamily("attention_bwd_sm90.cu",
                        [f"jfa_bwd_sm90<{t}, {d}, {w}, {b}>" for t in ("bf16_t", "f16_t")
-                        for d, w in _BWD90_CFG for b in (0, 1, 2)],
+                        for d, w in _BWD90_CFG for b in range(3)],
                        options=("-default-device",), arch="sm_90a")
 _BWD_SM90 = _SM90_ENABLED
 _BWD90_BQ = 32  # queries a step (JFB90_BQ)
@@ -176,10 +176,11 @@ def _gpu_backward(P, gv, causal, fwd=None, bias_dtype=None):
         raise ValueError("batch too large for one launch (tile count * heads >= 2**31)")
     dk, dv = cp.empty_like(kv), cp.empty_like(vv)
     dq32 = cp.zeros((T, H, D), dtype=np.float32)
-    # dbias: stored in q's dtype where each element has one writer (a bias per head, in q's
-    # dtype), else added up in float32 by atomics and cast
-    bias_mode = 0 if bias is None else (
-        2 if bias.shape[1] == H and np.dtype(bias_dtype) == P.dt else 1)
+    # dbias (BIAS of attention_bwd.cu): where each element has one writer (a bias per head)
+    # stored in q's dtype (2) or float32 (3), else added up in float32 by atomics (1); cast
+    # to the bias's dtype where that differs
+    bias_mode = 0 if bias is None else 1 if bias.shape[1] != H else (
+        2 if np.dtype(bias_dtype) == P.dt else 3)
     dbias = None if bias is None else cp.zeros(bias.shape, P.dt if bias_mode == 2 else np.float32)
     if T and Tk and B:
         if fwd is None:
@@ -203,8 +204,9 @@ def _gpu_backward(P, gv, causal, fwd=None, bias_dtype=None):
                 np.int32(bool(causal)), bias if bias is not None else qv, np.int64(sb),
                 np.int64(sh if bias is not None and bias.shape[1] > 1 else 0), np.int64(si),
                 dbias if bias is not None else dq32)
-        if sm90:
-            kern = _FAMB90.get(f"jfa_bwd_sm90<{tn}, {D}, {nwg}, {bias_mode}>")
+        if sm90:  # (no float32 stores of dbias: atomics on the zeroed buffer do the same)
+            mode = 1 if bias_mode == 3 else bias_mode
+            kern = _FAMB90.get(f"jfa_bwd_sm90<{tn}, {D}, {nwg}, {mode}>")
             smem = _bwd90_smem(D, nwg)
         else:
             kern, smem = _FAMB.get(f"jfa_bwd_mma<{tn}, {D}, {bias_mode}>"), _bwd_smem(D)
@@ -213,7 +215,7 @@ def _gpu_backward(P, gv, causal, fwd=None, bias_dtype=None):
     else:
         dk[...] = 0
         dv[...] = 0
-    if bias_mode == 1:
+    if bias_mode in (1, 3):
         dbias = _cast_f32(dbias, bias_dtype)
     return _cast_f32(dq32, qv.dtype), dk, dv, dbias
 

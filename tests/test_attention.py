@@ -562,13 +562,14 @@ def test_gpu_backward_without_out_runs_the_forward():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kernel", BWD_KERNELS)
-@pytest.mark.parametrize("heads, bias_dtype", [("H", bfloat16), (1, np.float32)])
+@pytest.mark.parametrize("heads, bias_dtype", [("H", bfloat16), ("H", np.float32),
+                                               (1, np.float32)])
 @pytest.mark.parametrize("D", [64, 128])
 def test_gpu_backward_bias_long_rows(D, heads, bias_dtype, kernel):
     """A bias on rows of 700 / 1,100 keys (many key tiles and query steps), GQA, causal, with
     -inf entries: a few keys, and every key of query 0 of row 0 (its log-sum-exp is -inf: P, dS
-    and all its gradients 0, never NaN). Both ways to dbias: a bf16 bias per head (stored in
-    bf16, one writer an element) and a float32 bias of one head (added up in float32)."""
+    and all its gradients 0, never NaN). Every way to dbias: a bias per head in bf16 or float32
+    (one writer an element: stored) and a float32 bias of one head (added up in float32)."""
     p = dict(lq=[700, 0, 1, 1100], lk=[700, 0, 1, 1100], cross=False, H=4, Hk=2, D=D,
              dtype=np.dtype(bfloat16), causal=True, msl=1000, scale=None, bias=False,
              bias_heads=heads, off_dtype=np.int32, seed=4)
