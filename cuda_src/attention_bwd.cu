@@ -39,16 +39,17 @@ jfa_bwd_prep(const T* __restrict__ o, const T* __restrict__ dout, const float* _
              float* __restrict__ delta, float* __restrict__ lse2, int64_t n) {
   for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < n;
        r += (int64_t)gridDim.x * blockDim.x) {
+    constexpr int EPV = 16 / (int)sizeof(T);  // elements a 16-byte load
     const uint4* po = reinterpret_cast<const uint4*>(o + r * D);
     const uint4* pd = reinterpret_cast<const uint4*>(dout + r * D);
     float acc = 0.f;
 #pragma unroll 4
-    for (int c = 0; c < D / 8; ++c) {
+    for (int c = 0; c < D / EPV; ++c) {
       const uint4 a = __ldg(po + c), b = __ldg(pd + c);
       const T* ea = reinterpret_cast<const T*>(&a);
       const T* eb = reinterpret_cast<const T*>(&b);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc = fmaf(to_float(ea[e]), to_float(eb[e]), acc);
+      for (int e = 0; e < EPV; ++e) acc = fmaf(to_float(ea[e]), to_float(eb[e]), acc);
     }
     delta[r] = acc;
     lse2[r] = lse[r] * JFB_LOG2E;
@@ -265,6 +266,192 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
           pack2<T>(scale * dka[n][2 * hh], scale * dka[n][2 * hh + 1]);
       *reinterpret_cast<uint32_t*>(dv + off + n * 8) =
           pack2<T>(dva[n][2 * hh], dva[n][2 * hh + 1]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The same backward on FFMA in fp32 (no tensor cores): float32 inputs (exact, like the forward's
+// jfa_fwd_f32) and head dim 256 (any T; values converted to fp32 in shared memory). Same launch
+// contract and BIAS modes as jfa_bwd_mma. A block per (key tile of BK keys, key head), 128
+// threads; per step a tile of BQ = 16 queries of one query head:
+//   phase 1: thread t takes key t / TPK and queries t % TPK + TPK i: S^T, dP^T (dot products
+//            over D from shared memory), P^T and dS^T to shared memory
+//   phase 2: dK, dV of key t / TPK, 16-byte column chunks t % TPK + TPK j, in registers
+//   phase 3: dQ of query t / 8, chunks t % 8 + 8 j, over the block's keys; fp32 atomics
+template <int D> struct JfbF32 {
+  static constexpr int BK = D > 128 ? 16 : 32, BQ = 16, NT = 128, TPK = NT / BK;
+  static constexpr int SD = D + 4;   // row stride (floats): 16-byte rows, banks shifted a row
+  static constexpr int PS = BQ + 1;  // row stride of P^T, dS^T [key][query]
+  static constexpr int K = 0, V = BK * SD, Q = 2 * BK * SD, O = Q + BQ * SD, P = O + BQ * SD;
+  static constexpr int S = P + BK * PS, L = S + BK * PS, DL = L + BQ, END = DL + BQ;
+  static constexpr int BYTES = END * 4;
+};
+
+// rows x D of T (global row stride rs; rows >= nvalid zero) to fp32 smem rows of SD floats
+template <int ROWS, int D, int SD, typename T>
+__device__ __forceinline__ void load_rows_f32(float* dst, const T* src, int64_t rs, int nvalid,
+                                              int tid) {
+  constexpr int C4 = D / 4;  // 4-element chunks a row
+  for (int c = tid; c < ROWS * C4; c += 128) {
+    const int r = c / C4, cc = c % C4;
+    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (r < nvalid) {
+      const T* p = src + r * rs + 4 * cc;
+      if constexpr (sizeof(T) == 4) {
+        x = __ldg(reinterpret_cast<const float4*>(p));
+      } else {
+        const uint2 w = __ldg(reinterpret_cast<const uint2*>(p));
+        const T* e = reinterpret_cast<const T*>(&w);
+        x = make_float4(to_float(e[0]), to_float(e[1]), to_float(e[2]), to_float(e[3]));
+      }
+    }
+    *reinterpret_cast<float4*>(dst + r * SD + 4 * cc) = x;
+  }
+}
+
+__device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
+  return fmaf(a.x, b.x, fmaf(a.y, b.y, fmaf(a.z, b.z, fmaf(a.w, b.w, acc))));
+}
+
+template <typename T, int D, int BIAS>
+__global__ void __launch_bounds__(128)
+jfa_bwd_f32(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+            const T* __restrict__ dout, const float* __restrict__ lse2,
+            const float* __restrict__ delta, float* __restrict__ dq32, T* __restrict__ dk,
+            T* __restrict__ dv, const int32_t* __restrict__ tile_info,
+            const int32_t* __restrict__ tile_off, int64_t B, int H, int Hk, int64_t max_seq_len,
+            float scale_log2, float scale, int causal, const T* __restrict__ bias, int64_t sb,
+            int64_t sh, int64_t si, void* __restrict__ dbias) {
+  using S = JfbF32<D>;
+  constexpr int BK = S::BK, BQ = S::BQ, TPK = S::TPK, SD = S::SD, PS = S::PS;
+  constexpr int QPT = BQ / TPK, CPT = D / 4 / TPK, QCH = D / 4 / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* sm = reinterpret_cast<float*>(smem_raw);
+  float *sK = sm + S::K, *sV = sm + S::V, *sQ = sm + S::Q, *sO = sm + S::O;
+  float *sP = sm + S::P, *sS = sm + S::S, *sL = sm + S::L, *sDl = sm + S::DL;
+
+  const BwdTile bt = locate_bwd_tile<BK, BQ>(tile_info, tile_off, B, H, Hk, max_seq_len, causal);
+  if (!bt.live) return;
+  const int tid = threadIdx.x, kk = tid / TPK, sub = tid % TPK;
+  const int64_t q_rs = (int64_t)H * D, k_rs = (int64_t)Hk * D;
+  const int nsteps = bt.nq * bt.G;
+
+  float4 dka[CPT], dva[CPT];
+#pragma unroll
+  for (int c = 0; c < CPT; ++c) dka[c] = dva[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (nsteps > 0) {
+    const int64_t koff = (bt.kstart + bt.j0) * k_rs + (int64_t)bt.hk * D;
+    load_rows_f32<BK, D, SD>(sK, k + koff, k_rs, bt.Lk - bt.j0, tid);
+    load_rows_f32<BK, D, SD>(sV, v + koff, k_rs, bt.Lk - bt.j0, tid);
+  }
+  for (int s = 0; s < nsteps; ++s) {
+    const int i0 = bt.qlo + (s % bt.nq) * BQ, h = bt.hk * bt.G + s / bt.nq;
+    __syncthreads();  // step s - 1 is done with sQ, sO, sP, sS
+    const int64_t qoff = (bt.qstart + i0) * q_rs + (int64_t)h * D;
+    load_rows_f32<BQ, D, SD>(sQ, q + qoff, q_rs, bt.Lq - i0, tid);
+    load_rows_f32<BQ, D, SD>(sO, dout + qoff, q_rs, bt.Lq - i0, tid);
+    if (tid < 2 * BQ) {
+      const int r = tid % BQ;
+      const float* src = tid < BQ ? lse2 : delta;
+      (tid < BQ ? sL : sDl)[r] = i0 + r < bt.Lq ? src[(bt.qstart + i0 + r) * H + h] : 0.f;
+    }
+    __syncthreads();
+
+    // phase 1: S^T, dP^T of key kk and queries sub + TPK i
+    float st[QPT], dpt[QPT];
+#pragma unroll
+    for (int i = 0; i < QPT; ++i) st[i] = dpt[i] = 0.f;
+    const float* kr = sK + kk * SD;
+    const float* vr = sV + kk * SD;
+#pragma unroll 4
+    for (int c = 0; c < D / 4; ++c) {
+      const float4 a = *reinterpret_cast<const float4*>(kr + 4 * c);
+      const float4 b = *reinterpret_cast<const float4*>(vr + 4 * c);
+#pragma unroll
+      for (int i = 0; i < QPT; ++i) {
+        const int qr = sub + TPK * i;
+        st[i] = dot4(a, *reinterpret_cast<const float4*>(sQ + qr * SD + 4 * c), st[i]);
+        dpt[i] = dot4(b, *reinterpret_cast<const float4*>(sO + qr * SD + 4 * c), dpt[i]);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < QPT; ++i) {
+      const int qr = sub + TPK * i, qi = i0 + qr, kj = bt.j0 + kk;
+      bool ok = kj < bt.Lk && qi < bt.Lq && (!causal || kj <= qi + bt.shift);
+      float x = st[i] * scale_log2 - sL[qr];
+      const int64_t bo = BIAS ? bt.row * sb + h * sh + (int64_t)qi * si + kj : 0;
+      if constexpr (BIAS != 0) {
+        const float bv = ok ? to_float(bias[bo]) : 0.f;
+        ok = ok && bv > -CJ_INF;  // (-inf - lse2 of -inf would be NaN)
+        x = fmaf(bv, JFB_LOG2E, x);
+      }
+      const float p = ok ? exp2f(x) : 0.f;
+      const float ds = ok ? p * (dpt[i] - sDl[qr]) : 0.f;
+      sP[kk * PS + qr] = p;
+      sS[kk * PS + qr] = ds;
+      if constexpr (BIAS == 1) {
+        if (ok) atomicAdd(static_cast<float*>(dbias) + bo, ds);
+      } else if constexpr (BIAS == 2) {
+        if (ok) static_cast<T*>(dbias)[bo] = from_float<T>(ds);
+      } else if constexpr (BIAS == 3) {
+        if (ok) static_cast<float*>(dbias)[bo] = ds;
+      }
+    }
+    __syncthreads();
+
+    // phase 2: dV += P^T dO, dK += dS^T Q for key kk, chunks sub + TPK c
+#pragma unroll 2
+    for (int qr = 0; qr < BQ; ++qr) {
+      const float p = sP[kk * PS + qr], ds = sS[kk * PS + qr];
+#pragma unroll
+      for (int c = 0; c < CPT; ++c) {
+        const float4 o4 = *reinterpret_cast<const float4*>(sO + qr * SD + 4 * (sub + TPK * c));
+        const float4 q4 = *reinterpret_cast<const float4*>(sQ + qr * SD + 4 * (sub + TPK * c));
+        dva[c].x = fmaf(p, o4.x, dva[c].x); dva[c].y = fmaf(p, o4.y, dva[c].y);
+        dva[c].z = fmaf(p, o4.z, dva[c].z); dva[c].w = fmaf(p, o4.w, dva[c].w);
+        dka[c].x = fmaf(ds, q4.x, dka[c].x); dka[c].y = fmaf(ds, q4.y, dka[c].y);
+        dka[c].z = fmaf(ds, q4.z, dka[c].z); dka[c].w = fmaf(ds, q4.w, dka[c].w);
+      }
+    }
+
+    // phase 3: dQ of query tid / 8 (chunks tid % 8 + 8 c) += dS K over the block's keys
+    const int qr = tid / 8, qi = i0 + qr;
+    float4 acc[QCH];
+#pragma unroll
+    for (int c = 0; c < QCH; ++c) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+    for (int j = 0; j < BK; ++j) {
+      const float ds = sS[j * PS + qr];
+#pragma unroll
+      for (int c = 0; c < QCH; ++c) {
+        const float4 k4 = *reinterpret_cast<const float4*>(sK + j * SD + 4 * (tid % 8 + 8 * c));
+        acc[c].x = fmaf(ds, k4.x, acc[c].x); acc[c].y = fmaf(ds, k4.y, acc[c].y);
+        acc[c].z = fmaf(ds, k4.z, acc[c].z); acc[c].w = fmaf(ds, k4.w, acc[c].w);
+      }
+    }
+    if (qi < bt.Lq) {
+      float* dst = dq32 + (bt.qstart + qi) * q_rs + (int64_t)h * D + 4 * (tid % 8);
+#pragma unroll
+      for (int c = 0; c < QCH; ++c) {
+        red_add2(dst + 32 * c, scale * acc[c].x, scale * acc[c].y);
+        red_add2(dst + 32 * c + 2, scale * acc[c].z, scale * acc[c].w);
+      }
+    }
+  }
+  // dK = scale dS^T Q, dV: the tile's keys below the row's (untruncated) length
+  if (bt.j0 + kk < bt.Lk_full) {
+    const int64_t off = (bt.kstart + bt.j0 + kk) * k_rs + (int64_t)bt.hk * D;
+#pragma unroll
+    for (int c = 0; c < CPT; ++c) {
+      const int col = 4 * (sub + TPK * c);
+      const float a[4] = {dka[c].x, dka[c].y, dka[c].z, dka[c].w};
+      const float b[4] = {dva[c].x, dva[c].y, dva[c].z, dva[c].w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        dk[off + col + e] = from_float<T>(scale * a[e]);
+        dv[off + col + e] = from_float<T>(b[e]);
+      }
     }
   }
 }

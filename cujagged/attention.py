@@ -112,12 +112,16 @@ _FAM90 = KernelFamily("attention_sm90.cu",
                       options=("-default-device",), arch="sm_90a")
 
 
-# the CUDA backward (attention_bwd.cu): bf16 / fp16, these head dims, with or without a bias
+# the CUDA backward (attention_bwd.cu): jfa_bwd_mma for bf16 / fp16 with these head dims,
+# jfa_bwd_f32 (FFMA) for float32 and head dim 256; each with or without a bias (4 dbias modes)
 _BWD_DIMS = (32, 64, 96, 128)
+_BWD_F32 = [("float", d) for d in HEAD_DIMS] + [("bf16_t", 256), ("f16_t", 256)]
 _FAMB = KernelFamily("attention_bwd.cu",
                      [f"jfa_bwd_mma<{t}, {d}, {b}>" for t in ("bf16_t", "f16_t")
                       for d in _BWD_DIMS for b in range(4)]
+                     + [f"jfa_bwd_f32<{t}, {d}, {b}>" for t, d in _BWD_F32 for b in range(4)]
                      + [f"jfa_bwd_prep<{t}, {d}>" for t in ("bf16_t", "f16_t") for d in _BWD_DIMS]
+                     + [f"jfa_bwd_prep<{t}, {d}>" for t, d in _BWD_F32]
                      + [f"jfa_bwd_cast<{t}>" for t in ("bf16_t", "f16_t")])
 
 
@@ -142,6 +146,12 @@ def _bwd90_smem(d: int, nwg: int) -> int:
             + _sm90_align_slack())
 
 
+def _bwd_f32_smem(d: int) -> int:
+    """Dynamic shared memory of ``jfa_bwd_f32`` (JfbF32 in attention_bwd.cu)."""
+    bk, bq, sd = (16 if d > 128 else 32), 16, d + 4
+    return (2 * bk * sd + 2 * bq * sd + 2 * bk * (bq + 1) + 2 * bq) * 4
+
+
 def _bwd_smem(d: int) -> int:
     """Dynamic shared memory of ``jfa_bwd_mma`` (JfbSmem in attention_bwd.cu)."""
     return ((2 * 64 + 4 * 32) * (d + 8) + 64 * 40) * 2 + 4 * 32 * 4
@@ -153,10 +163,9 @@ def _grid_stride(n: int, threads: int = 256) -> tuple:
 
 def _gpu_backward(P, gv, causal, fwd=None, bias_dtype=None):
     """dq, dk, dv (values arrays) and dbias (``bias_dtype``, the shape of ``P.bias``; None without
-    a bias) by ``jfa_bwd_mma`` / ``jfa_bwd_sm90``, or None where they do not apply (float32, head
-    dim 256). ``fwd``: the forward's (output values, lse), else the forward runs here."""
-    if P.dt not in (np.dtype(np.float16), bfloat16) or P.D not in _BWD_DIMS:
-        return None
+    a bias) by ``jfa_bwd_mma`` / ``jfa_bwd_sm90`` (bf16 / fp16, head dims 32 to 128) or
+    ``jfa_bwd_f32`` (float32, head dim 256). ``fwd``: the forward's (output values, lse), else
+    the forward runs here."""
     cp = _cupy
 
     def aligned(a):  # contiguous, 16-byte aligned (a copy otherwise)
@@ -168,9 +177,10 @@ def _gpu_backward(P, gv, causal, fwd=None, bias_dtype=None):
     Tk, Hk = kv.shape[:2]
     B, tn = P.B, _TNAME[P.dt]
     bias = P.bias if P.bias is None else cp.ascontiguousarray(P.bias)  # dbias's layout
-    sm90 = _BWD_SM90 and D in (64, 128) and _FAMB90.supported()
+    f32 = P.dt == np.float32 or D not in _BWD_DIMS
+    sm90 = not f32 and _BWD_SM90 and D in (64, 128) and _FAMB90.supported()
     nwg = 2 if sm90 and D == 128 and min(P.kj.max_length, P.msl) >= _BWD90_LONG else 1
-    bk = 64 * nwg
+    bk = (16 if D > 128 else 32) if f32 else 64 * nwg  # (JfbF32::BK)
     bound = (Tk + bk - 1) // bk + B
     if bound * Hk >= 2**31 or ((T + 63) // 64 + B) * H >= 2**31:
         raise ValueError("batch too large for one launch (tile count * heads >= 2**31)")
@@ -208,6 +218,8 @@ def _gpu_backward(P, gv, causal, fwd=None, bias_dtype=None):
             mode = 1 if bias_mode == 3 else bias_mode
             kern = _FAMB90.get(f"jfa_bwd_sm90<{tn}, {D}, {nwg}, {mode}>")
             smem = _bwd90_smem(D, nwg)
+        elif f32:
+            kern, smem = _FAMB.get(f"jfa_bwd_f32<{tn}, {D}, {bias_mode}>"), _bwd_f32_smem(D)
         else:
             kern, smem = _FAMB.get(f"jfa_bwd_mma<{tn}, {D}, {bias_mode}>"), _bwd_smem(D)
         kern.allow_shared(smem)
@@ -611,16 +623,15 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
         over heads) when ``bias`` is given. Queries past ``max_seq_len`` or seeing no key, and
         keys past ``max_seq_len``, get zeros.
 
-    On the GPU, bf16 / fp16 with head dims 32, 64, 96, 128 run a CUDA kernel
-    (FlashAttention-2's backward on the key-major jagged tile list; without ``out`` / ``lse``
-    it runs the forward first; dq is accumulated in float32 with atomics, so its last bits may
-    differ from run to run, and so are dbias's where one bias head serves several heads): on
-    sm_90 (Hopper), head dims 64 and 128 take the wgmma kernel of
-    ``cuda_src/attention_bwd_sm90.cu`` (blocks of 64 keys; of 128 keys at head dim 128 when a
-    row has 2048 keys or more), everything else ``cuda_src/attention_bwd.cu`` (mma.sync);
-    ``CUJAGGED_ATTENTION_SM90=0`` at import keeps the mma.sync kernels. Everything else
-    (float32, head dim 256, the CPU backend) takes the float64 Numba reference: CuPy inputs go
-    through the host there (correct, not fast).
+    On the GPU it runs a CUDA kernel (FlashAttention-2's backward on the key-major jagged tile
+    list; without ``out`` / ``lse`` it runs the forward first; dq is accumulated in float32 with
+    atomics, so its last bits may differ from run to run, and so are dbias's where one bias head
+    serves several heads): bf16 / fp16 with head dims 64 and 128 on sm_90 (Hopper) take the
+    wgmma kernel of ``cuda_src/attention_bwd_sm90.cu`` (blocks of 64 keys; of 128 keys at head
+    dim 128 when a row has 2048 keys or more), other bf16 / fp16 calls with head dims 32 to 128
+    the mma.sync kernel of ``cuda_src/attention_bwd.cu`` (``CUJAGGED_ATTENTION_SM90=0`` at
+    import keeps it on Hopper too), float32 and head dim 256 its exact FFMA kernel (fp32
+    arithmetic, no TF32). On NumPy arrays the float64 Numba reference runs.
     """
     from .cpu.attention import attention_bwd
 

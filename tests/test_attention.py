@@ -583,13 +583,26 @@ def test_gpu_backward_bias_long_rows(D, heads, bias_dtype, kernel):
 
 
 @pytest.mark.gpu
-def test_gpu_backward_keeps_float32_and_d256_on_the_reference():
-    """float32 and D = 256 take the float64 path on the GPU (same answers)."""
-    for D, dt in ((32, np.float32), (256, bfloat16)):
-        p = dict(lq=[5, 9], lk=[5, 9], cross=False, H=1, Hk=1, D=D, dtype=np.dtype(dt),
-                 causal=False, msl=None, scale=None, bias=False, bias_heads="H",
-                 off_dtype=np.int64, seed=1)
-        check_gpu_backward(p, tol=1e-5 if dt == np.float32 else None)
+@given(problems(max_len=80, dtypes=(np.float32,), dims=(32, 64, 96, 128))
+       | problems(max_len=80, dtypes=(np.float32, np.float16, bfloat16), dims=(256,)))
+def test_gpu_backward_ffma_matches_numba(p):
+    """The FFMA backward (float32 at every head dim, and head dim 256 at every dtype): every
+    option, bias included, against the float64 reference."""
+    check_gpu_backward(p)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D, dt", [(64, np.float32), (128, np.float32), (256, bfloat16)])
+def test_gpu_backward_ffma_long_rows(D, dt):
+    """The FFMA backward on rows of 700 / 1,100 keys (many key tiles and query steps), GQA,
+    causal, truncation, a bias per head in q's dtype with -inf entries."""
+    p = dict(lq=[700, 0, 1, 1100], lk=[700, 0, 1, 1100], cross=False, H=4, Hk=2, D=D,
+             dtype=np.dtype(dt), causal=True, msl=1000, scale=None, bias=False,
+             bias_heads="H", off_dtype=np.int64, seed=6)
+    rng = np.random.default_rng(8)
+    bias = rng.standard_normal((4, 4, 1000, 1001)).astype(np.float32)
+    bias[:, :, rng.integers(0, 1000, 50), rng.integers(0, 1000, 50)] = -np.inf
+    check_gpu_backward(p, bias=bias.astype(dt))
 
 
 @pytest.mark.parametrize("kw, match", [
