@@ -102,28 +102,32 @@ def run(quick: bool = False) -> list[dict]:
         results += _bwd_shape(cupy, torch, *shape, reps=reps)
         cupy.get_default_memory_pool().free_all_blocks()
     results += _bwd_shape(cupy, torch, *SHAPES[0], reps=reps, bias=True)
+    results += _bwd_shape(cupy, torch, *FP32_SHAPES[0], reps=reps, dtype="float32")
     return results
 
 
-def _bwd_shape(cupy, torch, B, max_len, fill, H, D, causal, reps, bias=False):
+def _bwd_shape(cupy, torch, B, max_len, fill, H, D, causal, reps, bias=False,
+               dtype="bfloat16"):
     """The backward (dq, dk, dv) given the forward's O and LSE, against FlashAttention-2 varlen's
     backward given its own (FLOPs: 2.5x the forward's, for the five matmuls). ``bias``: with a
-    padded bf16 bias of one head ``[B, 1, max_len, max_len]`` (and dbias; no peer)."""
+    padded bias of one head ``[B, 1, max_len, max_len]`` (and dbias; no peer); ``dtype``
+    "float32": the exact FFMA kernel (no peer)."""
     import cujagged
     from cujagged import JaggedArray, jagged_flash_attention, jagged_flash_attention_backward
 
-    lens, T, params, flops, off = _setup(cupy, B, max_len, fill, H, D, causal, "bfloat16", 5)
+    lens, T, params, flops, off = _setup(cupy, B, max_len, fill, H, D, causal, dtype, 5)
+    dt = cujagged.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
     rng = np.random.default_rng(1)
     kw = {"causal": causal}
     if bias:
         params["bias"] = "padded [B, 1, max_len, max_len]"
         kw["bias"] = cupy.asarray(rng.standard_normal((B, 1, max_len, max_len),
-                                                      dtype=np.float32)).astype(cujagged.bfloat16)
+                                                      dtype=np.float32)).astype(dt)
     sets = []
     for _ in range(2):
         q, k, v, g = (JaggedArray(cupy.asarray(rng.standard_normal((T, H, D), dtype=np.float32))
-                                  .astype(cujagged.bfloat16), off, max_length=int(lens.max()),
-                                  validate=False) for _ in range(4))
+                                  .astype(dt), off, max_length=int(lens.max()), validate=False)
+                      for _ in range(4))
         o, lse = jagged_flash_attention(q, k, v, **kw, return_lse=True)
         sets.append((g, q, k, v, o, lse))
     it = rotate(sets)
@@ -140,7 +144,7 @@ def _bwd_shape(cupy, torch, B, max_len, fill, H, D, causal, reps, bias=False):
     e = entry("attention_bwd", "cujagged", params, ms, pk.mib, flops=flops)
     e["gpu_ms"], e["host_ms"] = (round(x, 5) for x in gpu_time_ms(ours))
     results = [e]
-    if torch is None or bias:
+    if torch is None or bias or dtype != "bfloat16":
         return results
     try:
         cu = torch.from_dlpack(off)
