@@ -456,7 +456,12 @@ def check_gpu_backward(p, tol=None, bias=None):
 
     (Both take ``Σ_d dO·O`` from the same rounded O: against a reference with the exact O,
     dq's error grows without bound where ``dP − Σ dO·O`` cancels, e.g. one query whose softmax
-    is nearly one-hot — the algorithm's sensitivity, which FlashAttention shares.)"""
+    is nearly one-hot — the algorithm's sensitivity, which FlashAttention shares. Even given the
+    same O, the kernel's fp32 dP carries rounding of the size of its terms, so where dS cancels
+    to almost nothing, e.g. a row of one query and one key (P = 1, dS = dO·V − dO·O = 0 up to
+    rounding), dq and dk are rounding noise: float32 errors are judged against an RMS of at
+    least 0.1 a gradient element, the scale of the unit-normal inputs' gradients, not against
+    that noise. The 16-bit tolerance covers it.)"""
     import cupy
 
     from cujagged import jagged_flash_attention_backward
@@ -484,7 +489,8 @@ def check_gpu_backward(p, tol=None, bias=None):
     for name, a, r in zip(("dq", "dk", "dv", "dbias"), got, ref):
         a = cupy.asnumpy(a).astype(np.float64)
         assert a.shape == r.shape and not np.isnan(a).any(), (name, p)
-        errs.append(rel_error(a, r))
+        errs.append(rel_error(a, r) if p["dtype"] != np.float32 or r.size == 0 else
+                    float(np.linalg.norm(a - r) / max(np.linalg.norm(r), 0.1 * np.sqrt(r.size))))
         assert errs[-1] <= (tol or GPU_TOL[p["dtype"]]), (name, errs[-1], p)
     return errs
 
