@@ -15,8 +15,8 @@ skips. Backward functions are first-order (``once_differentiable``).
     z = cjt.jagged_dense_bmm(values, offsets, w)     # [T, N] from [T, K] and w [B, K, N]
 
 ``jagged_flash_attention`` takes ``q [Tq, H, D]``, ``k``/``v [Tk, Hk, D]`` and their offsets;
-its backward runs :func:`cujagged.jagged_flash_attention_backward` (the float64 Numba
-reference: CUDA tensors take a host round trip until a CUDA backward kernel exists).
+its backward runs :func:`cujagged.jagged_flash_attention_backward` (CUDA kernels for CUDA
+tensors, the float64 Numba reference for CPU tensors).
 """
 
 from __future__ import annotations
