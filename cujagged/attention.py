@@ -196,7 +196,8 @@ def _gpu_backward(P, gv, causal, fwd=None, bias_dtype=None):
         if fwd is None:
             o, lse = jagged_flash_attention(P.qj._with_values(qv), P.kj._with_values(kv),
                                             P.kj._with_values(vv), max_seq_len=P.msl,
-                                            scale=P.scale, causal=causal, return_lse=True)
+                                            scale=P.scale, causal=causal, bias=P.bias,
+                                            return_lse=True)
             fwd = (o.values, lse)
         ov, lse = aligned(fwd[0]), cp.ascontiguousarray(fwd[1])
         delta = cp.empty((T, H), dtype=np.float32)
