@@ -177,24 +177,11 @@ jfa_bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
         for (int e = 0; e < 4; ++e) {
           const int qc = n * 8 + 2 * tq + (e & 1), qi = i0 + qc;
           const int kj = j0 + warp * 16 + g + 8 * (e >> 1);
-          bool ok = kj < Lk && qi < Lq && (!causal || kj <= qi + shift);
-          float x = st[n][e] * scale_log2 - sL[slot * JFB_BQ + qc];
           const int64_t bo = BIAS ? bt.row * sb + h * sh + (int64_t)qi * si + kj : 0;
-          if constexpr (BIAS) {
-            const float bv = ok ? to_float(bias[bo]) : 0.f;
-            ok = ok && bv > -CJ_INF;  // (-inf - lse2 of -inf would be NaN)
-            x = fmaf(bv, JFB_LOG2E, x);
-          }
-          const float p = ok ? fast_exp2(x) : 0.f;
-          st[n][e] = p;  // (masked: exactly 0, whatever dP holds there)
-          dpt[n][e] = ok ? p * (dpt[n][e] - sDl[slot * JFB_BQ + qc]) : 0.f;
-          if constexpr (BIAS == 1) {
-            if (ok) atomicAdd(static_cast<float*>(dbias) + bo, dpt[n][e]);
-          } else if constexpr (BIAS == 2) {
-            if (ok) static_cast<T*>(dbias)[bo] = from_float<T>(dpt[n][e]);
-          } else if constexpr (BIAS == 3) {
-            if (ok) static_cast<float*>(dbias)[bo] = dpt[n][e];
-          }
+          if (bwd_p_ds<BIAS, false>(kj < Lk && qi < Lq && (!causal || kj <= qi + shift),
+                                    st[n][e] * scale_log2 - sL[slot * JFB_BQ + qc], dpt[n][e],
+                                    sDl[slot * JFB_BQ + qc], bias, bo, st[n][e], dpt[n][e]))
+            put_dbias<BIAS, T>(dbias, bo, dpt[n][e]);
         }
       // dV_w += P^T dO, dK_w += dS^T Q: A = P^T / dS^T (16 keys x 16 queries a chunk), B =
       // dO / Q k-major (k = query)
@@ -314,9 +301,10 @@ __device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
   return fmaf(a.x, b.x, fmaf(a.y, b.y, fmaf(a.z, b.z, fmaf(a.w, b.w, acc))));
 }
 
-// (sm_80: with no blocks-per-SM bound ptxas aimed <float, 64, 0> at 128 registers and spilled)
+// (with no blocks-per-SM bound ptxas aimed <float, 64, 0> at 128 registers on sm_80 and
+// <float, 32, 0> at 80 on sm_90, and spilled)
 #if __CUDA_ARCH__ >= 900
-#define JFB_F32_BOUNDS __launch_bounds__(128)
+#define JFB_F32_BOUNDS __launch_bounds__(128, D == 32 ? 3 : 1)
 #else
 #define JFB_F32_BOUNDS __launch_bounds__(128, 2)
 #endif
@@ -385,25 +373,14 @@ jfa_bwd_f32(const T* __restrict__ q, const T* __restrict__ k, const T* __restric
 #pragma unroll
     for (int i = 0; i < QPT; ++i) {
       const int qr = sub + TPK * i, qi = i0 + qr, kj = bt.j0 + kk;
-      bool ok = kj < bt.Lk && qi < bt.Lq && (!causal || kj <= qi + bt.shift);
-      float x = st[i] * scale_log2 - sL[qr];
+      const bool vis = kj < bt.Lk && qi < bt.Lq && (!causal || kj <= qi + bt.shift);
+      const float x = st[i] * scale_log2 - sL[qr];
       const int64_t bo = BIAS ? bt.row * sb + h * sh + (int64_t)qi * si + kj : 0;
-      if constexpr (BIAS != 0) {
-        const float bv = ok ? to_float(bias[bo]) : 0.f;
-        ok = ok && bv > -CJ_INF;  // (-inf - lse2 of -inf would be NaN)
-        x = fmaf(bv, JFB_LOG2E, x);
-      }
-      const float p = ok ? exp2f(x) : 0.f;
-      const float ds = ok ? p * (dpt[i] - sDl[qr]) : 0.f;
+      float p, ds;
+      const bool ok = bwd_p_ds<BIAS, true>(vis, x, dpt[i], sDl[qr], bias, bo, p, ds);
       sP[kk * PS + qr] = p;
       sS[kk * PS + qr] = ds;
-      if constexpr (BIAS == 1) {
-        if (ok) atomicAdd(static_cast<float*>(dbias) + bo, ds);
-      } else if constexpr (BIAS == 2) {
-        if (ok) static_cast<T*>(dbias)[bo] = from_float<T>(ds);
-      } else if constexpr (BIAS == 3) {
-        if (ok) static_cast<float*>(dbias)[bo] = ds;
-      }
+      if (ok) put_dbias<BIAS, T>(dbias, bo, ds);
     }
     __syncthreads();
 

@@ -156,24 +156,14 @@ jfa_bwd_sm90(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int qi = i0 + 8 * nb + 2 * tq + (e & 1), kj = kr + 8 * (e >> 1);
-            bool ok = !MASK || ((kj < bt.Lk) & (qi < bt.Lq) &
-                                (!causal | (kj <= qi + bt.shift)));
-            float x = st[4 * nb + e] * scale_log2 - ((e & 1) ? l2.y : l2.x);
             const int64_t bo = bbase + (8 * nb + (e & 1)) * si + 8 * (e >> 1);
-            if constexpr (BIAS != 0) {
-              const float bv = ok ? to_float(bias[bo]) : 0.f;
-              ok = ok && bv > -CJ_INF;  // (-inf - lse2 of -inf would be NaN)
-              x = fmaf(bv, 1.4426950408889634f, x);
-            }
-            const float p = fast_exp2(ok ? x : -CJ_INF);
-            st[4 * nb + e] = p;
-            const float ds = p * (dpt[4 * nb + e] - ((e & 1) ? dl.y : dl.x));
-            dpt[4 * nb + e] = ok ? ds : 0.f;
+            const bool ok = bwd_p_ds<BIAS, false>(
+                !MASK || ((kj < bt.Lk) & (qi < bt.Lq) & (!causal | (kj <= qi + bt.shift))),
+                st[4 * nb + e] * scale_log2 - ((e & 1) ? l2.y : l2.x), dpt[4 * nb + e],
+                (e & 1) ? dl.y : dl.x, bias, bo, st[4 * nb + e], dpt[4 * nb + e]);
             // (BIAS 3, float32 stores, is not instantiated: they spill here, so the host sends
             // it as BIAS 1, atomics on the zeroed buffer; BIAS 2: stored from sS below)
-            if constexpr (BIAS == 1) {
-              if (ok) atomicAdd(static_cast<float*>(dbias) + bo, ds);
-            }
+            if (BIAS == 1 && ok) put_dbias<BIAS, T>(dbias, bo, dpt[4 * nb + e]);
           }
         }
       };

@@ -8,6 +8,7 @@
 // past tile_off[B] * H exit at once, so the grid only needs a host-side upper bound.
 #pragma once
 #include "common.cuh"
+#include "mma.cuh"
 
 struct TileInfo {
   int64_t q_start, k_start;
@@ -75,6 +76,41 @@ __device__ __forceinline__ BwdTile locate_bwd_tile(const int32_t* __restrict__ t
   t.qlo = causal ? max(0, t.j0 - t.shift) / BQ * BQ : 0;
   t.nq = qhi > t.qlo ? (qhi - t.qlo + BQ - 1) / BQ : 0;
   return t;
+}
+
+// The backward's P and dS of one (query, key) pair (attention_bwd*.cu). x: the pair's exponent
+// without the bias, scale log2(e) s - lse log2(e); ok: the pair is visible (inside both lengths,
+// not hidden by causality). With a bias (BIAS != 0: element bo of `bias`) the exponent adds
+// bias log2(e), and a bias entry of -inf hides the pair too (-inf - lse2 could be -inf + inf =
+// NaN where every key of the query is hidden). Hidden pairs get P = dS = 0 exactly, whatever dp
+// holds. EXACT: exp2f, else ex2.approx. Returns whether the pair is visible.
+template <int BIAS, bool EXACT, typename T>
+__device__ __forceinline__ bool bwd_p_ds(bool ok, float x, float dp, float delta,
+                                         const T* __restrict__ bias, int64_t bo, float& p,
+                                         float& ds) {
+  if constexpr (BIAS != 0) {
+    const float bv = ok ? to_float(bias[bo]) : 0.f;
+    ok = ok && bv > -CJ_INF;
+    x = fmaf(bv, 1.4426950408889634f, x);
+  }
+  if constexpr (EXACT)
+    p = ok ? exp2f(x) : 0.f;
+  else
+    p = fast_exp2(ok ? x : -CJ_INF);
+  ds = ok ? p * (dp - delta) : 0.f;
+  return ok;
+}
+
+// dS of a visible pair to dbias element bo: BIAS 1 adds it to float32 (several query heads share
+// the bias head), 2 stores it as T and 3 as float32 (a bias per head: one writer an element)
+template <int BIAS, typename T>
+__device__ __forceinline__ void put_dbias(void* dbias, int64_t bo, float ds) {
+  if constexpr (BIAS == 1)
+    atomicAdd(static_cast<float*>(dbias) + bo, ds);
+  else if constexpr (BIAS == 2)
+    static_cast<T*>(dbias)[bo] = from_float<T>(ds);
+  else if constexpr (BIAS == 3)
+    static_cast<float*>(dbias)[bo] = ds;
 }
 
 // q_start of tile `tile` again (kernels near their register cap reload it for the epilogue) ...

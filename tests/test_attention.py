@@ -489,8 +489,10 @@ def check_gpu_backward(p, tol=None, bias=None):
     for name, a, r in zip(("dq", "dk", "dv", "dbias"), got, ref):
         a = cupy.asnumpy(a).astype(np.float64)
         assert a.shape == r.shape and not np.isnan(a).any(), (name, p)
+        # (the float32 floor counts the entries the reference sets: not dbias's padding)
         errs.append(rel_error(a, r) if p["dtype"] != np.float32 or r.size == 0 else
-                    float(np.linalg.norm(a - r) / max(np.linalg.norm(r), 0.1 * np.sqrt(r.size))))
+                    float(np.linalg.norm(a - r) / max(np.linalg.norm(r),
+                                                      0.1 * np.sqrt(max(1, np.count_nonzero(r))))))
         assert errs[-1] <= (tol or GPU_TOL[p["dtype"]]), (name, errs[-1], p)
     return errs
 
@@ -542,9 +544,11 @@ def test_gpu_backward_long_rows(D, causal, kernel):
 
 
 @pytest.mark.gpu
-def test_gpu_backward_without_out_runs_the_forward():
-    """Without out / lse the backward runs the forward itself: the float64 reference given that
-    forward's output agrees."""
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_gpu_backward_without_out_runs_the_forward(with_bias):
+    """Without out / lse the backward runs the forward itself, with the same bias: the float64
+    reference given that forward's output agrees (a forward without the bias would give other
+    P and delta, so dq, dk and dbias would be off by O(1))."""
     import cupy
 
     from cujagged import jagged_flash_attention_backward
@@ -553,17 +557,21 @@ def test_gpu_backward_without_out_runs_the_forward():
     off = make_offsets([70, 0, 1, 130])
     q, k, v, g = (JaggedArray(cupy.asarray(rng.standard_normal((201, 2, 64), dtype=np.float32))
                               .astype(bfloat16), cupy.asarray(off)) for _ in range(4))
-    o, lse = jagged_flash_attention(q, k, v, causal=True, return_lse=True)
-    got = jagged_flash_attention_backward(g, q, k, v, causal=True)
+    bias = (3 * rng.standard_normal((4, 2, 130, 130))).astype(bfloat16) if with_bias else None
+    kw = {"causal": True, "bias": None if bias is None else cupy.asarray(bias)}
+    o, lse = jagged_flash_attention(q, k, v, **kw, return_lse=True)
+    got = jagged_flash_attention_backward(g, q, k, v, **kw)
 
     def host(a):
-        return cupy.asnumpy(a.values).astype(np.float64)
+        return cupy.asnumpy(getattr(a, "values", a)).astype(np.float64)
 
     ref = jagged_flash_attention_backward(
-        *(JaggedArray(host(a), off) for a in (g, q, k, v)), causal=True, out=host(o),
+        *(JaggedArray(host(a), off) for a in (g, q, k, v)), causal=True,
+        bias=None if bias is None else bias.astype(np.float64), out=host(o),
         lse=cupy.asnumpy(lse))
+    assert len(got) == len(ref) == (3 if bias is None else 4)
     for a, r in zip(got, ref):
-        assert rel_error(host(a), r.values) <= GPU_TOL[bfloat16]
+        assert rel_error(host(a), host(r)) <= GPU_TOL[bfloat16]
 
 
 @pytest.mark.gpu
@@ -598,17 +606,22 @@ def test_gpu_backward_ffma_matches_numba(p):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("D, dt", [(64, np.float32), (128, np.float32), (256, bfloat16)])
-def test_gpu_backward_ffma_long_rows(D, dt):
+@pytest.mark.parametrize("D, dt, bias_dt", [(64, np.float32, np.float32),
+                                            (128, np.float32, bfloat16),
+                                            (96, np.float32, np.float64),
+                                            (256, bfloat16, bfloat16),
+                                            (256, bfloat16, np.float32)])
+def test_gpu_backward_ffma_long_rows(D, dt, bias_dt):
     """The FFMA backward on rows of 700 / 1,100 keys (many key tiles and query steps), GQA,
-    causal, truncation, a bias per head in q's dtype with -inf entries."""
+    causal, truncation, a bias per head with -inf entries: in q's dtype (dbias stored in it)
+    and in another (dbias stored in float32, then cast to the bias's dtype)."""
     p = dict(lq=[700, 0, 1, 1100], lk=[700, 0, 1, 1100], cross=False, H=4, Hk=2, D=D,
              dtype=np.dtype(dt), causal=True, msl=1000, scale=None, bias=False,
              bias_heads="H", off_dtype=np.int64, seed=6)
     rng = np.random.default_rng(8)
     bias = rng.standard_normal((4, 4, 1000, 1001)).astype(np.float32)
     bias[:, :, rng.integers(0, 1000, 50), rng.integers(0, 1000, 50)] = -np.inf
-    check_gpu_backward(p, bias=bias.astype(dt))
+    check_gpu_backward(p, bias=bias.astype(dt).astype(bias_dt))  # (what the kernels add)
 
 
 @pytest.mark.parametrize("kw, match", [
