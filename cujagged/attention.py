@@ -14,7 +14,7 @@ accumulation).
 
 Moving over from FBGEMM's ``jagged_flash_attention_basic(q, k, v, offsets, max_seq_len)``
 (``q, k, v`` ``[ΣL, D]``, one head, no mask): it scores with scale 1 and divides the output by
-``max_seq_len``. The same result is::
+``max_seq_len``. The same result, for head dims 32, 64, 96, 128 and 256, is::
 
     o = jagged_flash_attention(q[:, None], k[:, None], v[:, None], offsets,
                                max_seq_len=max_seq_len, scale=1.0)[:, 0] / max_seq_len
@@ -386,7 +386,9 @@ def _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias):
         raise ValueError(f"q has head dim {D} but k/v have {Dk}")
     if D not in HEAD_DIMS:
         raise ValueError(f"head dim D={D} is not supported; supported: {HEAD_DIMS}")
-    if Hk < 1 or H % Hk:
+    if H < 1 or Hk < 1:
+        raise ValueError(f"q and k/v need at least one head, got {H} and {Hk}")
+    if H % Hk:
         raise ValueError(f"k/v have {Hk} heads, which must divide the {H} heads of q")
     dt = qv.dtype
     if kv.dtype != dt or vv.dtype != dt:
@@ -444,8 +446,12 @@ def _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias):
         if not (bias.dtype.kind == "f" or bias.dtype == bfloat16):
             raise TypeError(f"bias must have a floating dtype (float16, bfloat16, float32, "
                             f"float64), got {bias.dtype}")
-        bdt = np.dtype(np.float64) if not gpu else dt
-        bias = bias.astype(bdt, copy=False)
+        # rounded to q's dtype as documented (a float32 -1e5 is -inf for float16 q); the CPU
+        # backend then adds it in float64, like the scores
+        with np.errstate(over="ignore"):
+            bias = bias.astype(dt, copy=False)
+        if not gpu:
+            bias = bias.astype(np.float64, copy=False)
         if bias.strides[3] != bias.itemsize:
             bias = xp.ascontiguousarray(bias)
         sb, sh, si = (s // bias.itemsize for s in bias.strides[:3])
@@ -475,10 +481,12 @@ def jagged_flash_attention(q, k, v, offsets=None, *, kv_offsets=None, max_seq_le
         max_seq_len: only the first ``min(L, max_seq_len)`` queries and keys of every row take
             part (FBGEMM's truncation); query positions past it get ``O = 0`` and
             ``lse = -inf``. ``None``: no truncation.
-        scale: multiplies ``q·k``; default ``1/sqrt(D)``.
+        scale: multiplies ``q·k``; default ``1/sqrt(D)``. The scaled scores must stay in
+            float32 range (``|scale·q·k| < 3.4e38``): past it they overflow (``lse`` inf).
         causal: query ``i`` sees key ``j`` only when ``j <= i + Lk - Lq`` (aligned to the end of
-            the row when the lengths differ, as FlashAttention-2). Queries that see no key
-            (possible when ``Lq > Lk``) get ``O = 0`` and ``lse = -inf``.
+            the row when the lengths differ, as FlashAttention-2; with ``max_seq_len``, ``Lq``
+            and ``Lk`` are the truncated lengths). Queries that see no key (possible when
+            ``Lq > Lk``) get ``O = 0`` and ``lse = -inf``.
         bias: optional additive bias, padded layout ``[B, H or 1, Mq, Mk]`` with
             ``Mq >= min(max query length, max_seq_len)`` and likewise ``Mk`` for keys; element
             ``[b, h, i, j]`` is added to the scaled score of query ``i``, key ``j`` of row ``b``
@@ -654,16 +662,25 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
 
     if (out is None) != (lse is None):
         raise ValueError("give out and lse together (both from the forward), or neither")
-    if out is not None:
+    if out is not None:  # (checked as grad is: not an array or the wrong dtype TypeError,
+        # the wrong structure, shape or device ValueError)
         ov = out.values if isinstance(out, JaggedArray) else out
-        if not is_array(ov) or tuple(ov.shape) != tuple(P.qv.shape) or ov.dtype != P.dt or (
-                device_of(ov) != device_of(P.qv)):
-            raise ValueError(f"out must be the forward's output: {P.dt} {tuple(P.qv.shape)} on "
-                             f"{device_of(P.qv)}")
-        if not is_array(lse) or tuple(lse.shape) != (P.T, P.H) or lse.dtype != np.float32 or (
-                device_of(lse) != device_of(P.qv)):
-            raise ValueError(f"lse must be the forward's float32 log-sum-exp ({P.T}, {P.H}) on "
-                             f"{device_of(P.qv)}")
+        want = f"the forward's output: {P.dt} {tuple(P.qv.shape)} on {device_of(P.qv)}"
+        if isinstance(out, JaggedArray) and not out.same_structure(P.qj):
+            raise ValueError("out must have the structure (offsets) of q")
+        if not is_array(ov):
+            raise not_array("out", out, want)
+        if tuple(ov.shape) != tuple(P.qv.shape) or device_of(ov) != device_of(P.qv):
+            raise ValueError(f"out must be {want}; got {tuple(ov.shape)} on {device_of(ov)}")
+        if ov.dtype != P.dt:
+            raise TypeError(f"out must be {want}; got {ov.dtype}")
+        want = f"the forward's float32 log-sum-exp ({P.T}, {P.H}) on {device_of(P.qv)}"
+        if not is_array(lse):
+            raise not_array("lse", lse, want)
+        if tuple(lse.shape) != (P.T, P.H) or device_of(lse) != device_of(P.qv):
+            raise ValueError(f"lse must be {want}; got {tuple(lse.shape)} on {device_of(lse)}")
+        if lse.dtype != np.float32:
+            raise TypeError(f"lse must be {want}; got {lse.dtype}")
         out = (ov, lse)
     res = _gpu_backward(P, gv, causal, out, None if bias is None else bias.dtype) if P.gpu \
         else None

@@ -566,9 +566,11 @@ def jagged_self_subtraction_backward(grad, x):
     if not (x.dtype.kind == "f" or x.dtype == bfloat16):
         raise TypeError(f"x has values of dtype {x.dtype}: gradients need floating values")
     _check_m(grad, x, "grad")
-    if grad.inner_shape != x.inner_shape or grad.dtype != x.dtype:
-        raise ValueError(f"grad must have x's inner shape {x.inner_shape} and dtype {x.dtype}, "
-                         f"got {grad.inner_shape} and {grad.dtype}")
+    if grad.inner_shape != x.inner_shape:
+        raise ValueError(f"grad must have x's inner shape {x.inner_shape}, got "
+                         f"{grad.inner_shape}")
+    if grad.dtype != x.dtype:
+        raise TypeError(f"grad must have x's dtype {x.dtype}, got {grad.dtype}")
     J = _jagged_cls()
     d = grad - grad._with_values(grad.values[_transpose2(grad, x)])
     lines = J(d.values, _line_offsets(grad, x), max_length=x.max_length, validate=False)
@@ -629,6 +631,8 @@ def dense_jagged_cat_backward(grad, x):
             (grad.offsets.astype(np.int64) == new_off).all()):
         raise ValueError("grad must have the structure of dense_jagged_cat(d, x): x's rows one "
                          "item longer, x's inner shape, x's device")
+    if grad.dtype != x.dtype:
+        raise TypeError(f"grad must have x's dtype {x.dtype}, got {grad.dtype}")
     gv = grad.values
     return gv[new_off[:-1]], x._with_values(gv[xp.arange(T, dtype=np.int64) + row_ids(x, np.int64)
                                               + 1])
@@ -736,7 +740,9 @@ def jagged2_softmax_backward(grad, out, x, axis=1):
     ax = _softmax_axis(axis)
     _check_m_float(out, x, "out")
     _check_m_float(grad, x, "grad")
-    if grad.inner_shape != out.inner_shape or grad.dtype != out.dtype:
-        raise ValueError(f"grad must have out's inner shape {out.inner_shape} and dtype "
-                         f"{out.dtype}, got {grad.inner_shape} and {grad.dtype}")
+    if grad.inner_shape != out.inner_shape:
+        raise ValueError(f"grad must have out's inner shape {out.inner_shape}, got "
+                         f"{grad.inner_shape}")
+    if grad.dtype != out.dtype:
+        raise TypeError(f"grad must have out's dtype {out.dtype}, got {grad.dtype}")
     return _by_lines(grad, x, ax, softmax_backward, out)

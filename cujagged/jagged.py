@@ -129,6 +129,8 @@ class JaggedArray(NDArrayOperatorsMixin):
         if isinstance(max_length, bool):
             raise TypeError("max_length must be an integer or None, got a bool")
         self._max_length = None if max_length is None else operator.index(max_length)
+        if self._max_length is not None and self._max_length < 0:  # (validate=False trusts
+            raise ValueError(f"max_length must be >= 0, got {max_length}")  # only its value)
         if validate:
             self._validate("lengths" if lengths is not None else "offsets")
         elif self._max_length is None:
@@ -468,6 +470,27 @@ class JaggedArray(NDArrayOperatorsMixin):
 
     def __iter__(self):
         return iter(self.unbind())
+
+    def __array__(self, dtype=None, copy=None):
+        """NumPy's dense form ``[B, L, *inner]``, which only rows of one length ``L`` have (as
+        NumPy makes of a list of equal rows); otherwise a TypeError saying what to use (NumPy's
+        own fallbacks, e.g. ``np.sort(x, axis=1)``, end here)."""
+        if self.is_gpu:
+            raise TypeError("a JaggedArray on the GPU has no implicit NumPy form: use .get() "
+                            "(or .to_padded(), .values) first")
+        h = self._host_offsets()
+        lens = np.diff(h)
+        if lens.size and (lens != lens[0]).any():
+            raise TypeError("a JaggedArray whose rows differ in length has no dense NumPy form: "
+                            "use .to_padded(), .values, or its own row-wise methods (x.sort(), "
+                            "x.argmax(), x.cumsum(), ...)")
+        a = self._values[h[0]:h[-1]].reshape(self.nrows, int(lens[0]) if lens.size else 0,
+                                              *self.inner_shape)
+        if dtype is not None and np.dtype(dtype) != a.dtype:
+            if copy is False:
+                raise ValueError(f"a JaggedArray of {a.dtype} as {np.dtype(dtype)} needs a copy")
+            return a.astype(dtype)
+        return a.copy() if copy else a
 
     def unbind(self) -> tuple:
         """The rows as a tuple of arrays (views of ``values``)."""

@@ -410,6 +410,9 @@ def index_select(x, idx):
         idx = xp.nonzero(idx)[0]
     elif idx.dtype.kind not in "iu":
         raise TypeError(f"index must have an integer or bool dtype, got {idx.dtype}")
+    elif idx.dtype == np.uint64 and idx.size and int(idx.max()) >= 2**63:  # (would wrap)
+        raise IndexError(f"row index {int(idx.max())} is out of bounds for a JaggedArray with "
+                         f"{nrows} rows")
     idx = idx.astype(np.int64)
     idx = xp.where(idx < 0, idx + nrows, idx)
     in_off = x.offsets

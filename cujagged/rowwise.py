@@ -125,11 +125,12 @@ def _check_axis(x, axis, dim):
         axis = operator.index(axis)
     except TypeError:
         raise TypeError(f"axis must be an integer, got {type(axis).__name__}") from None
+    given = axis
     if axis < 0:
         axis += x.ndim
     if axis != 1:
         raise ValueError(f"axis must be 1 (the jagged axis) for an array of shape {x.shape}, "
-                         f"got {axis}")
+                         f"got {given}")
 
 
 def _trunc(max_length) -> int:
@@ -643,10 +644,11 @@ def _extremum(x, is_min, want_index, initial, trunc):
         _cpu.reduce_max(v, x.offsets, trunc, is_min, outv, outi)
         return _shape_out(x, outi)
     _cpu.reduce_maxval(v, x.offsets, trunc, is_min, outv)
-    if initial is not None:
+    if initial is not None:  # (in the values' dtype, as NumPy: no float64 round trip of int64)
+        init = np.asarray(initial).astype(v.dtype)
         empty = ((np.diff(x.offsets) == 0) | (trunc == 0))[:, None]
-        outv = np.minimum(outv, initial) if is_min else np.maximum(outv, initial)
-        outv = np.where(empty, initial, outv)
+        outv = np.minimum(outv, init) if is_min else np.maximum(outv, init)
+        outv = np.where(empty, init, outv)
     return _shape_out(x, outv.astype(x.dtype, copy=False))
 
 
@@ -916,8 +918,9 @@ def log_softmax_backward(grad, out, *, max_length=None):
 @on_array_device
 def cumsum(x, axis=1, *, dim=None, exclusive=False, reverse=False):
     """Cumulative sum along each row, per column: JaggedArray like ``x`` (floats keep their
-    dtype with fp32 accumulation on the GPU; integers give int64). ``exclusive``: item i gets
-    the sum of the items before it (the first gets 0). ``reverse``: scan from the row's end."""
+    dtype with fp32 accumulation on the GPU; signed integers and bool give int64, unsigned
+    ones uint64). ``exclusive``: item i gets the sum of the items before it (the first gets 0).
+    ``reverse``: scan from the row's end."""
     _check_numeric(x)
     _check_axis(x, axis, dim)
     if x.is_gpu:
@@ -1034,7 +1037,8 @@ def sort(x, axis=1, *, dim=None, descending=False):
 def topk(x, k, axis=1, *, dim=None, largest=True):
     """The ``k`` largest (``largest=False``: smallest) items of each row, per column, in order
     (stable): ``(values, indices)`` JaggedArrays with ``min(len(row), k)`` items per row;
-    ``indices`` are int64 positions within the row. Needs one device->host sync (output size)."""
+    ``indices`` are int64 positions within the row. NaN ranks last either way, as in ``sort``
+    (``torch.topk`` ranks it largest). Needs one device->host sync (output size)."""
     _check_numeric(x)
     _check_axis(x, axis, dim)
     k = operator.index(k)
@@ -1086,8 +1090,10 @@ def _classify(a, x, name):
     if np.isscalar(a) or (hasattr(a, "ndim") and a.ndim == 0) or isinstance(a, (int, float,
                                                                                 bool, complex)):
         return "scalar"
-    if not hasattr(a, "ndim") or not hasattr(a, "shape"):
-        raise TypeError(f"{name}: cannot combine a JaggedArray with {type(a).__name__}")
+    if not is_array(a):  # (a torch / JAX array has ndim and shape too: indexed as one, it
+        # became the values of a broken JaggedArray)
+        raise not_array(name, a, "a JaggedArray, a scalar, or a NumPy / CuPy array (per-row "
+                                 "[B, *inner] or padded [B, max_len, *inner])")
     if is_gpu_array(a) != x.is_gpu:
         raise TypeError(f"{name} is on {'cuda' if is_gpu_array(a) else 'cpu'} but the "
                         f"JaggedArray is on {x.device}; move both to the same device")

@@ -7,7 +7,10 @@ outputs (DLPack, no copy): jagged results are new ``values`` with the same ``off
 tensors run the CUDA kernels on torch's current stream; CPU tensors the Numba backend.
 ``offsets`` are validated on each call (a small reduction); for CUDA tensors that is a device
 sync, which ``max_length`` (the longest row, trusted: give it only for offsets known to be valid)
-skips. Backward functions are first-order (``once_differentiable``).
+skips. Here ``max_length`` is that hint, as ``JaggedArray``'s constructor takes it, **not** the
+truncation length that the row-wise methods' ``max_length`` is (truncate with
+``JaggedArray.softmax(max_length=...)`` and the like); on CPU tensors it is checked against
+the offsets. Backward functions are first-order (``once_differentiable``).
 
     import cujagged.torch as cjt
     y = cjt.softmax(values, offsets)                 # [T, *inner]

@@ -447,6 +447,32 @@ def test_backward_layouts_and_errors():
         jagged_flash_attention_backward(g64, q64, q64, q64, out=o)
     with pytest.raises(ValueError, match="lse must be"):
         jagged_flash_attention_backward(g64, q64, q64, q64, out=o, lse=lse[:, :1])
+    with pytest.raises(TypeError, match="lse must be"):
+        jagged_flash_attention_backward(g64, q64, q64, q64, out=o, lse=lse.astype(np.float64))
+    with pytest.raises(TypeError, match="out must be"):
+        jagged_flash_attention_backward(g64, q64, q64, q64, out=o.values.astype(np.float32),
+                                        lse=lse)
+    with pytest.raises(TypeError, match="out must be"):
+        jagged_flash_attention_backward(g64, q64, q64, q64, out=[0.0], lse=lse)
+    with pytest.raises(ValueError, match="out must have the structure"):
+        jagged_flash_attention_backward(g64, q64, q64, q64, lse=lse,
+                                        out=JaggedArray(o.values, make_offsets([4, 0, 4])))
+
+
+def test_bias_is_rounded_to_the_dtype_of_q():
+    """The CPU backend adds the bias as the GPU does: rounded to q's dtype first (a float32
+    -1e5 is -inf in float16: every key masked, O = 0 and lse = -inf), then in float64."""
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((3, 1, 32)).astype(np.float16)
+    o, lse = jagged_flash_attention(q, q, q, [0, 3], bias=np.full((1, 1, 3, 3), -1e5, np.float32),
+                                    return_lse=True)
+    assert (o == 0).all() and np.isneginf(lse).all()
+    b = rng.standard_normal((1, 1, 3, 3)).astype(np.float32)
+    o1 = jagged_flash_attention(q, q, q, [0, 3], bias=b)
+    o2 = jagged_flash_attention(q, q, q, [0, 3], bias=b.astype(np.float16))
+    np.testing.assert_array_equal(o1, o2)
+    with pytest.raises(ValueError, match="at least one head"):
+        jagged_flash_attention(q[:, :0], q[:, :0], q[:, :0], [0, 3])
 
 
 def check_gpu_backward(p, tol=None, bias=None):

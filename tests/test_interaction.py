@@ -322,8 +322,16 @@ def test_jagged2_input_errors():
         jagged2_softmax(m, x, axis=2)
     with pytest.raises(TypeError, match="softmax takes floating values"):
         jagged2_softmax(JaggedArray(np.ones(13, np.int64), m.offsets), x)
-    with pytest.raises(ValueError, match="grad must have out's inner shape"):
+    with pytest.raises(TypeError, match="grad must have out's dtype"):
         jagged2_softmax_backward(JaggedArray(np.ones(13, np.float32), m.offsets), m, x)
+    with pytest.raises(ValueError, match="grad must have out's inner shape"):
+        jagged2_softmax_backward(JaggedArray(np.ones((13, 2)), m.offsets), m, x)
+    with pytest.raises(TypeError, match="grad must have x's dtype"):
+        jagged_self_subtraction_backward(JaggedArray(np.ones(13, np.float32), m.offsets),
+                                         JaggedArray(np.ones(5), lengths=[2, 3]))
+    out = dense_jagged_cat(np.ones((2, 3)), x)
+    with pytest.raises(TypeError, match="grad must have x's dtype"):  # (was returned as float32)
+        dense_jagged_cat_backward(out._with_values(out.values.astype(np.float32)), x)
 
 
 def test_empty_batch_and_exported():

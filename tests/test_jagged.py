@@ -326,6 +326,15 @@ def test_getitem_inner_dims_and_errors():
         x[[0, -4]]
     with pytest.raises(IndexError, match="row index 5 is out of bounds"):
         x[np.array([5])]
+    # NumPy's dense form: rows of one length only (np.sort(x, axis=1) and the like fall back
+    # to it); ragged rows say what to use instead of NumPy's "inhomogeneous shape"
+    assert np.asarray(x[[0, 0]]).shape == (2, 2, 2)
+    assert np.asarray(x[[0, 0]], dtype=np.float32).dtype == np.float32
+    with pytest.raises(TypeError, match="rows differ in length has no dense NumPy form"):
+        np.sort(x, axis=1)
+    with pytest.raises(IndexError, match="row index 18446744073709551615 is out of bounds"):
+        x[np.array([2**64 - 1], np.uint64)]  # (was read as -1: the last row)
+    assert x[np.array([2, 0], np.uint64)].tolist() == x[[2, 0]].tolist()
     with pytest.raises(ValueError, match=r"bool index must have shape \[B\] = \(3,\)"):
         x[np.array([True, False])]
     with pytest.raises(TypeError, match="the index within rows must be a slice"):

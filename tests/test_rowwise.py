@@ -432,6 +432,13 @@ def test_elementwise_ufuncs_and_errors():
     np.testing.assert_array_equal((x != y).values, x.values != y.values)
     with pytest.raises(TypeError):
         hash(x)
+    # a torch tensor has ndim and shape too: it was indexed as a padded operand and became the
+    # values of a broken JaggedArray
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="got torch.Tensor; a torch tensor crosses"):
+        x + torch.ones(2)
+    with pytest.raises(TypeError, match="must be a JaggedArray, a scalar, or a NumPy"):
+        x * [1.0, 2.0]
 
 
 def test_review_fixes_numpy_protocol():
@@ -477,6 +484,12 @@ def test_review_fixes_numpy_protocol():
     np.testing.assert_array_equal(np.cumsum(x, axis=1).values, [1.0, 3.0, 6.0, 4.0])
     assert x.max(initial=0.0).tolist() == [3.0, 0.0, 4.0]
     assert x.min(initial=9.0).tolist() == [1.0, 9.0, 4.0]
+    # initial in the values' dtype, as NumPy (a float64 round trip lost int64's last bits)
+    big = np.array([2**62 + 1, -1, 5], np.int64)
+    xb = JaggedArray(big, [0, 1, 2, 2, 3])
+    rows = (big[:1], big[1:2], big[2:2], big[2:3])
+    assert xb.max(initial=0.5).tolist() == [np.max(r, initial=0.5) for r in rows]
+    assert xb.min(initial=0.5).tolist() == [np.min(r, initial=0.5) for r in rows]
     vals, idx = JaggedArray(np.zeros((2, 0)), [0, 2]).topk(1)
     assert vals.values.shape == (1, 0) and idx.values.shape == (1, 0)
     with pytest.raises(TypeError, match="integer array"):
