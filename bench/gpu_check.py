@@ -9,6 +9,20 @@ Steps (each can be skipped: --no-tests, --no-sanitizer, --no-bench):
 2. ``compute-sanitizer --tool memcheck`` over a small run of the same GPU tests -> errors;
 3. every ``bench/bench_*.py`` module's ``run(quick)`` (the ``bench_cpu*`` ones excluded) plus the
    device copy bandwidth -> the benchmark list; a markdown table with the ratios to each peer last.
+
+``--merge FILE`` takes the sections this run skipped from an earlier results file, and adds a
+sanitizer run over another test selection (``--sanitizer-args``) to the earlier one's (shards).
+On a cold kernel cache the tests (~420 s on an H200) and memcheck (~460 s) no longer fit one
+600-s device call side by side; the check is then (``R`` = the results file of the call before)::
+
+    gpu_check --quick --no-sanitizer --no-bench --out $OUT/r                      # tests
+    gpu_check --quick --no-tests --no-sanitizer --merge R --out $OUT/r; \
+      gpu_check --no-tests --no-bench --merge $OUT/r/<file> --out $OUT/r \
+        --sanitizer-args "tests/test_attention.py tests/test_attention_sm90.py \
+                          tests/test_torch_adapter.py"                         # bench + shard 1
+    gpu_check --no-tests --no-bench --merge R --out $OUT/r --sanitizer-args \
+      "tests --ignore=tests/test_attention.py --ignore=tests/test_attention_sm90.py \
+       --ignore=tests/test_torch_adapter.py -k 'not huge and not torch and not jax'"  # shard 2
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ import json
 import os
 import pkgutil
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -55,6 +70,26 @@ def environment(gpu: bool = True) -> dict:
     dirty_env = os.environ.get("CUJAGGED_DIRTY")
     dirty = (dirty_env == "1") if dirty_env is not None else bool(git("status", "--porcelain"))
     return {"commit": commit, "dirty": dirty, "gpu": name, "versions": versions}
+
+
+def combine_sanitizer(old: dict, new: dict) -> dict:
+    """The sanitizer section of a merged results file: ``new`` alone when ``old`` is empty or
+    ran the same test selection (a rerun), ``old`` when this run had none; otherwise both
+    shards: errors and test counts added (errors unknown, None, if either shard's are), each
+    shard's own record under ``runs``."""
+    if not new:
+        return old
+    if not old or old.get("args") == new.get("args"):
+        return new
+    runs = old.get("runs", [old]) + [new]
+    errs = [r.get("errors") for r in runs]
+    counts: dict = {}
+    for r in runs:
+        for k, v in (r.get("pytest") or {}).items():
+            counts[k] = counts.get(k, 0) + v
+    return {"errors": None if None in errs else sum(errs), "pytest": counts,
+            "seconds": round(sum(r.get("seconds", 0) for r in runs), 1),
+            "args": [a for r in runs for a in (r.get("args") or [])], "runs": runs}
 
 
 def run_tests(out: Path, extra: list[str]) -> dict:
@@ -200,13 +235,13 @@ def main(argv=None) -> int:
     result = environment()
     print(f"GPU check on {result['gpu']} at {result['commit'][:10]}"
           f"{' (dirty)' if result['dirty'] else ''}", flush=True)
-    extra = args.pytest_args.split()
+    extra = shlex.split(args.pytest_args)
     # the tests and the sanitizer's run of them side by side (two processes on one GPU; each
     # is mostly host time): the check takes the longer of the two, not their sum
     with ThreadPoolExecutor(2) as pool:
         tests = None if args.no_tests else pool.submit(run_tests, out, extra)
         san = None if args.no_sanitizer else pool.submit(
-            run_sanitizer, out, args.sanitizer_args.split(), args.sanitizer_timeout)
+            run_sanitizer, out, shlex.split(args.sanitizer_args), args.sanitizer_timeout)
         result["tests"] = tests.result() if tests else {}
         result["sanitizer"] = san.result() if san else {}
     only = {s for s in args.only.split(",") if s} or None
@@ -216,9 +251,9 @@ def main(argv=None) -> int:
         old = json.loads(Path(args.merge).read_text())
         if old.get("commit") != result["commit"]:
             print(f"--merge: {args.merge} is of commit {old.get('commit')}, not this one")
-        for sec in ("tests", "sanitizer"):
-            if not result[sec] and old.get(sec):
-                result[sec] = old[sec]
+        if not result["tests"] and old.get("tests"):
+            result["tests"] = old["tests"]
+        result["sanitizer"] = combine_sanitizer(old.get("sanitizer") or {}, result["sanitizer"])
         # benchmarks of ops this run did not time come from the earlier file, tagged with its
         # commit (use it when only some kernel families changed since)
         ran = {e["name"] for e in result["benchmarks"]}

@@ -61,3 +61,20 @@ def test_check_runs_tests_and_sanitizer_side_by_side_and_merges(tmp_path, monkey
     merged = json.loads(next((tmp_path / "b").glob("*.json")).read_text())
     assert merged["tests"]["passed"] == 3 and merged["sanitizer"]["errors"] == 0
     assert [e["name"] for e in merged["benchmarks"]] == ["copy"]
+
+
+def test_sanitizer_shards_combine_on_merge():
+    """--merge adds a sanitizer run over another test selection (a shard) to the earlier one's;
+    a rerun of the same selection replaces it; an unknown error count stays unknown."""
+    from bench.gpu_check import combine_sanitizer
+
+    a = {"errors": 0, "pytest": {"passed": 164, "skipped": 4}, "seconds": 174.0, "args": ["x"]}
+    b = {"errors": 2, "pytest": {"passed": 109, "skipped": 19}, "seconds": 283.0, "args": ["y"]}
+    both = combine_sanitizer(a, b)
+    assert both["errors"] == 2 and both["pytest"] == {"passed": 273, "skipped": 23}
+    assert both["runs"] == [a, b] and both["seconds"] == 457.0
+    assert combine_sanitizer(a, {**a, "errors": 1}) == {**a, "errors": 1}
+    assert combine_sanitizer(a, {}) == a and combine_sanitizer({}, b) == b
+    assert combine_sanitizer(a, {**b, "errors": None})["errors"] is None
+    three = combine_sanitizer(both, {**b, "args": ["z"], "errors": 0})
+    assert len(three["runs"]) == 3 and three["pytest"]["passed"] == 382
