@@ -13,16 +13,17 @@ Steps (each can be skipped: --no-tests, --no-sanitizer, --no-bench):
 ``--merge FILE`` takes the sections this run skipped from an earlier results file, and adds a
 sanitizer run over another test selection (``--sanitizer-args``) to the earlier one's (shards).
 On a cold kernel cache the tests (~420 s on an H200) and memcheck (~460 s) no longer fit one
-600-s device call side by side; the check is then (``R`` = the results file of the call before)::
+600-s device call side by side; the check is then three calls (G = ``python -m bench.gpu_check``;
+R = the results file the call before wrote, carried back into the tree; F = the file this call's
+first run writes under $OUT/r, ``<date>-<gpu>.json``, which the second run updates in place)::
 
-    gpu_check --quick --no-sanitizer --no-bench --out $OUT/r                      # tests
-    gpu_check --quick --no-tests --no-sanitizer --merge R --out $OUT/r; \
-      gpu_check --no-tests --no-bench --merge $OUT/r/<file> --out $OUT/r \
-        --sanitizer-args "tests/test_attention.py tests/test_attention_sm90.py \
-                          tests/test_torch_adapter.py"                         # bench + shard 1
-    gpu_check --no-tests --no-bench --merge R --out $OUT/r --sanitizer-args \
-      "tests --ignore=tests/test_attention.py --ignore=tests/test_attention_sm90.py \
-       --ignore=tests/test_torch_adapter.py -k 'not huge and not torch and not jax'"  # shard 2
+    1. $G --quick --no-sanitizer --no-bench --out $OUT/r
+    2. $G --quick --no-tests --no-sanitizer --merge R --out $OUT/r &&
+       $G --no-tests --no-bench --merge F --out $OUT/r --sanitizer-args
+           "tests/test_attention.py tests/test_attention_sm90.py tests/test_torch_adapter.py"
+    3. $G --no-tests --no-bench --merge R --out $OUT/r --sanitizer-args
+           "tests --ignore=tests/test_attention.py --ignore=tests/test_attention_sm90.py
+            --ignore=tests/test_torch_adapter.py -k 'not huge and not torch and not jax'"
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def combine_sanitizer(old: dict, new: dict) -> dict:
         return old
     if not old or old.get("args") == new.get("args"):
         return new
-    runs = old.get("runs", [old]) + [new]
+    runs = [r for r in old.get("runs", [old]) if r.get("args") != new.get("args")] + [new]
+    if len(runs) == 1:
+        return new
     errs = [r.get("errors") for r in runs]
     counts: dict = {}
     for r in runs:

@@ -647,13 +647,13 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
     _check_options(causal, max_seq_len, scale)
     P = _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias)
     gv = grad.values if isinstance(grad, JaggedArray) else grad
-    if isinstance(grad, JaggedArray) and not grad.same_structure(P.qj):
-        raise ValueError("grad must have the structure (offsets) of q")
     if not is_array(gv):
         raise not_array("grad", grad, "a JaggedArray or an array [Tq, H, D] like q")
     if tuple(gv.shape) != tuple(P.qv.shape) or device_of(gv) != device_of(P.qv):
         raise ValueError(f"grad must be like q: shape {tuple(P.qv.shape)} on {device_of(P.qv)}; "
                          f"got {tuple(gv.shape)} on {device_of(gv)}")
+    if isinstance(grad, JaggedArray) and not grad.same_structure(P.qj):
+        raise ValueError("grad must have the structure (offsets) of q")
     if gv.dtype != P.dt:
         raise TypeError(f"grad must have the dtype of q ({P.dt}), got {gv.dtype}")
 
@@ -666,12 +666,12 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
         # the wrong structure, shape or device ValueError)
         ov = out.values if isinstance(out, JaggedArray) else out
         want = f"the forward's output: {P.dt} {tuple(P.qv.shape)} on {device_of(P.qv)}"
-        if isinstance(out, JaggedArray) and not out.same_structure(P.qj):
-            raise ValueError("out must have the structure (offsets) of q")
         if not is_array(ov):
             raise not_array("out", out, want)
         if tuple(ov.shape) != tuple(P.qv.shape) or device_of(ov) != device_of(P.qv):
             raise ValueError(f"out must be {want}; got {tuple(ov.shape)} on {device_of(ov)}")
+        if isinstance(out, JaggedArray) and not out.same_structure(P.qj):
+            raise ValueError("out must have the structure (offsets) of q")
         if ov.dtype != P.dt:
             raise TypeError(f"out must be {want}; got {ov.dtype}")
         want = f"the forward's float32 log-sum-exp ({P.T}, {P.H}) on {device_of(P.qv)}"

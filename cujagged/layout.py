@@ -388,7 +388,7 @@ def _check_hints(total: int, lmax: int, total_length, max_length):
 def index_select(x, idx):
     """Rows ``idx`` of ``x`` (an int array, negatives count from the end, repeats allowed; or a
     bool mask ``[B]``) as a new JaggedArray: ``index_select(x, idx)[i] == x[idx[i]]``.
-    One device->host sync (the output size and index bounds)."""
+    One device->host sync (the output size and index bounds; uint64 indices: one more)."""
     _check_jagged(x)
     xp = x.xp
     if isinstance(idx, (list, tuple, range)) or (isinstance(idx, np.ndarray) and xp is not np):

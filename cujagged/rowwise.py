@@ -644,8 +644,9 @@ def _extremum(x, is_min, want_index, initial, trunc):
         _cpu.reduce_max(v, x.offsets, trunc, is_min, outv, outi)
         return _shape_out(x, outi)
     _cpu.reduce_maxval(v, x.offsets, trunc, is_min, outv)
-    if initial is not None:  # (in the values' dtype, as NumPy: no float64 round trip of int64)
-        init = np.asarray(initial).astype(v.dtype)
+    if initial is not None:  # in the values' dtype, converted as NumPy converts it (no float64
+        # round trip of int64; out of the dtype's range: NumPy's OverflowError)
+        init = (np.min if is_min else np.max)(np.empty(0, v.dtype), initial=initial)
         empty = ((np.diff(x.offsets) == 0) | (trunc == 0))[:, None]
         outv = np.minimum(outv, init) if is_min else np.maximum(outv, init)
         outv = np.where(empty, init, outv)

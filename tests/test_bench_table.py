@@ -78,3 +78,14 @@ def test_sanitizer_shards_combine_on_merge():
     assert combine_sanitizer(a, {**b, "errors": None})["errors"] is None
     three = combine_sanitizer(both, {**b, "args": ["z"], "errors": 0})
     assert len(three["runs"]) == 3 and three["pytest"]["passed"] == 382
+
+
+def test_a_rerun_shard_replaces_its_earlier_run():
+    """After a merge of shards x and y, a rerun of y replaces y's record (its errors too)."""
+    from bench.gpu_check import combine_sanitizer
+
+    x = {"errors": 0, "pytest": {"passed": 164}, "seconds": 1.0, "args": ["x"]}
+    y = {"errors": 2, "pytest": {"passed": 109}, "seconds": 2.0, "args": ["y"]}
+    fixed = combine_sanitizer(combine_sanitizer(x, y), {**y, "errors": 0})
+    assert fixed["errors"] == 0 and fixed["pytest"] == {"passed": 273}
+    assert [r["args"] for r in fixed["runs"]] == [["x"], ["y"]]

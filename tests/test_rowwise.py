@@ -490,6 +490,9 @@ def test_review_fixes_numpy_protocol():
     rows = (big[:1], big[1:2], big[2:2], big[2:3])
     assert xb.max(initial=0.5).tolist() == [np.max(r, initial=0.5) for r in rows]
     assert xb.min(initial=0.5).tolist() == [np.min(r, initial=0.5) for r in rows]
+    for dt, init in ((np.uint8, -1), (np.int8, 1000)):  # out of range: NumPy's error, not a wrap
+        with pytest.raises(OverflowError):
+            JaggedArray(np.ones(3, dt), [0, 1, 3]).max(initial=init)
     vals, idx = JaggedArray(np.zeros((2, 0)), [0, 2]).topk(1)
     assert vals.values.shape == (1, 0) and idx.values.shape == (1, 0)
     with pytest.raises(TypeError, match="integer array"):
