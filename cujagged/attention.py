@@ -646,34 +646,30 @@ def jagged_flash_attention_backward(grad, q, k, v, offsets=None, *, kv_offsets=N
 
     _check_options(causal, max_seq_len, scale)
     P = _prepare(q, k, v, offsets, kv_offsets, max_seq_len, scale, bias)
-    gv = grad.values if isinstance(grad, JaggedArray) else grad
-    if not is_array(gv):
-        raise not_array("grad", grad, "a JaggedArray or an array [Tq, H, D] like q")
-    if tuple(gv.shape) != tuple(P.qv.shape) or device_of(gv) != device_of(P.qv):
-        raise ValueError(f"grad must be like q: shape {tuple(P.qv.shape)} on {device_of(P.qv)}; "
-                         f"got {tuple(gv.shape)} on {device_of(gv)}")
-    if isinstance(grad, JaggedArray) and not grad.same_structure(P.qj):
-        raise ValueError("grad must have the structure (offsets) of q")
-    if gv.dtype != P.dt:
-        raise TypeError(f"grad must have the dtype of q ({P.dt}), got {gv.dtype}")
+
+    def like_q(name, a):
+        """The values of ``a`` (grad, or the forward's out), checked to be like q's."""
+        av = a.values if isinstance(a, JaggedArray) else a
+        if not is_array(av):
+            raise not_array(name, a, "a JaggedArray or an array [Tq, H, D] like q")
+        if tuple(av.shape) != tuple(P.qv.shape) or device_of(av) != device_of(P.qv):
+            raise ValueError(f"{name} must be like q: shape {tuple(P.qv.shape)} on "
+                             f"{device_of(P.qv)}; got {tuple(av.shape)} on {device_of(av)}")
+        if isinstance(a, JaggedArray) and not a.same_structure(P.qj):
+            raise ValueError(f"{name} must have the structure (offsets) of q")
+        if av.dtype != P.dt:
+            raise TypeError(f"{name} must be of the dtype of q ({P.dt}), got {av.dtype}")
+        return av
+
+    gv = like_q("grad", grad)
 
     def wrap(a, like):
         return like._with_values(a) if isinstance(like, JaggedArray) else a
 
     if (out is None) != (lse is None):
         raise ValueError("give out and lse together (both from the forward), or neither")
-    if out is not None:  # (checked as grad is: not an array or the wrong dtype TypeError,
-        # the wrong structure, shape or device ValueError)
-        ov = out.values if isinstance(out, JaggedArray) else out
-        want = f"the forward's output: {P.dt} {tuple(P.qv.shape)} on {device_of(P.qv)}"
-        if not is_array(ov):
-            raise not_array("out", out, want)
-        if tuple(ov.shape) != tuple(P.qv.shape) or device_of(ov) != device_of(P.qv):
-            raise ValueError(f"out must be {want}; got {tuple(ov.shape)} on {device_of(ov)}")
-        if isinstance(out, JaggedArray) and not out.same_structure(P.qj):
-            raise ValueError("out must have the structure (offsets) of q")
-        if ov.dtype != P.dt:
-            raise TypeError(f"out must be {want}; got {ov.dtype}")
+    if out is not None:
+        ov = like_q("out", out)
         want = f"the forward's float32 log-sum-exp ({P.T}, {P.H}) on {device_of(P.qv)}"
         if not is_array(lse):
             raise not_array("lse", lse, want)
