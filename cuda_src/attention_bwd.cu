@@ -302,10 +302,11 @@ __device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
 }
 
 // (with no blocks-per-SM bound ptxas aimed <float, 64, 0> at 128 registers on sm_80 and
-// <float, 32, 0> at 80 on sm_90, and spilled. On sm_90 only D 32 is bounded: a bound of 1 on the
-// other head dims raised their registers (D 64: 109 -> 163, D 96: 147 -> 177), fewer blocks an SM)
+// <float, 32, 0> at 80 on sm_90, and spilled. On sm_90, per head dim, the faster of a bound of 1
+// and none (H100, float32, 1024 rows of 512 at fill 0.25: none takes D 64 from 1.72 to 1.69 ms
+// with 109 registers, not 163; it makes D 96 1.5% and D 256 5% slower)
 #if __CUDA_ARCH__ >= 900
-#define JFB_F32_BOUNDS __launch_bounds__(128, D == 32 ? 3 : 0)
+#define JFB_F32_BOUNDS __launch_bounds__(128, D == 32 ? 3 : (D == 64 ? 0 : 1))
 #else
 #define JFB_F32_BOUNDS __launch_bounds__(128, 2)
 #endif
