@@ -5,17 +5,30 @@ Run on a GPU machine from a checkout, no install step::
     PYTHONPATH=. python3 -m bench.gpu_check [--quick] [--out DIR] [--only attention,layout]
 
 Steps (each can be skipped: --no-tests, --no-sanitizer, --no-bench):
-1. ``pytest -m gpu`` (GPU kernels against the Numba twins) -> passed/failed/skipped;
+1. ``pytest -m gpu`` (GPU kernels against the Numba twins) -> passed/failed/skipped (JUnit
+   files ``gpu-tests-<shard>.xml`` and the log ``gpu-tests.log`` in --out);
 2. ``compute-sanitizer --tool memcheck`` over a small run of the same GPU tests -> errors;
 3. every ``bench/bench_*.py`` module's ``run(quick)`` (the ``bench_cpu*`` ones excluded) plus the
    device copy bandwidth -> the benchmark list; a markdown table with the ratios to each peer last.
 
 ``--merge FILE`` takes the sections this run skipped from an earlier results file, and adds a
 sanitizer run over another test selection (``--sanitizer-args``) to the earlier one's (shards).
-On a cold kernel cache the tests (~420 s on an H200) and memcheck (~460 s) no longer fit one
-600-s device call side by side; the check is then three calls (G = ``python -m bench.gpu_check``;
-R = the results file the call before wrote, carried back into the tree; F = the file this call's
-first run writes under $OUT/r, ``<date>-<gpu>.json``, which the second run updates in place)::
+``--jobs N`` runs the tests, and the sanitizer, as N concurrent pytest processes each (shard k
+takes every N-th selected test from the k-th; ``CUJAGGED_TEST_SHARD``, tests/conftest.py), to
+overlap what is expected to be most of their time: host work (Hypothesis, the Numba references,
+compiles, memcheck's bookkeeping) beside kernels of milliseconds.
+
+On a cold kernel cache the serial tests (~440 s on an H100) and memcheck (~560 s) no longer fit
+one 600-s device call side by side. First try (not yet run on a GPU when written; G =
+``python -m bench.gpu_check``; R = the results file the call before wrote, carried back into the
+tree)::
+
+    1. $G --quick --jobs 4 --sanitizer-timeout 450 --no-bench --out $OUT/r
+    2. $G --quick --no-tests --no-sanitizer --merge R --out $OUT/r
+
+and if shards contend (a shard's TIMEOUT, or GPU memory), the serial recipe of three calls (F =
+the file this call's first run writes under $OUT/r, ``<date>-<gpu>.json``, which the second run
+updates in place)::
 
     1. $G --quick --no-sanitizer --no-bench --out $OUT/r
     2. $G --quick --no-tests --no-sanitizer --merge R --out $OUT/r &&
@@ -29,6 +42,7 @@ first run writes under $OUT/r, ``<date>-<gpu>.json``, which the second run updat
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import importlib
 import json
@@ -37,6 +51,7 @@ import pkgutil
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -95,34 +110,73 @@ def combine_sanitizer(old: dict, new: dict) -> dict:
             "args": [a for r in runs for a in (r.get("args") or [])], "runs": runs}
 
 
-def run_tests(out: Path, extra: list[str]) -> dict:
+def _run_shards(cmd: list[str], env: dict, jobs: int, timeout: float | None = None,
+                xml: Path | None = None) -> list[str]:
+    """Run ``cmd`` as ``jobs`` concurrent processes (shard k of n: ``CUJAGGED_TEST_SHARD=k/n``,
+    tests/conftest.py), each with its own JUnit file ``xml`` -> ``<stem>-k.xml``; the output of
+    each. A shard still running ``timeout`` seconds after the start is killed with its process
+    group (compute-sanitizer's child too) and its output ends with TIMEOUT."""
+    procs = []
+    for k in range(jobs):
+        shard_env = {**env, "CUJAGGED_TEST_SHARD": f"{k}/{jobs}"} if jobs > 1 else env
+        junit = [f"--junitxml={xml.with_name(f'{xml.stem}-{k}.xml')}"] if xml else []
+        procs.append(subprocess.Popen(cmd + junit, cwd=ROOT, env=shard_env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+    deadline = None if timeout is None else time.time() + timeout
+    logs = []
+    with ThreadPoolExecutor(jobs) as pool:  # drain every pipe at once (none may fill and block)
+        futs = [pool.submit(p.communicate) for p in procs]
+        for p, f in zip(procs, futs):
+            try:
+                left = None if deadline is None else max(deadline - time.time(), 0.0)
+                logs.append(f.result(left)[0] or "")
+            except concurrent.futures.TimeoutError:
+                os.killpg(p.pid, signal.SIGKILL)
+                logs.append((f.result()[0] or "") + f"\nTIMEOUT after {timeout} s")
+    return logs
+
+
+def _joined(logs: list[str]) -> str:
+    if len(logs) == 1:
+        return logs[0]
+    return "".join(f"===== shard {k}/{len(logs)} =====\n{log}\n" for k, log in enumerate(logs))
+
+
+def run_tests(out: Path, extra: list[str], jobs: int = 1) -> dict:
+    """``pytest -m gpu`` (Hypothesis profile "gpu"), in ``jobs`` concurrent shards."""
     xml = out / "gpu-tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-           f"--junitxml={xml}", *extra]
+    for old in out.glob("gpu-tests-*.xml"):
+        old.unlink()
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *extra]
     env = {**os.environ, "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "gpu")}
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    (out / "gpu-tests.log").write_text(proc.stdout + proc.stderr)
-    print(proc.stdout[-6000:], proc.stderr[-2000:], sep="\n", flush=True)
+    logs = _run_shards(cmd, env, jobs, xml=xml)
+    (out / "gpu-tests.log").write_text(_joined(logs))
+    for log in logs:
+        print(log[-6000 // jobs:], flush=True)
     counts = {"passed": 0, "failed": 0, "skipped": 0}
-    if xml.exists():
-        for suite in ET.parse(xml).getroot().iter("testsuite"):
+    xmls = sorted(out.glob("gpu-tests-*.xml"))
+    for path in xmls:
+        for suite in ET.parse(path).getroot().iter("testsuite"):
             tests, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
             failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
             counts["passed"] += tests - skipped - failed
             counts["failed"] += failed
             counts["skipped"] += skipped
-    elif proc.returncode:
-        counts["failed"] = 1
+    counts["failed"] += jobs - len(xmls)  # a shard that wrote no report (crashed) fails
     counts["seconds"] = round(time.time() - t0, 1)
+    if jobs > 1:
+        counts["jobs"] = jobs
     return counts
 
 
 SANITIZER_DEFAULT = ["-k", "not huge and not torch and not jax"]
 
 
-def run_sanitizer(out: Path, extra: list[str], timeout: float) -> dict:
-    """memcheck over the GPU tests (Hypothesis profile "sanitizer": 4 examples a test)."""
+def run_sanitizer(out: Path, extra: list[str], timeout: float, jobs: int = 1) -> dict:
+    """memcheck over the GPU tests (Hypothesis profile "sanitizer": 4 examples a test), in
+    ``jobs`` concurrent shards (errors and test counts added)."""
     tool = shutil.which("compute-sanitizer")
     if tool is None:
         return {"errors": None, "note": "compute-sanitizer not found"}
@@ -130,21 +184,25 @@ def run_sanitizer(out: Path, extra: list[str], timeout: float) -> dict:
            "-m", "gpu", "-q", "-p", "no:cacheprovider", *(extra or SANITIZER_DEFAULT)]
     env = {**os.environ, "HYPOTHESIS_PROFILE": "sanitizer"}
     t0 = time.time()
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=timeout)
-        log = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        log = ((e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(
-            errors="replace") + f"\nTIMEOUT after {timeout} s")
-    (out / "sanitizer.log").write_text(log)
-    m = re.findall(r"ERROR SUMMARY: (\d+) error", log)
-    summary = log.strip().splitlines()[-3:] if log.strip() else []
-    print("sanitizer:", *summary, sep="\n  ", flush=True)
-    errors = int(m[-1]) if m else None
-    tests = re.findall(r"(\d+) (passed|failed|skipped|deselected)", log)
-    return {"errors": errors, "pytest": {k: int(v) for v, k in tests},
-            "seconds": round(time.time() - t0, 1), "args": extra or SANITIZER_DEFAULT}
+    logs = _run_shards(cmd, env, jobs, timeout)
+    (out / "sanitizer.log").write_text(_joined(logs))
+    errors: int | None = 0
+    counts: dict[str, int] = {}
+    for log in logs:
+        summary = log.strip().splitlines()[-3:] if log.strip() else []
+        print("sanitizer:", *summary, sep="\n  ", flush=True)
+        m = re.findall(r"ERROR SUMMARY: (\d+) error", log)
+        errors = None if errors is None or not m else errors + int(m[-1])
+        for v, k in re.findall(r"(\d+) (passed|failed|skipped|deselected)", log):
+            counts[k] = counts.get(k, 0) + int(v)
+    if jobs > 1:  # each shard deselects the others' tests: count those once
+        ran = sum(counts.get(k, 0) for k in ("passed", "failed", "skipped"))
+        counts["deselected"] = (counts.get("deselected", 0) - (jobs - 1) * ran) // jobs
+    rec = {"errors": errors, "pytest": counts, "seconds": round(time.time() - t0, 1),
+           "args": extra or SANITIZER_DEFAULT}
+    if jobs > 1:
+        rec["jobs"] = jobs
+    return rec
 
 
 def run_benchmarks(quick: bool, only: set[str] | None) -> list[dict]:
@@ -229,6 +287,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pytest-args", default="", help="extra pytest arguments (tests + sanitizer)")
     ap.add_argument("--sanitizer-args", default="", help="pytest arguments for the sanitizer run")
     ap.add_argument("--sanitizer-timeout", type=float, default=420.0)
+    ap.add_argument("--jobs", type=int, default=1, help="concurrent pytest processes each for "
+                    "the tests and for the sanitizer (shards of the selection; one GPU)")
     ap.add_argument("--merge", default="", help="an earlier results file: the sections this run "
                     "skips, and the benchmarks of ops it does not time, are taken from it")
     args = ap.parse_args(argv)
@@ -242,9 +302,10 @@ def main(argv=None) -> int:
     # the tests and the sanitizer's run of them side by side (two processes on one GPU; each
     # is mostly host time): the check takes the longer of the two, not their sum
     with ThreadPoolExecutor(2) as pool:
-        tests = None if args.no_tests else pool.submit(run_tests, out, extra)
+        tests = None if args.no_tests else pool.submit(run_tests, out, extra, args.jobs)
         san = None if args.no_sanitizer else pool.submit(
-            run_sanitizer, out, shlex.split(args.sanitizer_args), args.sanitizer_timeout)
+            run_sanitizer, out, shlex.split(args.sanitizer_args), args.sanitizer_timeout,
+            args.jobs)
         result["tests"] = tests.result() if tests else {}
         result["sanitizer"] = san.result() if san else {}
     only = {s for s in args.only.split(",") if s} or None

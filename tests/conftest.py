@@ -22,7 +22,17 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+@pytest.hookimpl(trylast=True)  # after -m / -k have deselected theirs
 def pytest_collection_modifyitems(config, items):
+    # CUJAGGED_TEST_SHARD="k/n" (bench/gpu_check.py --jobs n): run every n-th selected test from
+    # the k-th, so that n processes share one GPU and the host's cores
+    shard = os.environ.get("CUJAGGED_TEST_SHARD")
+    if shard:
+        k, n = (int(x) for x in shard.split("/"))
+        if not 0 <= k < n:
+            raise pytest.UsageError(f"CUJAGGED_TEST_SHARD must be k/n with 0 <= k < n, got {shard}")
+        config.hook.pytest_deselected(items=[t for i, t in enumerate(items) if i % n != k])
+        items[:] = items[k::n]
     if gpu_available():
         return
     skip = pytest.mark.skip(reason="no CUDA GPU visible to CuPy")

@@ -37,11 +37,11 @@ def test_check_runs_tests_and_sanitizer_side_by_side_and_merges(tmp_path, monkey
 
     both = threading.Barrier(2, timeout=10)
 
-    def fake_tests(out, extra):
+    def fake_tests(out, extra, jobs):
         both.wait()
         return {"passed": 3, "failed": 0, "skipped": 0}
 
-    def fake_sanitizer(out, extra, timeout):
+    def fake_sanitizer(out, extra, timeout, jobs):
         both.wait()
         return {"errors": 0}
 
@@ -89,3 +89,40 @@ def test_a_rerun_shard_replaces_its_earlier_run():
     fixed = combine_sanitizer(combine_sanitizer(x, y), {**y, "errors": 0})
     assert fixed["errors"] == 0 and fixed["pytest"] == {"passed": 273}
     assert [r["args"] for r in fixed["runs"]] == [["x"], ["y"]]
+
+
+def test_jobs_split_the_tests_into_disjoint_shards(tmp_path):
+    """--jobs n runs n pytest processes, shard k taking every n-th selected test from the k-th
+    (tests/conftest.py): together they run each test of the selection once."""
+    import bench.gpu_check as G
+
+    sel = ["tests/test_multi_gpu.py"]  # GPU tests: they run, or skip, in either case quickly
+    runs = {}
+    for jobs in (1, 3):
+        (tmp_path / str(jobs)).mkdir()
+        runs[jobs] = G.run_tests(tmp_path / str(jobs), sel, jobs=jobs)
+    one, three = ({k: v for k, v in runs[j].items() if k not in ("seconds", "jobs")}
+                  for j in (1, 3))
+    assert one["passed"] + one["skipped"] > 3 and one["failed"] == 0
+    assert three == one and runs[3]["jobs"] == 3
+    assert len(list((tmp_path / "3").glob("gpu-tests-*.xml"))) == 3
+    assert (tmp_path / "3" / "gpu-tests.log").read_text().count("===== shard ") == 3
+
+
+def test_sanitizer_shards_add_their_errors_and_counts(tmp_path, monkeypatch):
+    """The sanitizer's shards: errors added (unknown if a shard printed no summary), each test
+    counted once (every shard deselects the others' tests)."""
+    import bench.gpu_check as G
+
+    logs = ["3 passed, 1 skipped, 8 deselected in 1s\n========= ERROR SUMMARY: 0 errors",
+            "2 passed, 1 skipped, 9 deselected in 1s\n========= ERROR SUMMARY: 2 errors",
+            "3 passed, 8 deselected in 1s\n========= ERROR SUMMARY: 0 errors"]
+    monkeypatch.setattr(G.shutil, "which", lambda name: "/bin/compute-sanitizer")
+    monkeypatch.setattr(G, "_run_shards", lambda cmd, env, jobs, timeout: logs[:jobs])
+    rec = G.run_sanitizer(tmp_path, [], 10.0, jobs=3)
+    # 10 tests ran; 8 + 9 + 8 = 25 deselected = 3 x (those -k removed) + 2 x 10
+    assert rec["errors"] == 2 and rec["jobs"] == 3
+    assert rec["pytest"] == {"passed": 8, "skipped": 2, "deselected": 1}
+    logs[2] = "3 passed, 8 deselected in 1s\nTIMEOUT after 10.0 s"
+    assert G.run_sanitizer(tmp_path, [], 10.0, jobs=3)["errors"] is None
+    assert "===== shard 2/3 =====" in (tmp_path / "sanitizer.log").read_text()
