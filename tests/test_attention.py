@@ -207,6 +207,80 @@ def test_empty_batch_and_empty_rows():
     assert o.shape == (0, 1, 64) and lse.shape == (0, 1)
 
 
+# ---- the given forward output, bias and row-count checks, GQA heads, causal cross rows -------
+def test_backward_uses_the_given_out():
+    """``dS = P (dP - sum_d dO * out)`` takes the ``out`` given to the backward (the GPU's
+    rounded one, say) on the reference path too: with out = 0, dq and dk come from P dP alone
+    (a float64 NumPy check), while dv = Pᵀ dO does not depend on it."""
+    from cujagged import jagged_flash_attention_backward
+
+    rng = np.random.default_rng(3)
+    L, D, scale = 5, 32, 0.3
+    q, k, v, g = (rng.standard_normal((L, 1, D)) for _ in range(4))
+    s = scale * q[:, 0] @ k[:, 0].T
+    p = np.exp(s - s.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    ds = p * (g[:, 0] @ v[:, 0].T)  # dS with sum_d dO * out = 0
+    _, lse = jagged_flash_attention(q, k, v, [0, L], scale=scale, return_lse=True)
+    dq, dk, dv = jagged_flash_attention_backward(g, q, k, v, [0, L], scale=scale,
+                                                 out=np.zeros_like(q), lse=lse)
+    np.testing.assert_allclose(dq[:, 0], scale * ds @ k[:, 0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dk[:, 0], scale * ds.T @ q[:, 0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dv[:, 0], p.T @ g[:, 0], rtol=1e-10, atol=1e-12)
+
+
+def test_bias_needs_only_the_truncated_lengths():
+    """With ``max_seq_len``, a bias [B, H, Mq, Mk] of Mq = Mk = max_seq_len suffices (rows are
+    longer) and is used as given; one short in the key dimension is refused."""
+    rng = np.random.default_rng(4)
+    lens, msl = [5, 3], 2
+    q, k, v = (rng.standard_normal((8, 1, 32)) for _ in range(3))
+    bias = rng.standard_normal((2, 1, msl, msl))
+    off = make_offsets(lens)
+    o = jagged_flash_attention(q, k, v, off, max_seq_len=msl, bias=bias, causal=True)
+    ref, _ = naive_attention(q, k, v, lens, lens, msl, 1 / math.sqrt(32), True, bias)
+    np.testing.assert_allclose(o, ref, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"bias must be \[B=2, H=1 or 1, Mq>=5, Mk>=5\]"):
+        jagged_flash_attention(q, k, v, off, bias=np.zeros((2, 1, 5, 4)))
+    with pytest.raises(ValueError, match=r"Mk>=2\], got shape \(2, 1, 2, 1\)"):
+        jagged_flash_attention(q, k, v, off, max_seq_len=msl, bias=np.zeros((2, 1, 2, 1)))
+
+
+def test_cross_attention_row_counts_must_match():
+    """kv_offsets with another number of rows than q's offsets is a ValueError, not rows of one
+    paired with rows of the other."""
+    q = np.zeros((4, 1, 32))
+    for kv_off in ([0, 2, 4], [0, 4, 4]):
+        with pytest.raises(ValueError, match=r"q has 1 rows but k/v have 2"):
+            jagged_flash_attention(q, q, q, [0, 4], kv_offsets=kv_off)
+
+
+def test_grouped_query_heads_use_their_groups_key_head():
+    """GQA: with H = 4 query heads over Hk = 2 key/value heads, query head h reads key head
+    h // 2 (heads 0, 1 -> 0; 2, 3 -> 1), as the float64 NumPy loop does."""
+    rng = np.random.default_rng(6)
+    lens = [4, 0, 6]
+    q = rng.standard_normal((10, 4, 32))
+    k, v = (rng.standard_normal((10, 2, 32)) for _ in range(2))
+    for causal in (False, True):
+        o = jagged_flash_attention(q, k, v, make_offsets(lens), causal=causal)
+        ref, _ = naive_attention(q, k, v, lens, lens, None, 1 / math.sqrt(32), causal, None)
+        np.testing.assert_allclose(o, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_causal_cross_attention_aligns_the_truncated_rows():
+    """Causal cross-attention with ``max_seq_len``: the mask is end-aligned on the truncated
+    lengths (query i sees key j when j <= i + min(Lk, msl) - min(Lq, msl))."""
+    rng = np.random.default_rng(7)
+    lq, lk, msl = [3, 5], [6, 2], 4
+    q = rng.standard_normal((8, 1, 32))
+    k, v = (rng.standard_normal((8, 1, 32)) for _ in range(2))
+    o = jagged_flash_attention(q, k, v, make_offsets(lq), kv_offsets=make_offsets(lk),
+                               max_seq_len=msl, causal=True)
+    ref, _ = naive_attention(q, k, v, lq, lk, msl, 1 / math.sqrt(32), True, None)
+    np.testing.assert_allclose(o, ref, rtol=1e-10, atol=1e-12)
+
+
 # ---- GPU: kernels vs the Numba twin ------------------------------------------------------------
 GPU_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float16): 1e-2, bfloat16: 1e-2}
 TF32_TOL = 4e-3  # 10-bit mantissa: unit roundoff 2**-11, Q, K, V and P each rounded once

@@ -587,6 +587,162 @@ def test_cpu_cumsum_backward_finite_differences(exclusive, case):
     _fd_check(f, fb, x, w, seed=seed)
 
 
+# ---- exact expected values on small cases: accumulation, NaN, -inf rows, sorts, checks ------
+def test_float32_sum_mean_cumsum_accumulate_in_float64():
+    """float32 rows are summed in float64 (DESIGN: floats accumulate in float64 on the CPU):
+    1e8 + 1 - 1e8 is 1, not the 0 of a float32 accumulator (1e8 + 1 rounds to 1e8)."""
+    x = JaggedArray(np.array([1e8, 1.0, -1e8, 2.0], np.float32), [0, 3, 4])
+    assert R.sum(x).tolist() == [1.0, 2.0]
+    assert R.mean(x)[0] == np.float32(1.0 / 3.0)
+    np.testing.assert_array_equal(R.cumsum(x).values, [1e8, 1e8, 1.0, 2.0])
+    np.testing.assert_array_equal(R.cumsum(x, reverse=True).values, [1.0, -1e8, -1e8, 2.0])
+    np.testing.assert_array_equal(R.cumsum(x, exclusive=True, reverse=True).values,
+                                  [-1e8, -1e8, 0.0, 0.0])
+
+
+def test_log_softmax_backward_row_with_one_zero_output_is_not_dead():
+    """Only a row whose first *two* log-softmax outputs are 0 is an all -inf row: a row whose
+    first item dominates has output [0, -1000] and the usual gradient g - exp(y) * sum(g)."""
+    x = JaggedArray(np.array([1000.0, 0.0], np.float64), [0, 2])
+    y = R.log_softmax(x)
+    np.testing.assert_array_equal(y.values, [0.0, -1000.0])
+    g = y._with_values(np.ones(2))
+    np.testing.assert_array_equal(R.log_softmax_backward(g, y).values, [-1.0, 1.0])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint32, np.bool_, np.int64])
+def test_descending_sort_of_unsigned_and_bool(dtype):
+    """Descending sort / argsort / topk put the largest unsigned integers and bools first,
+    stable on ties (a negated unsigned key wraps around and would put 0 first)."""
+    x = JaggedArray(np.array([0, 3, 1, 3, 0, 1]).astype(dtype), [0, 4, 6])
+    order = [1, 3, 2, 0, 1, 0] if dtype is not np.bool_ else [1, 2, 3, 0, 1, 0]
+    want = np.concatenate([x.values[:4][order[:4]], x.values[4:][order[4:]]])
+    assert R.argsort(x, descending=True).values.tolist() == order
+    np.testing.assert_array_equal(R.sort(x, descending=True).values, want)
+    tv, ti = R.topk(x, 1)
+    assert ti.values.tolist() == [order[0], order[4]]
+    np.testing.assert_array_equal(tv.values, want[[0, 4]])
+
+
+def test_argmax_argmin_give_the_first_nan():
+    """With several NaN in a row, argmax / argmin give the first one (as NumPy), for one
+    column and for several."""
+    v = np.array([2.0, np.nan, 5.0, np.nan, 1.0])
+    for inner in ((), (2,)):
+        vals = v if not inner else np.stack([v, v[::-1]], axis=1)
+        x = JaggedArray(vals, [0, 5])
+        want = [1] if not inner else [[1, 1]]
+        assert R.argmax(x).tolist() == want and R.argmin(x).tolist() == want
+
+
+def test_topk_max_length_is_min_of_k_and_longest_row():
+    """topk's outputs carry max_length = min(k, longest row): validate() agrees with the
+    offsets and to_padded() is [B, k] wide, not as wide as the input's longest row."""
+    x = JaggedArray(np.arange(7.0), [0, 5, 7])
+    for out in R.topk(x, 3):
+        assert out.max_length == 3
+        out.validate()
+        assert out.to_padded().shape == (2, 3)
+    assert R.topk(x, 9)[0].max_length == 5
+
+
+def test_logsumexp_backward_of_an_all_neg_inf_row_is_zero():
+    """A row whose logsumexp is -inf (all items -inf) gets gradient 0, not exp(-inf + inf)."""
+    x = JaggedArray(np.array([-np.inf, -np.inf, 0.0, np.log(3.0)]), [0, 2, 4])
+    g = R.logsumexp_backward(np.array([1.0, 2.0]), x)
+    np.testing.assert_allclose(g.values, [0.0, 0.0, 0.5, 1.5], rtol=1e-12, atol=0)
+
+
+def test_max_min_with_initial_propagate_nan():
+    """``initial`` takes part in every row, and NaN still propagates (as np.max(..., initial=))."""
+    x = JaggedArray(np.array([np.nan, 1.0, 2.0]), [0, 2, 2, 3])
+    np.testing.assert_array_equal(R.max(x, initial=0.0), [np.nan, 0.0, 2.0])
+    np.testing.assert_array_equal(R.min(x, initial=5.0), [np.nan, 5.0, 2.0])
+
+
+def test_backward_grad_of_the_wrong_shape_but_right_size_is_an_error():
+    """grad [3, 2] for x of 2 rows and inner (3,) has the right size but not the shape
+    [B, *inner]: a ValueError, not a silent reshape."""
+    x = JaggedArray(np.ones((5, 3)), [0, 2, 5])
+    for fb in (R.sum_backward, R.mean_backward, R.max_backward, R.logsumexp_backward):
+        with pytest.raises(ValueError, match=r"grad must have shape \(2, 3\)"):
+            fb(np.ones((3, 2)), x)
+
+
+def test_non_native_byte_order_is_a_clear_error():
+    """Byte-swapped values are refused with a TypeError that says so (Numba cannot take them)."""
+    x = JaggedArray(np.arange(3.0).astype(">f8"), [0, 3])
+    for f in (R.sum, R.max, R.softmax, R.cumsum):
+        with pytest.raises(TypeError, match="native byte order"):
+            f(x)
+
+
+def test_softmax_backward_inner_shape_mismatch_is_an_error():
+    """grad and out of equal offsets but different inner shapes: a ValueError (the kernel would
+    read grad's columns past its end)."""
+    out = R.softmax(JaggedArray(np.zeros((3, 2)), [0, 3]))
+    grad = JaggedArray(np.ones((3, 1)), [0, 3])
+    for fb in (R.softmax_backward, R.log_softmax_backward):
+        with pytest.raises(ValueError, match="same inner shape"):
+            fb(grad, out)
+
+
+def test_max_min_nan_propagates_from_every_position():
+    """A NaN at any position of a row (every one of the unrolled chains and the tail) makes
+    the row's max and min NaN; the other rows are unaffected."""
+    n = 11
+    vals = np.tile(np.arange(n, dtype=np.float64), n)
+    vals[np.arange(n) * n + np.arange(n)] = np.nan  # row p has its NaN at position p
+    x = JaggedArray(np.concatenate([vals, [4.0, -1.0]]), lengths=[n] * n + [2])
+    want = [np.nan] * n
+    np.testing.assert_array_equal(R.max(x), want + [4.0])
+    np.testing.assert_array_equal(R.min(x), want + [-1.0])
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_backward_is_exactly_zero_past_max_length(log):
+    """Items past ``max_length`` get gradient 0 exactly (they are written, not left as whatever
+    the output buffer held: a freed buffer of the same size is NaN-filled first)."""
+    lens, trunc = [7, 2, 9, 0, 4], 3
+    rng = np.random.default_rng(5)
+    x = JaggedArray(rng.standard_normal((sum(lens), 3)), lengths=lens)
+    y = (R.log_softmax if log else R.softmax)(x, max_length=trunc)
+    g = x._with_values(rng.standard_normal(x.values.shape))
+    fb = R.log_softmax_backward if log else R.softmax_backward
+    for _ in range(3):
+        junk = np.full(x.values.shape, np.nan)
+        del junk
+        d = np.asarray(fb(g, y, max_length=trunc).values)
+        pos = np.asarray(x.positions())
+        assert np.all(d[pos >= trunc] == 0), d[pos >= trunc]
+        assert np.all(np.isfinite(d))
+
+
+def test_scans_and_sorts_check_axis_and_k():
+    """cumsum / sort / argsort / topk work along axis 1 only (axis=0 is a ValueError, not a
+    silent scan along the rows), and topk refuses a negative k."""
+    x = JaggedArray(np.arange(5.0), [0, 2, 5])
+    for f in (R.cumsum, R.sort, R.argsort):
+        with pytest.raises(ValueError, match="axis must be 1"):
+            f(x, axis=0)
+        np.testing.assert_array_equal(f(x, axis=-1).values, f(x).values)
+    with pytest.raises(ValueError, match="axis must be 1"):
+        R.topk(x, 1, axis=0)
+    with pytest.raises(ValueError, match=r"k must be >= 0, got -1"):
+        R.topk(x, -1)
+
+
+def test_softmax_propagates_nan_even_beside_neg_inf():
+    """A NaN item makes its row (column) NaN, also when every other item is -inf (the max that
+    the row is shifted by is NaN, as the GPU's max.NaN gives), and leaves the other rows alone."""
+    x = JaggedArray(np.array([np.nan, -np.inf, np.nan, 1.0, np.nan, -np.inf, 0.0]),
+                    lengths=[1, 2, 2, 2])
+    for f in (R.softmax, R.log_softmax):
+        y = np.asarray(f(x).values)
+        assert np.isnan(y[:5]).all(), y
+        assert not np.isnan(y[5:]).any(), y
+
+
 # ---- GPU against the Numba twins ---------------------------------------------------------------
 def _gpu(x):
     import cupy
