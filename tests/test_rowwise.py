@@ -588,6 +588,21 @@ def test_cpu_cumsum_backward_finite_differences(exclusive, case):
 
 
 # ---- exact expected values on small cases: accumulation, NaN, -inf rows, sorts, checks ------
+# (those the GPU kernels must meet too run on both backends; "gpu" is a GPU test)
+BACKENDS = ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)]
+
+
+def _on(backend, x):
+    """x, or a copy of it on the GPU."""
+    return _gpu(x) if backend == "gpu" else x
+
+
+def _host(a):
+    """The values of a JaggedArray, or an array, as NumPy."""
+    a = a.values if isinstance(a, JaggedArray) else a
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
 def test_float32_sum_mean_cumsum_accumulate_in_float64():
     """float32 rows are summed in float64 (DESIGN: floats accumulate in float64 on the CPU):
     1e8 + 1 - 1e8 is 1, not the 0 of a float32 accumulator (1e8 + 1 rounds to 1e8)."""
@@ -600,45 +615,50 @@ def test_float32_sum_mean_cumsum_accumulate_in_float64():
                                   [-1e8, -1e8, 0.0, 0.0])
 
 
-def test_log_softmax_backward_row_with_one_zero_output_is_not_dead():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_log_softmax_backward_row_with_one_zero_output_is_not_dead(backend):
     """Only a row whose first *two* log-softmax outputs are 0 is an all -inf row: a row whose
     first item dominates has output [0, -1000] and the usual gradient g - exp(y) * sum(g)."""
-    x = JaggedArray(np.array([1000.0, 0.0], np.float64), [0, 2])
+    x = _on(backend, JaggedArray(np.array([1000.0, 0.0], np.float32), [0, 2]))
     y = R.log_softmax(x)
-    np.testing.assert_array_equal(y.values, [0.0, -1000.0])
-    g = y._with_values(np.ones(2))
-    np.testing.assert_array_equal(R.log_softmax_backward(g, y).values, [-1.0, 1.0])
+    np.testing.assert_array_equal(_host(y), [0.0, -1000.0])
+    g = y._with_values(xp_of(y.values).ones_like(y.values))
+    np.testing.assert_array_equal(_host(R.log_softmax_backward(g, y)), [-1.0, 1.0])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint32, np.bool_, np.int64])
-def test_descending_sort_of_unsigned_and_bool(dtype):
+def test_descending_sort_of_unsigned_and_bool(dtype, backend):
     """Descending sort / argsort / topk put the largest unsigned integers and bools first,
     stable on ties (a negated unsigned key wraps around and would put 0 first)."""
-    x = JaggedArray(np.array([0, 3, 1, 3, 0, 1]).astype(dtype), [0, 4, 6])
+    host = JaggedArray(np.array([0, 3, 1, 3, 0, 1]).astype(dtype), [0, 4, 6])
+    x = _on(backend, host)
     order = [1, 3, 2, 0, 1, 0] if dtype is not np.bool_ else [1, 2, 3, 0, 1, 0]
-    want = np.concatenate([x.values[:4][order[:4]], x.values[4:][order[4:]]])
-    assert R.argsort(x, descending=True).values.tolist() == order
-    np.testing.assert_array_equal(R.sort(x, descending=True).values, want)
+    want = np.concatenate([host.values[:4][order[:4]], host.values[4:][order[4:]]])
+    assert _host(R.argsort(x, descending=True)).tolist() == order
+    np.testing.assert_array_equal(_host(R.sort(x, descending=True)), want)
     tv, ti = R.topk(x, 1)
-    assert ti.values.tolist() == [order[0], order[4]]
-    np.testing.assert_array_equal(tv.values, want[[0, 4]])
+    assert _host(ti).tolist() == [order[0], order[4]]
+    np.testing.assert_array_equal(_host(tv), want[[0, 4]])
 
 
-def test_argmax_argmin_give_the_first_nan():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_argmax_argmin_give_the_first_nan(backend):
     """With several NaN in a row, argmax / argmin give the first one (as NumPy), for one
     column and for several."""
-    v = np.array([2.0, np.nan, 5.0, np.nan, 1.0])
+    v = np.array([2.0, np.nan, 5.0, np.nan, 1.0], np.float32)
     for inner in ((), (2,)):
         vals = v if not inner else np.stack([v, v[::-1]], axis=1)
-        x = JaggedArray(vals, [0, 5])
+        x = _on(backend, JaggedArray(vals, [0, 5]))
         want = [1] if not inner else [[1, 1]]
-        assert R.argmax(x).tolist() == want and R.argmin(x).tolist() == want
+        assert _host(R.argmax(x)).tolist() == want and _host(R.argmin(x)).tolist() == want
 
 
-def test_topk_max_length_is_min_of_k_and_longest_row():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_topk_max_length_is_min_of_k_and_longest_row(backend):
     """topk's outputs carry max_length = min(k, longest row): validate() agrees with the
     offsets and to_padded() is [B, k] wide, not as wide as the input's longest row."""
-    x = JaggedArray(np.arange(7.0), [0, 5, 7])
+    x = _on(backend, JaggedArray(np.arange(7.0, dtype=np.float32), [0, 5, 7]))
     for out in R.topk(x, 3):
         assert out.max_length == 3
         out.validate()
@@ -646,18 +666,22 @@ def test_topk_max_length_is_min_of_k_and_longest_row():
     assert R.topk(x, 9)[0].max_length == 5
 
 
-def test_logsumexp_backward_of_an_all_neg_inf_row_is_zero():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logsumexp_backward_of_an_all_neg_inf_row_is_zero(backend):
     """A row whose logsumexp is -inf (all items -inf) gets gradient 0, not exp(-inf + inf)."""
-    x = JaggedArray(np.array([-np.inf, -np.inf, 0.0, np.log(3.0)]), [0, 2, 4])
-    g = R.logsumexp_backward(np.array([1.0, 2.0]), x)
-    np.testing.assert_allclose(g.values, [0.0, 0.0, 0.5, 1.5], rtol=1e-12, atol=0)
+    x = _on(backend, JaggedArray(np.array([-np.inf, -np.inf, 0.0, np.log(3.0)], np.float32),
+                                 [0, 2, 4]))
+    grad = xp_of(x.values).asarray([1.0, 2.0], np.float32)
+    g = R.logsumexp_backward(grad, x)
+    np.testing.assert_allclose(_host(g), [0.0, 0.0, 0.5, 1.5], rtol=1e-6, atol=0)
 
 
-def test_max_min_with_initial_propagate_nan():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_min_with_initial_propagate_nan(backend):
     """``initial`` takes part in every row, and NaN still propagates (as np.max(..., initial=))."""
-    x = JaggedArray(np.array([np.nan, 1.0, 2.0]), [0, 2, 2, 3])
-    np.testing.assert_array_equal(R.max(x, initial=0.0), [np.nan, 0.0, 2.0])
-    np.testing.assert_array_equal(R.min(x, initial=5.0), [np.nan, 5.0, 2.0])
+    x = _on(backend, JaggedArray(np.array([np.nan, 1.0, 2.0], np.float32), [0, 2, 2, 3]))
+    np.testing.assert_array_equal(_host(R.max(x, initial=0.0)), [np.nan, 0.0, 2.0])
+    np.testing.assert_array_equal(_host(R.min(x, initial=5.0)), [np.nan, 5.0, 2.0])
 
 
 def test_backward_grad_of_the_wrong_shape_but_right_size_is_an_error():
@@ -687,33 +711,39 @@ def test_softmax_backward_inner_shape_mismatch_is_an_error():
             fb(grad, out)
 
 
-def test_max_min_nan_propagates_from_every_position():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_min_nan_propagates_from_every_position(backend):
     """A NaN at any position of a row (every one of the unrolled chains and the tail) makes
     the row's max and min NaN; the other rows are unaffected."""
     n = 11
-    vals = np.tile(np.arange(n, dtype=np.float64), n)
+    vals = np.tile(np.arange(n, dtype=np.float32), n)
     vals[np.arange(n) * n + np.arange(n)] = np.nan  # row p has its NaN at position p
-    x = JaggedArray(np.concatenate([vals, [4.0, -1.0]]), lengths=[n] * n + [2])
+    x = _on(backend, JaggedArray(np.concatenate([vals, np.float32([4.0, -1.0])]),
+                                 lengths=[n] * n + [2]))
     want = [np.nan] * n
-    np.testing.assert_array_equal(R.max(x), want + [4.0])
-    np.testing.assert_array_equal(R.min(x), want + [-1.0])
+    np.testing.assert_array_equal(_host(R.max(x)), want + [4.0])
+    np.testing.assert_array_equal(_host(R.min(x)), want + [-1.0])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("log", [False, True])
-def test_softmax_backward_is_exactly_zero_past_max_length(log):
+def test_softmax_backward_is_exactly_zero_past_max_length(log, backend):
     """Items past ``max_length`` get gradient 0 exactly (they are written, not left as whatever
-    the output buffer held: a freed buffer of the same size is NaN-filled first)."""
+    the output buffer held: on the CPU a freed buffer of the same size is NaN-filled first, on
+    the GPU every allocation of a GPU test starts as NaN)."""
     lens, trunc = [7, 2, 9, 0, 4], 3
     rng = np.random.default_rng(5)
-    x = JaggedArray(rng.standard_normal((sum(lens), 3)), lengths=lens)
+    host = JaggedArray(rng.standard_normal((sum(lens), 3)).astype(np.float32), lengths=lens)
+    x = _on(backend, host)
     y = (R.log_softmax if log else R.softmax)(x, max_length=trunc)
-    g = x._with_values(rng.standard_normal(x.values.shape))
+    g = _on(backend, host._with_values(rng.standard_normal(host.values.shape)
+                                       .astype(np.float32)))
     fb = R.log_softmax_backward if log else R.softmax_backward
+    pos = np.asarray(host.positions())
     for _ in range(3):
-        junk = np.full(x.values.shape, np.nan)
+        junk = np.full(host.values.shape, np.nan)
         del junk
-        d = np.asarray(fb(g, y, max_length=trunc).values)
-        pos = np.asarray(x.positions())
+        d = _host(fb(g, y, max_length=trunc))
         assert np.all(d[pos >= trunc] == 0), d[pos >= trunc]
         assert np.all(np.isfinite(d))
 
@@ -732,13 +762,14 @@ def test_scans_and_sorts_check_axis_and_k():
         R.topk(x, -1)
 
 
-def test_softmax_propagates_nan_even_beside_neg_inf():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_propagates_nan_even_beside_neg_inf(backend):
     """A NaN item makes its row (column) NaN, also when every other item is -inf (the max that
     the row is shifted by is NaN, as the GPU's max.NaN gives), and leaves the other rows alone."""
-    x = JaggedArray(np.array([np.nan, -np.inf, np.nan, 1.0, np.nan, -np.inf, 0.0]),
-                    lengths=[1, 2, 2, 2])
+    x = _on(backend, JaggedArray(np.array([np.nan, -np.inf, np.nan, 1.0, np.nan, -np.inf, 0.0],
+                                          np.float32), lengths=[1, 2, 2, 2]))
     for f in (R.softmax, R.log_softmax):
-        y = np.asarray(f(x).values)
+        y = _host(f(x))
         assert np.isnan(y[:5]).all(), y
         assert not np.isnan(y[5:]).any(), y
 
