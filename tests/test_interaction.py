@@ -374,6 +374,37 @@ def test_input_errors_name_the_argument():
         jagged_jagged_bmm_backward(np.ones((2, 3, 4)), x, x)
 
 
+# ---- jagged2 structure: exact small cases -----------------------------------------------------
+def test_jagged2_results_record_the_largest_matrix_as_max_length():
+    """A jagged2 result's max_length is the largest L_b² (what validate() measures), not L_b."""
+    x = JaggedArray(np.arange(10.0).reshape(5, 2), lengths=[2, 0, 3])
+    for m in (jagged_jagged_bmm_jagged_out(x, x), jagged_self_subtraction(x)):
+        assert m.max_length == 9
+        m.validate()
+        assert m.to_padded().shape[1] == 9
+
+
+def test_jagged2_offsets_are_checked_row_by_row():
+    """A jagged2 argument whose offsets have the right total ΣL_b² but another split between
+    rows (here the matrices of lengths [3, 2] for rows of lengths [2, 3]) is refused."""
+    x = JaggedArray(np.ones((5, 3)), lengths=[2, 3])
+    swapped = JaggedArray(np.ones(13), [0, 9, 13])
+    with pytest.raises(ValueError, match="jagged2 array of x's rows"):
+        array_jagged_bmm_jagged_out(swapped, x)
+    with pytest.raises(ValueError, match="jagged2 array of x's rows"):
+        jagged2_softmax(swapped, x)
+    with pytest.raises(ValueError, match="jagged2 array of x's rows"):
+        jagged_jagged_bmm_jagged_out_backward(swapped, x, x)
+
+
+def test_array_jagged_bmm_backward_refuses_a_grad_of_another_width():
+    """grad of array_jagged_bmm_jagged_out must have the width N of x: an error naming grad."""
+    x = JaggedArray(np.ones((5, 3)), lengths=[2, 3])
+    m = JaggedArray(np.ones(13), jagged2_offsets(x))
+    with pytest.raises(ValueError, match="grad must have the shape of out"):
+        array_jagged_bmm_jagged_out_backward(JaggedArray(np.ones((5, 4)), x.offsets), m, x)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [bfloat16, np.float16, np.float32])
 def test_gpu_matches_cpu(dtype):

@@ -145,6 +145,15 @@ def test_from_awkward_rejects_what_is_not_one_ragged_dim():
         cujagged.to_awkward(JaggedArray(np.zeros(2, dtype=bfloat16), np.array([0, 2])))
 
 
+def test_from_awkward_slice_keeping_offsets_at_zero():
+    """A leading slice of an awkward array keeps offsets from 0 over the whole content: the
+    values past offsets[-1] are left out."""
+    ak = pytest.importorskip("awkward")
+    a = ak.Array([[1.0, 2.0], [3.0], [4.0, 5.0, 6.0]])[:2]
+    x = cujagged.from_awkward(a)
+    assert x.tolist() == [[1.0, 2.0], [3.0]] and x.values.shape == (3,)
+
+
 # ---- PyTorch -------------------------------------------------------------------------------------
 def _torch_dtype(torch, dtype):
     return {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
@@ -218,6 +227,38 @@ def _gpu_parts(lens, inner, dtype, odtype):
 
     vals, off = _parts(lens, inner, dtype, odtype)
     return vals, off, JaggedArray(cupy.asarray(vals), cupy.asarray(off))
+
+
+# ---- nested-tensor and JAX conversions: exact small cases ---------------------------------------
+def test_to_torch_nested_offsets_are_int64():
+    """The NJT's offsets are int64 whatever the offsets dtype of x (int32 ones converted)."""
+    torch = pytest.importorskip("torch")
+    vals, off = _parts([3, 0, 1], (2,), np.float32, np.int32)
+    njt = cujagged.to_torch_nested(JaggedArray(vals, off))
+    assert njt.offsets().dtype == torch.int64 and njt.offsets().tolist() == [0, 3, 3, 4]
+
+
+def test_from_torch_nested_with_holes_gives_its_rows():
+    """An NJT with lengths= (rows shorter than their offsets' span) imports as its own rows,
+    not as the spans of its offsets."""
+    torch = pytest.importorskip("torch")
+    njt = torch.nested.nested_tensor_from_jagged(torch.arange(14.0).reshape(7, 2),
+                                                 torch.tensor([0, 4, 7]),
+                                                 lengths=torch.tensor([2, 1]))
+    x = cujagged.from_torch_nested(njt)
+    assert x.tolist() == [[[0.0, 1.0], [2.0, 3.0]], [[8.0, 9.0]]]
+    assert x.offsets.tolist() == [0, 2, 3] and x.max_length == 2
+
+
+def test_to_jax_refuses_offsets_past_int32_without_x64():
+    """Without jax_enable_x64, offsets past int32 raise instead of wrapping (zero-byte items:
+    2**31 of them take no memory)."""
+    jax = pytest.importorskip("jax")
+    if jax.config.read("jax_enable_x64"):
+        pytest.skip("jax_enable_x64 is on")
+    x = JaggedArray(np.empty((2**31, 0), np.float32), [0, 2**31], validate=False)
+    with pytest.raises(ValueError, match="offsets exceed int32 and jax_enable_x64 is off"):
+        cujagged.to_jax(x)
 
 
 @pytest.mark.gpu

@@ -431,6 +431,72 @@ def test_non_contiguous_values_are_made_contiguous():
                                                           [[8, 9], [12, 13], [16, 17]]]
 
 
+# ---- row slices, gathers, NumPy's dense form, inner indices: exact small cases ----------------
+def test_row_slices_that_select_no_rows():
+    """x[a:b] with a past b (after negative indices are resolved) is an empty batch."""
+    x = JaggedArray(np.arange(12).reshape(6, 2), [0, 2, 2, 6])
+    for y in (x[2:1], x[3:0], x[-1:0], x[5:9]):
+        assert y.nrows == 0 and y.offsets.tolist() == [0] and y.values.shape == (0, 2)
+        assert y.max_length == 0 and y.tolist() == []
+
+
+def test_row_index_equal_to_nrows_is_out_of_bounds():
+    """Row gathers refuse index B (one past the last row) as they refuse larger ones."""
+    x = JaggedArray(np.arange(12).reshape(6, 2), [0, 2, 2, 6])
+    for idx in ([3], np.array([0, 3]), np.array([3], np.int32), np.array([3], np.uint64)):
+        with pytest.raises(IndexError, match="row index 3 is out of bounds"):
+            x[idx]
+    with pytest.raises(IndexError, match="row index 3 is out of bounds"):
+        cujagged.index_select(x, np.array([3]))
+
+
+def test_gathering_no_rows_keeps_the_offsets_dtype():
+    """x[[]] is an empty batch whose offsets keep x's dtype, like every other row gather."""
+    for odt in OFFSET_DTYPES:
+        x = JaggedArray(np.arange(6.0), np.array([0, 2, 6], odt))
+        for y in (x[[]], x[np.array([], np.int64)], x[np.zeros(2, bool)], x[[1]]):
+            assert y.offsets.dtype == odt
+        assert x[[]].offsets.tolist() == [0] and x[[]].nrows == 0
+
+
+def test_dense_numpy_form_needs_every_row_of_one_length():
+    """np.asarray(x) is [B, L, *inner] when all rows have length L, else a TypeError however
+    many rows differ (here only the last one)."""
+    x = JaggedArray(np.arange(14).reshape(7, 2), lengths=[2, 2, 3])
+    with pytest.raises(TypeError, match="rows differ in length has no dense NumPy form"):
+        np.asarray(x)
+    y = JaggedArray(np.arange(12).reshape(6, 2), lengths=[2, 2, 2])
+    assert np.asarray(y).tolist() == np.arange(12).reshape(3, 2, 2).tolist()
+    assert np.asarray(JaggedArray(np.zeros((0, 2)), [0, 0, 0])).shape == (2, 0, 2)
+
+
+def test_dense_numpy_form_copies_when_asked():
+    """np.array(x, copy=True) never shares memory with x; np.asarray(x) is a view."""
+    y = JaggedArray(np.arange(12.0).reshape(6, 2), lengths=[2, 2, 2])
+    a = np.array(y, copy=True)
+    assert not np.shares_memory(a, y.values) and a.tolist() == np.asarray(y).tolist()
+    assert np.shares_memory(np.asarray(y), y.values)
+
+
+def test_inner_indices_that_would_move_the_item_axis_are_refused():
+    """x[:, s, *rest]: rest must index the inner dimensions; advanced indices split by a slice
+    (NumPy puts their dimension first) would reorder the items and are refused."""
+    x = JaggedArray(np.arange(5 * 2 * 3 * 2).reshape(5, 2, 3, 2), lengths=[2, 3])
+    with pytest.raises(IndexError, match="indices after the second must index the inner"):
+        x[:, :, [0, 1], :, [0, 1]]
+    assert x[:, :1, [0, 1], 0, [1, 0]].values.shape == (2, 2)
+
+
+def test_from_padded_trusted_path_refuses_max_length_past_n():
+    """The trusted from_padded (offsets + total_length + max_length, no sync) still checks the
+    host hint max_length against N."""
+    dense = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"max_length=4 must be in \[0, N = 3\]"):
+        cujagged.from_padded(dense, offsets=np.array([0, 1, 5]), total_length=5, max_length=4)
+    y = cujagged.from_padded(dense, offsets=np.array([0, 1, 4]), total_length=4, max_length=3)
+    assert y.lengths.tolist() == [1, 3] and y.max_length == 3
+
+
 # ---- the same API on the GPU ------------------------------------------------------------------
 gpu = pytest.mark.gpu
 
