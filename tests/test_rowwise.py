@@ -1143,3 +1143,33 @@ def _split_paths(case, special):
         assert_close(_np(fbk(cupy.asarray(w), xg, max_length=trunc)),
                      np.asarray(fbk(w, xs, max_length=trunc).values), dtype)
     assert_close(_np(xg + cupy.asarray(w)), np.asarray((xs + w).values), dtype)
+
+
+# ---- the CPU backward functions keep x's dtype and refuse integers ---------------------------
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), bfloat16])
+def test_cpu_backward_results_keep_the_dtype_of_x(dtype):
+    """sum / mean / logsumexp / softmax / log_softmax / cumsum backward on the CPU compute in
+    float64 and store back in x's dtype (as the forward does), also for a float64 grad."""
+    x = JaggedArray(np.arange(5.0).astype(dtype), [0, 2, 2, 5])
+    for g in (np.ones(3, dtype), np.ones(3, np.float64)):
+        for fb in (R.sum_backward, R.mean_backward, R.logsumexp_backward):
+            assert fb(g, x).dtype == dtype
+    for f, fb in ((R.softmax, R.softmax_backward), (R.log_softmax, R.log_softmax_backward)):
+        y = f(x)
+        assert fb(y, y).dtype == dtype
+    assert R.cumsum_backward(x).dtype == dtype
+
+
+def test_backward_functions_refuse_integer_values():
+    """Gradients are floating: sum / mean backward of integer x, and cumsum / softmax /
+    log_softmax backward of an integer grad, are TypeErrors, not integer "gradients"."""
+    xi = JaggedArray(np.arange(5), [0, 2, 5])
+    for fb in (R.sum_backward, R.mean_backward):
+        with pytest.raises(TypeError, match="^x must have a floating dtype"):
+            fb(np.ones(2), xi)
+    with pytest.raises(TypeError, match="^grad must have a floating dtype"):
+        R.cumsum_backward(xi)
+    out = R.softmax(JaggedArray(np.arange(5.0), [0, 2, 5]))
+    for fb in (R.softmax_backward, R.log_softmax_backward):
+        with pytest.raises(TypeError, match="^grad must have a floating dtype"):
+            fb(xi, out)

@@ -224,3 +224,72 @@ def test_a_small_model_trains():
         opt.step()
         losses.append(loss.item())
     assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0]
+
+
+# ---- each op's own backward on a fixed batch, a non-default attention
+# scale, once_differentiable on every Function, device / max_length / operand type checks,
+# jagged2 offsets in int64 ----------------------------------------------------------------
+@pytest.mark.parametrize("op", ROW_OPS + NONEMPTY_OPS)
+def test_each_row_op_gradcheck_on_a_fixed_batch(op):
+    """Every row-wise op against finite differences on one fixed batch (int32 offsets, two
+    columns), so that no op (log_softmax's backward, say) depends on Hypothesis drawing it."""
+    v, off = _parts([3, 1, 4], 2, 11)
+    off = off.to(torch.int32)
+    assert torch.autograd.gradcheck(lambda a: getattr(cjt, op)(a, off), (v,))
+
+
+def test_attention_gradcheck_with_a_scale():
+    """A non-default ``scale`` reaches the backward as well as the forward (float64, causal
+    cross-attention with a truncating ``max_seq_len``)."""
+    g = torch.Generator().manual_seed(3)
+    off, koff = torch.tensor([0, 3, 3, 8]), torch.tensor([0, 4, 6, 7])
+    q, k, v = (torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()
+               for s in ((8, 2, 32), (7, 1, 32), (7, 1, 32)))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: cjt.jagged_flash_attention(q, k, v, off, kv_offsets=koff, scale=0.3,
+                                                   causal=True, max_seq_len=4), (q, k, v))
+
+
+def test_every_function_refuses_a_second_derivative():
+    """The row ops, the jagged matmuls, attention and the jagged2 ops are once_differentiable:
+    their gradients taken with create_graph=True require grad, and differentiating them again
+    raises torch's once_differentiable error (without the mark the gradients would silently be
+    constants, and second derivatives through them 0)."""
+    v, off = _parts([2, 0, 3], 2, 0)
+    y = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(5, 1, 32, dtype=torch.float64, requires_grad=True)
+    cases = [(lambda: cjt.softmax(v, off), (v,)),
+             (lambda: cjt.jagged_dense_bmm(v, off, y), (v, y)),
+             (lambda: cjt.jagged_flash_attention(q, q, q, off), (q,)),
+             (lambda: cjt.jagged_self_subtraction(v, off), (v,))]
+    for f, inputs in cases:
+        grads = torch.autograd.grad(f().pow(2).sum(), inputs, create_graph=True)
+        assert all(g.requires_grad for g in grads)
+        with pytest.raises(RuntimeError, match="once_differentiable"):
+            torch.stack([g.sum() for g in grads]).sum().backward()
+
+
+def test_operand_device_max_length_and_attention_operand_checks():
+    """offsets or a dense operand on another device than values is a TypeError naming it (the
+    meta device stands in for a GPU); ``max_length=True`` is not the hint 1; a NumPy ``bias`` or
+    ``kv_offsets`` of attention is a TypeError naming it."""
+    v, off = _parts([2, 1], 2, 0)
+    with pytest.raises(TypeError, match="offsets is on meta but values on cpu"):
+        cjt.softmax(v, off.to("meta"))
+    with pytest.raises(TypeError, match="y is on meta but values on cpu"):
+        cjt.jagged_dense_bmm(v, off, torch.ones(2, 2, 2, dtype=torch.float64, device="meta"))
+    with pytest.raises(ValueError, match="max_length must be None or an integer"):
+        cjt.softmax(v, off, max_length=True)
+    q = torch.randn(3, 1, 32, dtype=torch.float64)
+    with pytest.raises(TypeError, match="bias must be a torch tensor"):
+        cjt.jagged_flash_attention(q, q, q, off, bias=np.zeros((2, 1, 2, 2)))
+    with pytest.raises(TypeError, match="kv_offsets must be a torch tensor"):
+        cjt.jagged_flash_attention(q, q, q, off, kv_offsets=np.array([0, 2, 3]))
+
+
+def test_jagged2_offsets_are_int64_for_int32_offsets():
+    """jagged2_offsets squares the lengths in int64: a row of 50000 items has 2.5e9 jagged2
+    items, past int32 (int32 offsets must not make int32 jagged2 offsets)."""
+    got = cjt.jagged2_offsets(torch.tensor([0, 2, 2, 50002], dtype=torch.int32))
+    assert got.dtype == torch.int64
+    assert got.tolist() == [0, 4, 4, 4 + 50000 ** 2]
