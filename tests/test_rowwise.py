@@ -763,6 +763,22 @@ def test_scans_and_sorts_check_axis_and_k():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_backward_takes_a_grad_of_another_float_dtype(log, backend):
+    """A float64 or bf16 grad of a float32 output is cast to float32 first: the result equals
+    that of the cast grad exactly (the GPU kernel reads grad as out's dtype)."""
+    rng = np.random.default_rng(8)
+    host = JaggedArray(rng.standard_normal((9, 3)).astype(np.float32), lengths=[4, 0, 5])
+    y = (R.log_softmax if log else R.softmax)(_on(backend, host))
+    fb = R.log_softmax_backward if log else R.softmax_backward
+    g = rng.standard_normal((9, 3))
+    for gdt in (np.float64, bfloat16):
+        gx = _on(backend, host._with_values(g.astype(gdt)))
+        g32 = _on(backend, host._with_values(g.astype(gdt).astype(np.float32)))
+        np.testing.assert_array_equal(_host(fb(gx, y)), _host(fb(g32, y)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_softmax_propagates_nan_even_beside_neg_inf(backend):
     """A NaN item makes its row (column) NaN, also when every other item is -inf (the max that
     the row is shifted by is NaN, as the GPU's max.NaN gives), and leaves the other rows alone."""
