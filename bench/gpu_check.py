@@ -292,6 +292,8 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", default="", help="an earlier results file: the sections this run "
                     "skips, and the benchmarks of ops it does not time, are taken from it")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -92,6 +92,16 @@ def _check_pair(x, y, xname, yname):
                         "dtype")
 
 
+def _check_grad_like(grad, ref, refname):
+    """A backward's ``grad`` must have the inner shape and dtype of ``ref`` (what it is the
+    gradient of: the forward's input or output)."""
+    if grad.inner_shape != ref.inner_shape:
+        raise ValueError(f"grad must have {refname}'s inner shape {ref.inner_shape}, got "
+                         f"{grad.inner_shape}")
+    if grad.dtype != ref.dtype:
+        raise TypeError(f"grad must have {refname}'s dtype {ref.dtype}, got {grad.dtype}")
+
+
 def _wide(a):
     """Host values for the Numba kernels: 16-bit floats widened to float32."""
     return a.astype(np.float32) if a.dtype in (np.dtype(np.float16), bfloat16) else a
@@ -566,11 +576,7 @@ def jagged_self_subtraction_backward(grad, x):
     if not (x.dtype.kind == "f" or x.dtype == bfloat16):
         raise TypeError(f"x has values of dtype {x.dtype}: gradients need floating values")
     _check_m(grad, x, "grad")
-    if grad.inner_shape != x.inner_shape:
-        raise ValueError(f"grad must have x's inner shape {x.inner_shape}, got "
-                         f"{grad.inner_shape}")
-    if grad.dtype != x.dtype:
-        raise TypeError(f"grad must have x's dtype {x.dtype}, got {grad.dtype}")
+    _check_grad_like(grad, x, "x")
     J = _jagged_cls()
     d = grad - grad._with_values(grad.values[_transpose2(grad, x)])
     lines = J(d.values, _line_offsets(grad, x), max_length=x.max_length, validate=False)
@@ -631,8 +637,7 @@ def dense_jagged_cat_backward(grad, x):
             (grad.offsets.astype(np.int64) == new_off).all()):
         raise ValueError("grad must have the structure of dense_jagged_cat(d, x): x's rows one "
                          "item longer, x's inner shape, x's device")
-    if grad.dtype != x.dtype:
-        raise TypeError(f"grad must have x's dtype {x.dtype}, got {grad.dtype}")
+    _check_grad_like(grad, x, "x")
     gv = grad.values
     return gv[new_off[:-1]], x._with_values(gv[xp.arange(T, dtype=np.int64) + row_ids(x, np.int64)
                                               + 1])
@@ -740,9 +745,5 @@ def jagged2_softmax_backward(grad, out, x, axis=1):
     ax = _softmax_axis(axis)
     _check_m_float(out, x, "out")
     _check_m_float(grad, x, "grad")
-    if grad.inner_shape != out.inner_shape:
-        raise ValueError(f"grad must have out's inner shape {out.inner_shape}, got "
-                         f"{grad.inner_shape}")
-    if grad.dtype != out.dtype:
-        raise TypeError(f"grad must have out's dtype {out.dtype}, got {grad.dtype}")
+    _check_grad_like(grad, out, "out")
     return _by_lines(grad, x, ax, softmax_backward, out)

@@ -597,8 +597,8 @@ def _on(backend, x):
     return _gpu(x) if backend == "gpu" else x
 
 
-def _host(a):
-    """The values of a JaggedArray, or an array, as NumPy."""
+def _np(a):
+    """The values of a JaggedArray, or an array, as NumPy (from either backend)."""
     a = a.values if isinstance(a, JaggedArray) else a
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
@@ -621,9 +621,9 @@ def test_log_softmax_backward_row_with_one_zero_output_is_not_dead(backend):
     first item dominates has output [0, -1000] and the usual gradient g - exp(y) * sum(g)."""
     x = _on(backend, JaggedArray(np.array([1000.0, 0.0], np.float32), [0, 2]))
     y = R.log_softmax(x)
-    np.testing.assert_array_equal(_host(y), [0.0, -1000.0])
+    np.testing.assert_array_equal(_np(y), [0.0, -1000.0])
     g = y._with_values(xp_of(y.values).ones_like(y.values))
-    np.testing.assert_array_equal(_host(R.log_softmax_backward(g, y)), [-1.0, 1.0])
+    np.testing.assert_array_equal(_np(R.log_softmax_backward(g, y)), [-1.0, 1.0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -635,11 +635,11 @@ def test_descending_sort_of_unsigned_and_bool(dtype, backend):
     x = _on(backend, host)
     order = [1, 3, 2, 0, 1, 0] if dtype is not np.bool_ else [1, 2, 3, 0, 1, 0]
     want = np.concatenate([host.values[:4][order[:4]], host.values[4:][order[4:]]])
-    assert _host(R.argsort(x, descending=True)).tolist() == order
-    np.testing.assert_array_equal(_host(R.sort(x, descending=True)), want)
+    assert _np(R.argsort(x, descending=True)).tolist() == order
+    np.testing.assert_array_equal(_np(R.sort(x, descending=True)), want)
     tv, ti = R.topk(x, 1)
-    assert _host(ti).tolist() == [order[0], order[4]]
-    np.testing.assert_array_equal(_host(tv), want[[0, 4]])
+    assert _np(ti).tolist() == [order[0], order[4]]
+    np.testing.assert_array_equal(_np(tv), want[[0, 4]])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -651,7 +651,7 @@ def test_argmax_argmin_give_the_first_nan(backend):
         vals = v if not inner else np.stack([v, v[::-1]], axis=1)
         x = _on(backend, JaggedArray(vals, [0, 5]))
         want = [1] if not inner else [[1, 1]]
-        assert _host(R.argmax(x)).tolist() == want and _host(R.argmin(x)).tolist() == want
+        assert _np(R.argmax(x)).tolist() == want and _np(R.argmin(x)).tolist() == want
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -673,15 +673,15 @@ def test_logsumexp_backward_of_an_all_neg_inf_row_is_zero(backend):
                                  [0, 2, 4]))
     grad = xp_of(x.values).asarray([1.0, 2.0], np.float32)
     g = R.logsumexp_backward(grad, x)
-    np.testing.assert_allclose(_host(g), [0.0, 0.0, 0.5, 1.5], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(_np(g), [0.0, 0.0, 0.5, 1.5], rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_max_min_with_initial_propagate_nan(backend):
     """``initial`` takes part in every row, and NaN still propagates (as np.max(..., initial=))."""
     x = _on(backend, JaggedArray(np.array([np.nan, 1.0, 2.0], np.float32), [0, 2, 2, 3]))
-    np.testing.assert_array_equal(_host(R.max(x, initial=0.0)), [np.nan, 0.0, 2.0])
-    np.testing.assert_array_equal(_host(R.min(x, initial=5.0)), [np.nan, 5.0, 2.0])
+    np.testing.assert_array_equal(_np(R.max(x, initial=0.0)), [np.nan, 0.0, 2.0])
+    np.testing.assert_array_equal(_np(R.min(x, initial=5.0)), [np.nan, 5.0, 2.0])
 
 
 def test_backward_grad_of_the_wrong_shape_but_right_size_is_an_error():
@@ -721,8 +721,8 @@ def test_max_min_nan_propagates_from_every_position(backend):
     x = _on(backend, JaggedArray(np.concatenate([vals, np.float32([4.0, -1.0])]),
                                  lengths=[n] * n + [2]))
     want = [np.nan] * n
-    np.testing.assert_array_equal(_host(R.max(x)), want + [4.0])
-    np.testing.assert_array_equal(_host(R.min(x)), want + [-1.0])
+    np.testing.assert_array_equal(_np(R.max(x)), want + [4.0])
+    np.testing.assert_array_equal(_np(R.min(x)), want + [-1.0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -743,7 +743,7 @@ def test_softmax_backward_is_exactly_zero_past_max_length(log, backend):
     for _ in range(3):
         junk = np.full(host.values.shape, np.nan)
         del junk
-        d = _host(fb(g, y, max_length=trunc))
+        d = _np(fb(g, y, max_length=trunc))
         assert np.all(d[pos >= trunc] == 0), d[pos >= trunc]
         assert np.all(np.isfinite(d))
 
@@ -775,7 +775,7 @@ def test_softmax_backward_takes_a_grad_of_another_float_dtype(log, backend):
     for gdt in (np.float64, bfloat16):
         gx = _on(backend, host._with_values(g.astype(gdt)))
         g32 = _on(backend, host._with_values(g.astype(gdt).astype(np.float32)))
-        np.testing.assert_array_equal(_host(fb(gx, y)), _host(fb(g32, y)))
+        np.testing.assert_array_equal(_np(fb(gx, y)), _np(fb(g32, y)))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -785,7 +785,7 @@ def test_softmax_propagates_nan_even_beside_neg_inf(backend):
     x = _on(backend, JaggedArray(np.array([np.nan, -np.inf, np.nan, 1.0, np.nan, -np.inf, 0.0],
                                           np.float32), lengths=[1, 2, 2, 2]))
     for f in (R.softmax, R.log_softmax):
-        y = _host(f(x))
+        y = _np(f(x))
         assert np.isnan(y[:5]).all(), y
         assert not np.isnan(y[5:]).any(), y
 
@@ -796,14 +796,6 @@ def _gpu(x):
 
     return JaggedArray(cupy.asarray(x.values), cupy.asarray(x.offsets), validate=False,
                        max_length=x.max_length)
-
-
-def _np(a):
-    import cupy
-
-    if isinstance(a, JaggedArray):
-        return cupy.asnumpy(a.values)
-    return cupy.asnumpy(a)
 
 
 # regimes: short rows, block per row, split rows (long rows on few rows), vector/scalar columns
