@@ -32,37 +32,67 @@
 #define JFB_BK 64  // keys a block
 #define JFB_BQ 32  // queries a step
 
-// delta[r] = sum_d o[r, d] * dout[r, d] and lse2[r] = lse[r] * log2(e), r over the T * H rows
+// delta[r] = sum_d o[r, d] * dout[r, d] and lse2[r] = lse[r] * log2(e), r over the T * H rows.
+// TPR threads a row (a power of two <= 32 dividing its NV 16-byte vectors), each reading VPT
+// vectors of each input, the partial dots added by shuffles: a warp's loads are whole lines
+// (one thread a row read 256 bytes of each in 16 steps: latency-bound, H200 33 us for the 67 MB
+// of the 256/0.5 shape). The loop runs over the block's rows (block-uniform: every lane of a
+// warp reaches the shuffles).
 template <typename T, int D>
 __global__ void __launch_bounds__(256)
 jfa_bwd_prep(const T* __restrict__ o, const T* __restrict__ dout, const float* __restrict__ lse,
              float* __restrict__ delta, float* __restrict__ lse2, int64_t n) {
-  for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < n;
-       r += (int64_t)gridDim.x * blockDim.x) {
-    constexpr int EPV = 16 / (int)sizeof(T);  // elements a 16-byte load
-    const uint4* po = reinterpret_cast<const uint4*>(o + r * D);
-    const uint4* pd = reinterpret_cast<const uint4*>(dout + r * D);
+  constexpr int EPV = 16 / (int)sizeof(T), NV = D / EPV;  // elements a vector, vectors a row
+  constexpr int TPR = (NV & -NV) < 32 ? (NV & -NV) : 32, VPT = NV / TPR, RPB = 256 / TPR;
+  static_assert(NV * EPV == D && NV % TPR == 0, "rows of whole 16-byte vectors");
+  const int p = threadIdx.x % TPR;
+  for (int64_t r0 = blockIdx.x * (int64_t)RPB; r0 < n; r0 += (int64_t)gridDim.x * RPB) {
+    const int64_t r = r0 + threadIdx.x / TPR;
     float acc = 0.f;
-#pragma unroll 4
-    for (int c = 0; c < D / EPV; ++c) {
-      const uint4 a = __ldg(po + c), b = __ldg(pd + c);
-      const T* ea = reinterpret_cast<const T*>(&a);
-      const T* eb = reinterpret_cast<const T*>(&b);
+    if (r < n) {
+      const uint4* po = reinterpret_cast<const uint4*>(o + r * D) + p;
+      const uint4* pd = reinterpret_cast<const uint4*>(dout + r * D) + p;
+      uint4 a[VPT], b[VPT];
 #pragma unroll
-      for (int e = 0; e < EPV; ++e) acc = fmaf(to_float(ea[e]), to_float(eb[e]), acc);
+      for (int c = 0; c < VPT; ++c) {
+        a[c] = __ldg(po + c * TPR);
+        b[c] = __ldg(pd + c * TPR);
+      }
+#pragma unroll
+      for (int c = 0; c < VPT; ++c) {
+        const T* ea = reinterpret_cast<const T*>(&a[c]);
+        const T* eb = reinterpret_cast<const T*>(&b[c]);
+#pragma unroll
+        for (int e = 0; e < EPV; ++e) acc = fmaf(to_float(ea[e]), to_float(eb[e]), acc);
+      }
     }
-    delta[r] = acc;
-    lse2[r] = lse[r] * JFB_LOG2E;
+#pragma unroll
+    for (int m = TPR / 2; m > 0; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+    if (p == 0 && r < n) {
+      delta[r] = acc;
+      lse2[r] = lse[r] * JFB_LOG2E;
+    }
   }
 }
 
-// dst[i] = src[i] rounded to T
+// dst[i] = src[i] rounded to the 16-bit T: 8 elements a thread (two 16-byte loads, streaming:
+// src is dead after; one 16-byte store), the n % 8 last ones one at a time (src, dst 16-byte
+// aligned)
 template <typename T>
 __global__ void __launch_bounds__(256)
 jfa_bwd_cast(const float* __restrict__ src, T* __restrict__ dst, int64_t n) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-       i += (int64_t)gridDim.x * blockDim.x)
-    dst[i] = from_float<T>(src[i]);
+  static_assert(sizeof(T) == 2, "16-bit outputs");
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  const int64_t gid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  for (int64_t i = gid; i < n / 8; i += stride) {
+    const float4 a = __ldcs(reinterpret_cast<const float4*>(src) + 2 * i);
+    const float4 b = __ldcs(reinterpret_cast<const float4*>(src) + 2 * i + 1);
+    const uint4 w = make_uint4(pack2<T>(a.x, a.y), pack2<T>(a.z, a.w), pack2<T>(b.x, b.y),
+                               pack2<T>(b.z, b.w));
+    *(reinterpret_cast<uint4*>(dst) + i) = w;
+  }
+  const int64_t t = n / 8 * 8 + gid;
+  if (t < n) dst[t] = from_float<T>(src[t]);
 }
 
 #ifndef JFB_DQ_RED

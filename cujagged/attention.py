@@ -202,8 +202,9 @@ def _gpu_backward(P, gv, causal, fwd=None, bias_dtype=None):
         ov, lse = aligned(fwd[0]), cp.ascontiguousarray(fwd[1])
         delta = cp.empty((T, H), dtype=np.float32)
         lse2 = cp.empty((T, H), dtype=np.float32)
-        _FAMB.get(f"jfa_bwd_prep<{tn}, {D}>")(
-            _grid_stride(T * H), (256,), (ov, go, lse, delta, lse2, np.int64(T * H)))
+        _FAMB.get(f"jfa_bwd_prep<{tn}, {D}>")(  # (up to 16-byte vector a thread)
+            _grid_stride(T * H * D * ov.itemsize // 16), (256,),
+            (ov, go, lse, delta, lse2, np.int64(T * H)))
         info, tile_off = _tile_list(cp, P.kj.offsets, P.qj.offsets, bk, P.msl, P.kj._cache,
                                     bound)
         # the element strides of bias and dbias (sh = 0: one bias head serves every head)
@@ -240,7 +241,7 @@ def _cast_f32(a, dtype):
         return a.astype(dtype, copy=False)
     out = _cupy.empty(a.shape, dtype=dtype)
     if a.size:
-        _FAMB.get(f"jfa_bwd_cast<{_TNAME[dtype]}>")(_grid_stride(a.size), (256,),
+        _FAMB.get(f"jfa_bwd_cast<{_TNAME[dtype]}>")(_grid_stride(-(-a.size // 8)), (256,),
                                                     (a, out, np.int64(a.size)))
     return out
 
