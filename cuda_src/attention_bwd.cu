@@ -66,8 +66,16 @@ jfa_bwd_prep(const T* __restrict__ o, const T* __restrict__ dout, const float* _
         for (int e = 0; e < EPV; ++e) acc = fmaf(to_float(ea[e]), to_float(eb[e]), acc);
       }
     }
+    // (the shuffle as PTX: with __shfl_xor_sync here, CUDA 12's NVVM changed the code of the
+    // jfa_bwd_mma kernels below and ptxas spilled 20 bytes in its D 128 bias instantiations on
+    // sm_90; with this form every jfa_bwd_mma is SASS-identical to before and this kernel to
+    // the intrinsic's)
 #pragma unroll
-    for (int m = TPR / 2; m > 0; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+    for (int m = TPR / 2; m > 0; m >>= 1) {
+      float t;
+      asm("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(t) : "f"(acc), "r"(m));
+      acc += t;
+    }
     if (p == 0 && r < n) {
       delta[r] = acc;
       lse2[r] = lse[r] * JFB_LOG2E;
