@@ -202,7 +202,7 @@ def _gpu_backward(P, gv, causal, fwd=None, bias_dtype=None):
         ov, lse = aligned(fwd[0]), cp.ascontiguousarray(fwd[1])
         delta = cp.empty((T, H), dtype=np.float32)
         lse2 = cp.empty((T, H), dtype=np.float32)
-        _FAMB.get(f"jfa_bwd_prep<{tn}, {D}>")(  # (up to 16-byte vector a thread)
+        _FAMB.get(f"jfa_bwd_prep<{tn}, {D}>")(  # (a thread per 16-byte vector at most)
             _grid_stride(T * H * D * ov.itemsize // 16), (256,),
             (ov, go, lse, delta, lse2, np.int64(T * H)))
         info, tile_off = _tile_list(cp, P.kj.offsets, P.qj.offsets, bk, P.msl, P.kj._cache,
@@ -235,7 +235,8 @@ def _gpu_backward(P, gv, causal, fwd=None, bias_dtype=None):
 
 
 def _cast_f32(a, dtype):
-    """A float32 CuPy array as ``dtype`` (16-bit types by the backward's cast kernel)."""
+    """A float32 CuPy array as ``dtype`` (16-bit types by the backward's cast kernel, which
+    needs ``a`` contiguous and 16-byte aligned: the backward's own fresh buffers)."""
     dtype = np.dtype(dtype)
     if dtype not in _TNAME or dtype == np.float32:
         return a.astype(dtype, copy=False)
