@@ -103,6 +103,55 @@ def run(quick: bool = False) -> list[dict]:
         cupy.get_default_memory_pool().free_all_blocks()
     results += _bwd_shape(cupy, torch, *SHAPES[0], reps=reps, bias=True)
     results += _bwd_shape(cupy, torch, *FP32_SHAPES[0], reps=reps, dtype="float32")
+    if torch is not None:
+        for shape in (SHAPES[0], SHAPES[3]):
+            results += _train_shape(cupy, torch, *shape, reps=reps)
+    return results
+
+
+def _train_shape(cupy, torch, B, max_len, fill, H, D, causal, reps):
+    """A training step through the torch adapter (``cujagged.torch.jagged_flash_attention``,
+    forward + ``backward()`` by autograd on torch tensors: the offsets validated in the
+    forward, a device sync; and with the longest-row hint, none) against FlashAttention-2
+    varlen's forward + backward ops on the same tensors. Timed with events over back-to-back
+    steps (``time_ms``), so a step's syncs and host overhead count where they stall the GPU.
+    Peak memory: the adapter allocates in CuPy's pool, FA2 in torch's."""
+    import cujagged.torch as cjt
+
+    lens, T, params, flops, off = _setup(cupy, B, max_len, fill, H, D, causal, "bfloat16", 7)
+    cu = torch.from_dlpack(off)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    sets = [[torch.randn(T, H, D, device="cuda", generator=g, dtype=torch.bfloat16)
+             .requires_grad_() for _ in range(4)] for _ in range(2)]
+    scale, ml = 1 / math.sqrt(D), int(lens.max())
+
+    def ours(s, **hint):
+        q, k, v, w = s
+        # (autograd.grad: no accumulation into .grad, which the peer's ops do not do either)
+        o = cjt.jagged_flash_attention(q, k, v, cu, causal=causal, **hint)
+        torch.autograd.grad(o, (q, k, v), w)
+
+    def fa2(s):
+        q, k, v, w = s
+        o, lse, seed, offs = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu, cu, max_len, max_len, 0.0, causal, False, scale=scale)[:4]
+        torch.ops.aten._flash_attention_backward(w, q, k, v, o, lse, cu, cu, max_len, max_len,
+                                                 0.0, causal, seed, offs, scale=scale)
+
+    results = []
+    for impl, fn in (("cujagged_torch", ours),
+                     ("cujagged_torch_hinted", lambda s: ours(s, max_length=ml)),
+                     ("fa2_varlen", fa2)):
+        try:
+            it = rotate(sets)
+            ms = time_ms(lambda fn=fn, it=it: fn(next(it)), reps=reps)
+            with (torch_peak() if impl == "fa2_varlen" else cupy_peak()) as pk:
+                fn(sets[0])
+            results.append(entry("attention_train_step", impl, params, ms, pk.mib,
+                                 flops=flops))
+        except Exception as ex:
+            print(f"  {impl} training step failed on {params}: {type(ex).__name__}: "
+                  f"{str(ex)[:300]}", file=sys.stderr)
     return results
 
 

@@ -52,10 +52,10 @@ def _check(values, offsets, *dense, max_length=None):
             raise TypeError(f"{name} is on {t.device} but values on {values.device}")
 
 
-def _check_max_length(max_length):
+def _check_max_length(max_length, name="max_length"):
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(
             max_length, int) or max_length < 0):
-        raise ValueError(f"max_length must be None or an integer >= 0, got {max_length!r}")
+        raise ValueError(f"{name} must be None or an integer >= 0, got {max_length!r}")
 
 
 def _jagged(values, offsets, max_length):
@@ -218,15 +218,26 @@ def jagged_jagged_bmm(x_values, y_values, offsets, *, max_length=None):
 
 
 class _Attention(torch.autograd.Function):
+    """Attention over torch parts. The forward builds the jagged q (and, for cross-attention,
+    k) once, validating their offsets unless a longest-row hint is given; the backward rebuilds
+    them from the saved offsets with the longest rows the forward found (no second validation,
+    no device sync) and runs the CUDA backward on the saved O and log-sum-exp."""
+
     @staticmethod
-    def forward(ctx, q, k, v, bias, offsets, kv_offsets, opts):
+    def forward(ctx, q, k, v, bias, offsets, kv_offsets, opts, lengths):
         with _stream(q):
-            kw = dict(opts, kv_offsets=None if kv_offsets is None else _dense(kv_offsets),
-                      bias=None if bias is None else _dense(bias))
-            out, lse = _jfa(_dense(q), _dense(k), _dense(v), _dense(offsets), return_lse=True,
-                            **kw)
-            out, lse = _torch_from(out), _torch_from(lse)
+            # (self-attention: k and v get q's structure only after the shape checks of the
+            # plain-array path, so a k of another length is refused, not read past its end)
+            qj = _named(q, offsets, lengths[0], "offsets", "q")
+            kj = None if kv_offsets is None else _named(k, kv_offsets, lengths[1],
+                                                        "kv_offsets", "k")
+            out, lse = _jfa(qj, _dense(k) if kj is None else kj,
+                            _dense(v) if kj is None else kj._with_values(_dense(v)),
+                            bias=None if bias is None else _dense(bias), return_lse=True,
+                            **opts)
+            out, lse = _torch_from(out.values), _torch_from(lse)
         ctx.opts = opts
+        ctx.lengths = (qj.max_length, None if kj is None else kj.max_length)
         # O and its log-sum-exp spare the backward a second forward (as torch's own flash
         # attention, an in-place edit of the returned O is then refused at backward time)
         ctx.save_for_backward(q, k, v, bias, offsets, kv_offsets, out, lse)
@@ -238,25 +249,48 @@ class _Attention(torch.autograd.Function):
         q, k, v, bias, offsets, kv_offsets, out, lse = ctx.saved_tensors
         opts = {n: ctx.opts[n] for n in ("max_seq_len", "scale", "causal")}
         with _stream(q):
-            grads = _jfa_bwd(_dense(grad), _dense(q), _dense(k), _dense(v), _dense(offsets),
-                             kv_offsets=None if kv_offsets is None else _dense(kv_offsets),
+            # the forward validated these offsets and found their longest rows: trusted here
+            qj = _jagged(q, offsets, ctx.lengths[0])
+            kj = qj._with_values(_dense(k)) if kv_offsets is None else _jagged(
+                k, kv_offsets, ctx.lengths[1])
+            grads = _jfa_bwd(qj._with_values(_dense(grad)), qj, kj, kj._with_values(_dense(v)),
                              bias=None if bias is None else _dense(bias), out=_dense(out),
                              lse=_dense(lse), **opts)
-            grads = [_torch_from(a) for a in grads]
+            grads = [_torch_from(a.values if hasattr(a, "offsets") else a) for a in grads]
         dbias = grads[3] if bias is not None else None
-        return grads[0], grads[1], grads[2], dbias, None, None, None
+        return grads[0], grads[1], grads[2], dbias, None, None, None, None
+
+
+def _named(values, offsets, max_length, off_name, name):
+    """:func:`_jagged`, its errors naming ``off_name`` (of ``name``)."""
+    try:
+        return _jagged(values, offsets, max_length)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{off_name} (of {name}): {e}") from None
 
 
 def jagged_flash_attention(q, k, v, offsets, *, kv_offsets=None, max_seq_len=None, scale=None,
-                           causal=False, bias=None, allow_tf32=False):
+                           causal=False, bias=None, allow_tf32=False, max_length=None,
+                           kv_max_length=None):
     """:func:`cujagged.jagged_flash_attention` on torch tensors, differentiable in ``q``, ``k``,
     ``v`` and ``bias``: ``q [Tq, H, D]``, ``k``/``v [Tk, Hk, D]``, ``offsets [B+1]`` (and
-    ``kv_offsets`` for cross-attention) -> ``O [Tq, H, D]``."""
+    ``kv_offsets`` for cross-attention) -> ``O [Tq, H, D]``.
+
+    ``max_seq_len`` truncates every row (as in :func:`cujagged.jagged_flash_attention`);
+    ``max_length`` / ``kv_max_length`` are the longest query / key row when known (trusted
+    hints, as the module's other ``max_length``: on CUDA tensors they skip the offsets'
+    validation, the one device sync of a training step). The backward reuses what the forward
+    found and does not synchronise."""
     dense = [("k", k), ("v", v)] + [(n, t) for n, t in (("kv_offsets", kv_offsets),
                                                          ("bias", bias)) if t is not None]
-    _check(q, offsets, *dense)
+    _check(q, offsets, *dense, max_length=max_length)
+    _check_max_length(kv_max_length, "kv_max_length")
+    if kv_max_length is not None and kv_offsets is None:
+        raise ValueError("kv_max_length is the longest row of kv_offsets (cross-attention); "
+                         "self-attention takes max_length alone")
     opts = dict(max_seq_len=max_seq_len, scale=scale, causal=causal, allow_tf32=allow_tf32)
-    return _Attention.apply(q, k, v, bias, offsets, kv_offsets, opts)
+    return _Attention.apply(q, k, v, bias, offsets, kv_offsets, opts,
+                            (max_length, kv_max_length))
 
 
 # ---- jagged2 (one L_b x L_b matrix a row, values [ΣL_b², *inner]; offsets: jagged2_offsets) --

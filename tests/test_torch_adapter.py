@@ -293,3 +293,66 @@ def test_jagged2_offsets_are_int64_for_int32_offsets():
     got = cjt.jagged2_offsets(torch.tensor([0, 2, 2, 50002], dtype=torch.int32))
     assert got.dtype == torch.int64
     assert got.tolist() == [0, 4, 4, 4 + 50000 ** 2]
+
+
+def test_attention_offsets_errors_name_the_argument_and_hints_are_checked():
+    """Malformed ``offsets`` / ``kv_offsets`` are refused naming which (and of which operand);
+    ``max_length`` / ``kv_max_length`` are longest-row hints: checked on CPU tensors, refused
+    when not integers, and ``kv_max_length`` without ``kv_offsets`` is an error; correct hints
+    change nothing."""
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(8, 2, 32, generator=g, dtype=torch.float64)
+    k = torch.randn(7, 1, 32, generator=g, dtype=torch.float64)
+    off, koff = torch.tensor([0, 3, 3, 8]), torch.tensor([0, 4, 6, 7])
+    with pytest.raises(ValueError, match=r"^offsets \(of q\): .*"):
+        cjt.jagged_flash_attention(q, k, k, torch.tensor([0, 5, 3, 8]), kv_offsets=koff)
+    with pytest.raises(ValueError, match=r"^kv_offsets \(of k\): .*"):
+        cjt.jagged_flash_attention(q, k, k, off, kv_offsets=torch.tensor([0, 4, 6, 9]))
+    with pytest.raises(ValueError, match="kv_max_length must be None or an integer"):
+        cjt.jagged_flash_attention(q, k, k, off, kv_offsets=koff, kv_max_length=2.0)
+    with pytest.raises(ValueError, match="kv_max_length is the longest row of kv_offsets"):
+        cjt.jagged_flash_attention(q, q, q, off, kv_max_length=5)
+    with pytest.raises(ValueError, match=r"^kv_offsets \(of k\): .*max_length"):
+        cjt.jagged_flash_attention(q, k, k, off, kv_offsets=koff, kv_max_length=3)
+    want = cjt.jagged_flash_attention(q, k, k, off, kv_offsets=koff, causal=True)
+    got = cjt.jagged_flash_attention(q, k, k, off, kv_offsets=koff, causal=True, max_length=5,
+                                     kv_max_length=4)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_gpu_attention_training_step_validates_offsets_once(monkeypatch):
+    """A forward + backward through the adapter on CUDA tensors validates each offsets array
+    once (in the forward: one device sync each), and not at all with longest-row hints; the
+    gradients equal the validated path's (cross-attention, bf16)."""
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    calls = []
+    real = cj.JaggedArray._validate
+    monkeypatch.setattr(cj.JaggedArray, "_validate",
+                        lambda self, given: calls.append(given) or real(self, given))
+    g = torch.Generator().manual_seed(9)
+    lq, lk = [3, 0, 70, 1], [5, 2, 64, 0]
+    off = torch.from_numpy(make_offsets(lq)).cuda()
+    koff = torch.from_numpy(make_offsets(lk)).cuda().to(torch.int32)
+
+    def step(**hints):
+        q, k, v = (torch.randn(n, h, 64, generator=g).to("cuda", torch.bfloat16)
+                   .requires_grad_() for n, h in ((sum(lq), 2), (sum(lk), 1), (sum(lk), 1)))
+        calls.clear()
+        out = cjt.jagged_flash_attention(q, k, v, off, kv_offsets=koff, **hints)
+        n_fwd = len(calls)
+        out.float().square().sum().backward()
+        return out, [t.grad for t in (q, k, v)], n_fwd, len(calls) - n_fwd
+
+    g.manual_seed(9)
+    out, grads, n_fwd, n_bwd = step()
+    assert (n_fwd, n_bwd) == (2, 0)
+    g.manual_seed(9)
+    out2, grads2, n_fwd, n_bwd = step(max_length=70, kv_max_length=64)
+    assert (n_fwd, n_bwd) == (0, 0)
+    torch.testing.assert_close(out2, out, rtol=0, atol=0)
+    for a, b in zip(grads2, grads):
+        assert a.abs().sum() > 0
+        # (dq's float32 atomics may add in another order: a bf16 rounding may flip by an ulp)
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
