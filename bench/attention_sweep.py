@@ -51,7 +51,7 @@ def main():
                     continue
                 opts = [f"-DJFA_MT(D)={mt}", f"-DJFA_BN(D)={bn}", f"-DJFA_MINB(D)={minb}",
                         f"-DJFA_STAGES(D)={st}"]
-                names = [A._mma_name("bf16_t", D, bm, False), "jfa_tile_info"]
+                names = [A._mma_name("bf16_t", D, bm, False)]
                 A._FAM = KernelFamily("attention.cu", names, options=opts, register=False)
                 A._mma_bn = lambda d, bn=bn: bn
                 A._mma_threads = lambda d, b, mt=mt: b // (16 * mt) * 32

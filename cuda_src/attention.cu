@@ -29,24 +29,6 @@
 #define JFA_STAGES(D) 2
 #endif
 
-// tile_info[t] for the tiles t of every row: perm[p] is the p-th row in work order, tile_off[p]
-// (cumulative, [B+1]) its first tile; the row's last query tile comes first (most causal work).
-__global__ void jfa_tile_info(const int64_t* __restrict__ q_off, const int64_t* __restrict__ k_off,
-                              const int32_t* __restrict__ perm, const int32_t* __restrict__ tile_off,
-                              int64_t B, int32_t* __restrict__ tile_info) {
-  for (int64_t p = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; p < B;
-       p += (int64_t)gridDim.x * blockDim.x) {
-    const int32_t t0 = tile_off[p], t1 = tile_off[p + 1], row = perm[p];
-    const int64_t qs = q_off[row], ks = k_off[row];
-    const int32_t lq = (int32_t)(q_off[row + 1] - qs), lk = (int32_t)(k_off[row + 1] - ks);
-    for (int32_t t = t0; t < t1; ++t) {
-      longlong2* rec = reinterpret_cast<longlong2*>(tile_info + 8 * (int64_t)t);
-      rec[0] = make_longlong2(qs, ks);
-      *reinterpret_cast<int4*>(rec + 1) = make_int4(lq, lk, t1 - 1 - t, row);
-    }
-  }
-}
-
 // two adjacent output elements (p is 4- or 8-byte aligned)
 template <typename T> __device__ __forceinline__ void store2(T* p, float lo, float hi) {
   if constexpr (sizeof(T) == 4) *reinterpret_cast<float2*>(p) = make_float2(lo, hi);

@@ -52,7 +52,7 @@ def _f32_name(d: int, has_bias: bool) -> str:
 
 
 def _instantiations():
-    names = ["jfa_tile_info"]
+    names = []
     for t in ("bf16_t", "f16_t", "float"):  # float: TF32 (allow_tf32=True)
         for d in HEAD_DIMS:
             for hb in (False, True):
@@ -66,6 +66,12 @@ def _instantiations():
 
 
 _FAM = KernelFamily("attention.cu", _instantiations())
+# the tile lists (cuda_src/jfa_tiles.cu): one launch of one block up to _PLAN_MAX_B rows, else
+# CuPy's argsort / cumsum and jfa_tile_info
+_ITYPE = {np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}
+_TILES = KernelFamily("jfa_tiles.cu", ["jfa_tile_info"] + [
+    f"jfa_tile_plan<{a}, {b}>" for a in _ITYPE.values() for b in _ITYPE.values()])
+_PLAN_MAX_B = 65536
 
 # Hopper (sm_90a) kernel family: wgmma, bf16/fp16, D in _SM90_DIMS, no bias; 64 query rows per
 # warpgroup, 1 or 2 warpgroups per block, BN keys per step, K/V ring of ST stages
@@ -293,26 +299,34 @@ def _as_jagged(x, offsets, name: str, off_name: str) -> JaggedArray:
 def _tile_list(xp, q_off, k_off, bm: int, msl: int, cache, bound: int):
     """(tile_info int32 [bound, 8], tile_off int32 [B+1]).
 
-    Rows sorted by work (most first); ``tile_off`` counts their query tiles cumulatively and
-    ``tile_info[t]`` is tile t's record (q start, k start as int64; query and key lengths, query
-    tile, row: see ``cuda_src/jfa_tiles.cuh``); ``bound`` (host-known) >= the tile count. Built
-    on the device without a host sync; cached in the JaggedArray's ``_cache``."""
+    Rows in order of work (query tiles x (keys + 1), most first); ``tile_off`` counts their
+    query tiles cumulatively and ``tile_info[t]`` is tile t's record (q start, k start as int64;
+    query and key lengths, query tile, row: see ``cuda_src/jfa_tiles.cuh``); ``bound``
+    (host-known) >= the tile count. Built on the device without a host sync (one launch up to
+    ``_PLAN_MAX_B`` rows); cached in the JaggedArray's ``_cache``."""
     key = ("jfa_tiles", bm, msl, bound)
     if cache is not None:
         hit = cache.get(key)
         if hit is not None and hit[0] is k_off:
             return hit[1]
-    qo = q_off.astype(np.int64, copy=False)
-    ko = k_off.astype(np.int64, copy=False)
-    nt = (qo[1:] - qo[:-1] + (bm - 1)) // bm
-    work = nt * (xp.minimum(ko[1:] - ko[:-1], msl) + 1)
-    perm = xp.argsort(-work).astype(np.int32)
-    tile_off = xp.zeros(nt.shape[0] + 1, dtype=np.int32)
-    tile_off[1:] = xp.cumsum(nt[perm])
+    B = q_off.shape[0] - 1
     info = xp.empty((bound, 8), dtype=np.int32)
-    B = nt.shape[0]
-    _FAM.get("jfa_tile_info")((min((B + 127) // 128, 1024),), (128,),
-                              (qo, ko, perm, tile_off, np.int64(B), info))
+    tile_off = xp.empty(B + 1, dtype=np.int32)
+    if B <= _PLAN_MAX_B:
+        perm = xp.empty(max(B, 1), dtype=np.int32)
+        _TILES.get(f"jfa_tile_plan<{_ITYPE[q_off.dtype]}, {_ITYPE[k_off.dtype]}>")(
+            (1,), (1024,), (q_off, k_off, np.int64(B), np.int32(bm), np.int64(msl), perm,
+                            tile_off, info))
+    else:
+        qo = q_off.astype(np.int64, copy=False)
+        ko = k_off.astype(np.int64, copy=False)
+        nt = (qo[1:] - qo[:-1] + (bm - 1)) // bm
+        work = nt * (xp.minimum(ko[1:] - ko[:-1], msl) + 1)
+        perm = xp.argsort(-work).astype(np.int32)
+        tile_off[0] = 0
+        tile_off[1:] = xp.cumsum(nt[perm])
+        _TILES.get("jfa_tile_info")((max(1, min((B + 127) // 128, 1024)),), (128,),
+                                    (qo, ko, perm, tile_off, np.int64(B), info))
     out = (info, tile_off)
     if cache is not None:
         cache[key] = (k_off, out)

@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 from . import interaction as _ia
 from . import rowwise as _rw
-from ._backend import cupy
+from ._backend import bfloat16, cupy
 from .attention import jagged_flash_attention as _jfa
 from .attention import jagged_flash_attention_backward as _jfa_bwd
 from .interop import _torch_from, from_dlpack_parts
+from .jagged import JaggedArray
 
 __all__ = ["softmax", "log_softmax", "sum", "mean", "logsumexp", "cumsum", "jagged_dense_bmm",
            "jagged_jagged_bmm", "jagged_flash_attention", "jagged2_offsets",
@@ -61,15 +63,34 @@ def _check_max_length(max_length, name="max_length"):
 def _jagged(values, offsets, max_length):
     """The cujagged view of torch parts (detached: DLPack does not export autograd tensors).
     Host offsets are always checked; CUDA offsets unless ``max_length`` is given (a sync)."""
+    if values.is_cuda and isinstance(offsets, torch.Tensor):
+        return JaggedArray(_dense(values), _dense(offsets), max_length=max_length,
+                           validate=max_length is None)
     return from_dlpack_parts(values.detach().contiguous(), offsets, max_length=max_length,
                              validate=max_length is None or not values.is_cuda)
 
 
+# torch dtype -> (NumPy dtype of the CuPy array, bfloat16 view): CUDA tensors of these dtypes
+# are wrapped by pointer (a few microseconds) rather than through DLPack (tens: torch's
+# __dlpack__ looks up streams and devices each call); the tensor is the memory's owner
+_BY_POINTER = {torch.float32: (np.float32, False), torch.float16: (np.float16, False),
+               torch.float64: (np.float64, False), torch.bfloat16: (np.int16, True),
+               torch.int32: (np.int32, False), torch.int64: (np.int64, False)}
+
+
 def _dense(t):
-    """A dense torch tensor as a NumPy/CuPy array (shared memory)."""
+    """A dense torch tensor as a NumPy/CuPy array (shared memory). CUDA tensors are used on
+    the current stream, which the callers make torch's (:func:`_stream`)."""
     from .interop import _import_one
 
-    return _import_one(t.detach().contiguous(), "tensor")
+    t = t.detach().contiguous()
+    kind = _BY_POINTER.get(t.dtype) if t.is_cuda and cupy is not None and t.numel() else None
+    if kind is None or (kind[1] and bfloat16 is None):
+        return _import_one(t, "tensor")
+    mem = cupy.cuda.UnownedMemory(t.data_ptr(), t.numel() * t.element_size(), t,
+                                  t.device.index)
+    a = cupy.ndarray(tuple(t.shape), kind[0], cupy.cuda.MemoryPointer(mem, 0))
+    return a.view(bfloat16) if kind[1] else a
 
 
 def _stream(t):

@@ -362,6 +362,72 @@ def test_gpu_long_rows(D, dtype, causal):
         check_gpu(p, allow_tf32=True)
 
 
+def _work_class(w):
+    """cuda_src/jfa_tiles.cu's work_class: 0, else 1 + 4 floor(log2 w) + the next two bits."""
+    if w <= 0:
+        return 0
+    lg = int(w).bit_length() - 1
+    frac = (w >> (lg - 2)) & 3 if lg >= 2 else (w << (2 - lg)) & 3
+    return 1 + 4 * lg + frac
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("plan", [True, False])
+@pytest.mark.parametrize("case", ["empty", "one", "mixed", "many", "long"])
+def test_gpu_tile_list_covers_every_tile_once_in_work_order(plan, case, monkeypatch):
+    """The tile list (the one-block plan kernel, and the argsort path past _PLAN_MAX_B rows):
+    every query tile of every row has exactly one record with the row's starts and lengths,
+    records past the count are untouched (poisoned), tile_off counts each row's tiles in list
+    order, and rows come in descending work (the plan: by work class, row order within one)."""
+    import cupy
+
+    from cujagged import attention as A
+
+    rng = np.random.default_rng(len(case) + plan)
+    lq = {"empty": [], "one": [1], "mixed": [0, 3, 64, 65, 0, 700, 1, 128, 200],
+          "many": list(rng.integers(0, 40, 3000)), "long": [0, 5000, 17, 129]}[case]
+    lk = [n if i % 3 else n // 2 + (i % 5) for i, n in enumerate(lq)]
+    if not plan:
+        monkeypatch.setattr(A, "_PLAN_MAX_B", -1)
+    B = len(lq)
+    for bm, msl, qd, kd in ((64, A._NO_LIMIT, np.int32, np.int64), (16, 50, np.int64, np.int32)):
+        qo, ko = make_offsets(lq).astype(qd), make_offsets(lk).astype(kd)
+        nt = [(n + bm - 1) // bm for n in lq]
+        bound = (int(qo[-1]) + bm - 1) // bm + B
+        real_empty = cupy.empty
+        poisoned = lambda shape, dtype: cupy.full(shape, -7, dtype)  # noqa: E731
+        monkeypatch.setattr(cupy, "empty", poisoned)
+        try:
+            info, off = A._tile_list(cupy, cupy.asarray(qo), cupy.asarray(ko), bm, msl, None,
+                                     bound)
+        finally:
+            monkeypatch.setattr(cupy, "empty", real_empty)
+        info, off = cupy.asnumpy(info), cupy.asnumpy(off)
+        total = sum(nt)
+        assert off[0] == 0 and off[-1] == total and (np.diff(off) >= 0).all()
+        assert (info[total:] == -7).all()
+        starts = info[:total, :4].copy().view(np.int64)  # (q start, k start) a record
+        seen = {}
+        order = []
+        for t in range(total):
+            lqr, lkr, tq, row = info[t, 4:]
+            assert (starts[t, 0], starts[t, 1]) == (qo[row], ko[row])
+            assert (lqr, lkr) == (lq[row], lk[row])
+            seen.setdefault(row, set()).add(int(tq))
+            if not order or order[-1] != row:
+                order.append(int(row))
+        assert seen == {r: set(range(n)) for r, n in enumerate(nt) if n}
+        assert len(order) == len(seen)  # a row's tiles are contiguous
+        pos = np.searchsorted(off, np.arange(total), side="right") - 1
+        assert [int(info[off[p], 7]) for p in sorted(set(pos))] == order
+        work = [nt[r] * (min(lk[r], msl) + 1) for r in order]
+        if plan:
+            key = [(-_work_class(w), r) for w, r in zip(work, order)]
+            assert key == sorted(key)
+        else:
+            assert work == sorted(work, reverse=True)
+
+
 @pytest.mark.gpu
 def test_gpu_jagged_input_caches_tile_list():
     import cupy
