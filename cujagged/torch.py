@@ -5,9 +5,12 @@ A jagged batch is passed as its torch parts, ``values [T, *inner]`` and ``offset
 or int64, the device of ``values``); results are torch tensors sharing memory with cujagged's
 outputs (DLPack, no copy): jagged results are new ``values`` with the same ``offsets``. CUDA
 tensors run the CUDA kernels on torch's current stream; CPU tensors the Numba backend.
-``offsets`` are validated on each call (a small reduction); for CUDA tensors that is a device
-sync, which ``max_length`` (the longest row, trusted: give it only for offsets known to be valid)
-skips. Here ``max_length`` is that hint, as ``JaggedArray``'s constructor takes it, **not** the
+``offsets`` are validated (a small reduction); CPU tensors on each call, CUDA tensors once per
+offsets tensor, a device sync, which ``max_length`` (the longest row, trusted: give it only for
+offsets known to be valid) skips. A CUDA offsets tensor's checked structure (and the attention
+tile lists built from it) is kept while the tensor lives and is unchanged (torch's version
+counter), so every layer of a model step over one batch, forward and backward, shares it.
+Here ``max_length`` is that hint, as ``JaggedArray``'s constructor takes it, **not** the
 truncation length that the row-wise methods' ``max_length`` is (truncate with
 ``JaggedArray.softmax(max_length=...)`` and the like); on CPU tensors it is checked against
 the offsets. Backward functions are first-order (``once_differentiable``).
@@ -29,6 +32,7 @@ import contextlib
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import interaction as _ia
 from . import rowwise as _rw
@@ -62,12 +66,31 @@ def _check_max_length(max_length, name="max_length"):
 
 def _jagged(values, offsets, max_length):
     """The cujagged view of torch parts (detached: DLPack does not export autograd tensors).
-    Host offsets are always checked; CUDA offsets unless ``max_length`` is given (a sync)."""
-    if values.is_cuda and isinstance(offsets, torch.Tensor):
-        return JaggedArray(_dense(values), _dense(offsets), max_length=max_length,
-                           validate=max_length is None)
-    return from_dlpack_parts(values.detach().contiguous(), offsets, max_length=max_length,
-                             validate=max_length is None or not values.is_cuda)
+    Host offsets are always checked. CUDA offsets are checked (a device sync) once per offsets
+    tensor, unless ``max_length`` is given: the structure (device offsets, longest row, cached
+    tile lists) is kept for the tensor's lifetime, keyed by its identity, torch's version
+    counter (an in-place change drops it), the values' length and the stream, so the layers of
+    one model step over one batch, and their backwards, share one check and one tile list."""
+    if not (values.is_cuda and isinstance(offsets, torch.Tensor)):
+        return from_dlpack_parts(values.detach().contiguous(), offsets, max_length=max_length,
+                                 validate=max_length is None or not values.is_cuda)
+    try:  # (per stream too: the row-wise split reductions keep arrival counters in it)
+        key = (offsets._version, offsets.data_ptr(), values.shape[0] if values.ndim else -1,
+               torch.cuda.current_stream(values.device).cuda_stream)
+    except RuntimeError:  # an inference tensor keeps no version counter: no cache
+        key = None
+    hit = _STRUCTS.get(offsets) if key is not None else None
+    if hit is not None and hit[0] == key and max_length in (None, hit[1].max_length):
+        return hit[1]._with_values(_dense(values))
+    x = JaggedArray(_dense(values), _dense(offsets), max_length=max_length,
+                    validate=max_length is None)
+    if key is not None:
+        _STRUCTS[offsets] = (key, x._with_values(None))  # (no reference to the values)
+    return x
+
+
+# offsets tensor -> ((version, data_ptr, T, stream), a JaggedArray of its structure without values)
+_STRUCTS = WeakIdKeyDictionary()
 
 
 # torch dtype -> (NumPy dtype of the CuPy array, bfloat16 view): CUDA tensors of these dtypes
@@ -239,26 +262,30 @@ def jagged_jagged_bmm(x_values, y_values, offsets, *, max_length=None):
 
 
 class _Attention(torch.autograd.Function):
-    """Attention over torch parts. The forward builds the jagged q (and, for cross-attention,
-    k) once, validating their offsets unless a longest-row hint is given; the backward rebuilds
-    them from the saved offsets with the longest rows the forward found (no second validation,
-    no device sync) and runs the CUDA backward on the saved O and log-sum-exp."""
+    """Attention over torch parts: the jagged q (and, for cross-attention, k) of the offsets'
+    cached structures (:func:`_jagged`); the backward takes the same structures (the longest
+    rows the forward found as hints: no device sync) and runs the CUDA backward on the saved O
+    and log-sum-exp."""
 
     @staticmethod
     def forward(ctx, q, k, v, bias, offsets, kv_offsets, opts, lengths):
         with _stream(q):
-            # (self-attention: k and v get q's structure only after the shape checks of the
-            # plain-array path, so a k of another length is refused, not read past its end)
             qj = _named(q, offsets, lengths[0], "offsets", "q")
-            kj = None if kv_offsets is None else _named(k, kv_offsets, lengths[1],
-                                                        "kv_offsets", "k")
-            out, lse = _jfa(qj, _dense(k) if kj is None else kj,
-                            _dense(v) if kj is None else kj._with_values(_dense(v)),
+            if kv_offsets is None:  # (checked here: k and v take q's structure unchecked)
+                if k.shape[:1] != q.shape[:1]:
+                    raise ValueError(f"k has {k.shape[0] if k.ndim else 0} rows but q has "
+                                     f"{q.shape[0]}; give kv_offsets for cross-attention")
+                kj = qj._with_values(_dense(k))
+            else:
+                kj = _named(k, kv_offsets, lengths[1], "kv_offsets", "k")
+            # (JaggedArrays of cached structures: from the second call on, the launch plan
+            # cached on them skips the argument checks and the tile list)
+            out, lse = _jfa(qj, kj, kj._with_values(_dense(v)),
                             bias=None if bias is None else _dense(bias), return_lse=True,
                             **opts)
             out, lse = _torch_from(out.values), _torch_from(lse)
         ctx.opts = opts
-        ctx.lengths = (qj.max_length, None if kj is None else kj.max_length)
+        ctx.lengths = (qj.max_length, None if kv_offsets is None else kj.max_length)
         # O and its log-sum-exp spare the backward a second forward (as torch's own flash
         # attention, an in-place edit of the returned O is then refused at backward time)
         ctx.save_for_backward(q, k, v, bias, offsets, kv_offsets, out, lse)
@@ -300,8 +327,8 @@ def jagged_flash_attention(q, k, v, offsets, *, kv_offsets=None, max_seq_len=Non
     ``max_seq_len`` truncates every row (as in :func:`cujagged.jagged_flash_attention`);
     ``max_length`` / ``kv_max_length`` are the longest query / key row when known (trusted
     hints, as the module's other ``max_length``: on CUDA tensors they skip the offsets'
-    validation, the one device sync of a training step). The backward reuses what the forward
-    found and does not synchronise."""
+    validation, a device sync the first time an offsets tensor is seen). The backward reuses
+    what the forward found and does not synchronise."""
     dense = [("k", k), ("v", v)] + [(n, t) for n, t in (("kv_offsets", kv_offsets),
                                                          ("bias", bias)) if t is not None]
     _check(q, offsets, *dense, max_length=max_length)

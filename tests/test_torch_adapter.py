@@ -312,6 +312,8 @@ def test_attention_offsets_errors_name_the_argument_and_hints_are_checked():
         cjt.jagged_flash_attention(q, k, k, off, kv_offsets=koff, kv_max_length=2.0)
     with pytest.raises(ValueError, match="kv_max_length is the longest row of kv_offsets"):
         cjt.jagged_flash_attention(q, q, q, off, kv_max_length=5)
+    with pytest.raises(ValueError, match="k has 7 rows but q has 8; give kv_offsets"):
+        cjt.jagged_flash_attention(q, k, k, off)
     with pytest.raises(ValueError, match=r"^kv_offsets \(of k\): .*max_length"):
         cjt.jagged_flash_attention(q, k, k, off, kv_offsets=koff, kv_max_length=3)
     want = cjt.jagged_flash_attention(q, k, k, off, kv_offsets=koff, causal=True)
@@ -321,10 +323,13 @@ def test_attention_offsets_errors_name_the_argument_and_hints_are_checked():
 
 
 @pytest.mark.gpu
-def test_gpu_attention_training_step_validates_offsets_once(monkeypatch):
-    """A forward + backward through the adapter on CUDA tensors validates each offsets array
-    once (in the forward: one device sync each), and not at all with longest-row hints; the
-    gradients equal the validated path's (cross-attention, bf16)."""
+def test_gpu_offsets_are_validated_once_per_tensor(monkeypatch):
+    """CUDA offsets tensors are validated once (one device sync each) and their structure kept:
+    a forward + backward through the adapter validates each offsets array in its first forward
+    only; a second step over the same tensors, or one with longest-row hints, validates
+    nothing; an in-place change of an offsets tensor (torch's version counter), a new tensor
+    or another stream validates again. Gradients are equal across the paths (cross-attention,
+    bf16), and a row op shares the cache."""
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA")
     calls = []
@@ -337,22 +342,33 @@ def test_gpu_attention_training_step_validates_offsets_once(monkeypatch):
     koff = torch.from_numpy(make_offsets(lk)).cuda().to(torch.int32)
 
     def step(**hints):
+        g.manual_seed(9)
         q, k, v = (torch.randn(n, h, 64, generator=g).to("cuda", torch.bfloat16)
                    .requires_grad_() for n, h in ((sum(lq), 2), (sum(lk), 1), (sum(lk), 1)))
         calls.clear()
-        out = cjt.jagged_flash_attention(q, k, v, off, kv_offsets=koff, **hints)
+        out = cjt.jagged_flash_attention(q, k, v, hints.pop("off", off),
+                                         kv_offsets=hints.pop("koff", koff), **hints)
         n_fwd = len(calls)
         out.float().square().sum().backward()
-        return out, [t.grad for t in (q, k, v)], n_fwd, len(calls) - n_fwd
+        return out, [t.grad for t in (q, k, v)], (n_fwd, len(calls) - n_fwd)
 
-    g.manual_seed(9)
-    out, grads, n_fwd, n_bwd = step()
-    assert (n_fwd, n_bwd) == (2, 0)
-    g.manual_seed(9)
-    out2, grads2, n_fwd, n_bwd = step(max_length=70, kv_max_length=64)
-    assert (n_fwd, n_bwd) == (0, 0)
-    torch.testing.assert_close(out2, out, rtol=0, atol=0)
-    for a, b in zip(grads2, grads):
-        assert a.abs().sum() > 0
-        # (dq's float32 atomics may add in another order: a bf16 rounding may flip by an ulp)
-        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
+    out, grads, n = step()
+    assert n == (2, 0)
+    for kw, want in (({}, (0, 0)), (dict(max_length=70, kv_max_length=64), (0, 0)),
+                     (dict(koff=koff.add_(0)), (1, 0)), (dict(off=off.clone()), (1, 0))):
+        out2, grads2, n = step(**kw)
+        assert n == want, kw
+        torch.testing.assert_close(out2, out, rtol=0, atol=0)
+        for a, b in zip(grads2, grads):
+            assert a.abs().sum() > 0
+            # (dq's float32 atomics may add in another order: a bf16 rounding may flip an ulp)
+            torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
+    with torch.cuda.stream(torch.cuda.Stream()):
+        calls.clear()
+        step()
+        assert len(calls) == 2
+    vals = torch.randn(sum(lq), 3, device="cuda")
+    calls.clear()
+    cjt.softmax(vals, off)
+    cjt.sum(vals, off)
+    assert len(calls) == 0  # (off was validated by the attention above, on this stream)
