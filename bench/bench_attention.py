@@ -111,11 +111,14 @@ def run(quick: bool = False) -> list[dict]:
 
 def _train_shape(cupy, torch, B, max_len, fill, H, D, causal, reps):
     """A training step through the torch adapter (``cujagged.torch.jagged_flash_attention``,
-    forward + ``backward()`` by autograd on torch tensors: the offsets validated in the
-    forward, a device sync; and with the longest-row hint, none) against FlashAttention-2
-    varlen's forward + backward ops on the same tensors. Timed with events over back-to-back
-    steps (``time_ms``), so a step's syncs and host overhead count where they stall the GPU.
-    Peak memory: the adapter allocates in CuPy's pool, FA2 in torch's."""
+    forward + backward by autograd on torch tensors) against FlashAttention-2 varlen's forward
+    + backward ops on the same tensors. Ours three ways: ``cujagged_torch`` over one offsets
+    tensor (its checked structure and tile lists cached: the later layers of a model step);
+    ``_new_offsets``: a new offsets tensor each step (a batch's first layer: validated, one
+    device sync), ``_new_offsets_hinted``: the same with ``max_length`` (no sync). Timed with
+    events over back-to-back steps (``time_ms``), so a step's syncs and host overhead count
+    where they stall the GPU. Peak memory: the adapter allocates in CuPy's pool, FA2 in
+    torch's."""
     import cujagged.torch as cjt
 
     lens, T, params, flops, off = _setup(cupy, B, max_len, fill, H, D, causal, "bfloat16", 7)
@@ -125,10 +128,10 @@ def _train_shape(cupy, torch, B, max_len, fill, H, D, causal, reps):
              .requires_grad_() for _ in range(4)] for _ in range(2)]
     scale, ml = 1 / math.sqrt(D), int(lens.max())
 
-    def ours(s, **hint):
+    def ours(s, offsets=cu, **hint):
         q, k, v, w = s
         # (autograd.grad: no accumulation into .grad, which the peer's ops do not do either)
-        o = cjt.jagged_flash_attention(q, k, v, cu, causal=causal, **hint)
+        o = cjt.jagged_flash_attention(q, k, v, offsets, causal=causal, **hint)
         torch.autograd.grad(o, (q, k, v), w)
 
     def fa2(s):
@@ -140,7 +143,9 @@ def _train_shape(cupy, torch, B, max_len, fill, H, D, causal, reps):
 
     results = []
     for impl, fn in (("cujagged_torch", ours),
-                     ("cujagged_torch_hinted", lambda s: ours(s, max_length=ml)),
+                     ("cujagged_torch_new_offsets", lambda s: ours(s, cu.clone())),
+                     ("cujagged_torch_new_offsets_hinted",
+                      lambda s: ours(s, cu.clone(), max_length=ml)),
                      ("fa2_varlen", fa2)):
         try:
             it = rotate(sets)
